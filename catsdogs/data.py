@@ -1,0 +1,195 @@
+"""Finding labelled photos in the layouts people actually have, splitting them, decoding them once.
+
+Layouts `find_photos` understands (`PATH` is what the user passes as `--data`):
+- Kaggle's flat folder: `PATH/cat.0.jpg`, `PATH/dog.0.jpg`, ...;
+- one sub-folder per class, any case: `PATH/cats/...`, `PATH/Dog/...`;
+- either of those under `train/` (and optionally a labelled `test/` or `val/`
+  next to it, used as the validation set): `PATH/train/cats/...`;
+- a CSV of (image path, label), label 0/1 (0 = cat, 1 = dog) or cat/dog:
+  `PATH` is the CSV file; relative image paths are resolved against the CSV's
+  folder, or the folder named like the CSV beside it (`cat_dog.csv` + `cat_dog/`).
+"""
+
+import csv
+import hashlib
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from catsdogs.preprocess import BAD_IMAGE_ERRORS, load_photo
+
+CLASS_NAMES = ("cat", "dog")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_CLASS_WORDS = {"cat": 0, "cats": 0, "dog": 1, "dogs": 1}
+_CSV_LABELS = {**_CLASS_WORDS, "0": 0, "1": 1}  # the seed project's cat_dog.csv: 0 = cat, 1 = dog
+_FILE_NAME_LABEL = re.compile(r"^(cats?|dogs?)[._\- ]", re.IGNORECASE)  # cat.123.jpg, Dog_7.png
+_TRAIN_FOLDERS = {"train", "training", "training_set", "train_set"}
+_VAL_FOLDERS = {"val", "valid", "validation", "test", "testing", "test_set", "val_set"}
+_CSV_PATH_COLUMNS = ("image", "images", "path", "image_path", "filepath", "file", "filename", "img")
+_CSV_LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "y")
+
+
+class DataError(ValueError):
+    """The data cannot be used as given; the message says what was found and what is expected."""
+
+
+@dataclass
+class Photos:
+    """Labelled photo files: `labels[i]` indexes CLASS_NAMES."""
+
+    paths: list[Path] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def add(self, path: Path, label: int) -> None:
+        self.paths.append(path)
+        self.labels.append(label)
+
+    def subset(self, indices: list[int]) -> "Photos":
+        return Photos([self.paths[i] for i in indices], [self.labels[i] for i in indices])
+
+    def counts(self) -> dict[str, int]:
+        return {name: self.labels.count(label) for label, name in enumerate(CLASS_NAMES)}
+
+    def fingerprint(self) -> str:
+        """Identifies the exact photo list, so a resumed run can check it trains on the same data."""
+        text = "\n".join(f"{p.name}\t{y}" for p, y in zip(self.paths, self.labels))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def find_photos(path: str | Path) -> tuple[Photos, Photos | None]:
+    """Labelled photos under `path`, and the layout's own validation photos if it has them."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path} does not exist")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(f"{path} is a file but not a CSV: pass a folder of photos or a CSV of (image, label)")
+        return _require_both_classes(_photos_from_csv(path), path), None
+    subfolders = {p.name.lower(): p for p in path.iterdir() if p.is_dir()}
+    train_dir = next((subfolders[n] for n in sorted(_TRAIN_FOLDERS) if n in subfolders), None)
+    if train_dir is not None:
+        train = _require_both_classes(_photos_in_folder(train_dir), train_dir)
+        val_dirs = [subfolders[n] for n in sorted(_VAL_FOLDERS) if n in subfolders]
+        val = next((v for v in map(_photos_in_folder, val_dirs) if len(set(v.labels)) == 2), None)
+        return train, val
+    return _require_both_classes(_photos_in_folder(path), path), None
+
+
+def split_photos(photos: Photos, val_fraction: float, seed: int) -> tuple[Photos, Photos]:
+    """A deterministic, stratified train/validation split: the same photos and seed give the same split."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"--val-fraction must be between 0 and 1, not {val_fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    train_idx, val_idx = [], []
+    for label in range(len(CLASS_NAMES)):
+        members = sorted((i for i, y in enumerate(photos.labels) if y == label), key=lambda i: str(photos.paths[i]))
+        order = torch.randperm(len(members), generator=generator).tolist()
+        n_val = round(len(members) * val_fraction)
+        val_idx += [members[i] for i in order[:n_val]]
+        train_idx += [members[i] for i in order[n_val:]]
+    return photos.subset(sorted(train_idx)), photos.subset(sorted(val_idx))
+
+
+def decode_photos(photos: Photos, size: int, workers: int = 8, desc: str = "decoding") -> tuple[
+    torch.Tensor, torch.Tensor, list[tuple[Path, str]]
+]:
+    """Decode every photo once to (N, 3, size, size) uint8, skipping unreadable files.
+
+    Returns the images, their labels, and (path, reason) for every skipped file.
+    Threads suffice: PIL releases the GIL while it decodes and resizes.
+    """
+    images = torch.empty((len(photos), 3, size, size), dtype=torch.uint8)
+    ok = torch.zeros(len(photos), dtype=torch.bool)
+    skipped = []
+
+    def decode(i: int) -> None:
+        try:
+            images[i] = load_photo(photos.paths[i], size)
+            ok[i] = True
+        except BAD_IMAGE_ERRORS as error:
+            skipped.append((photos.paths[i], f"{type(error).__name__}: {error}"))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(tqdm(pool.map(decode, range(len(photos))), total=len(photos), desc=desc, unit="photo", leave=False))
+    labels = torch.tensor(photos.labels, dtype=torch.long)
+    return images[ok], labels[ok], sorted(skipped)
+
+
+def _label_of(word: str) -> int | None:
+    return _CLASS_WORDS.get(word.strip().lower())
+
+
+def _photos_in_folder(folder: Path) -> Photos:
+    """Kaggle-named files directly in `folder`, plus everything inside its class sub-folders."""
+    photos = Photos()
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and (label := _label_of(entry.name)) is not None:
+            for file in sorted(entry.rglob("*")):
+                if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file():
+                    photos.add(file, label)
+        elif entry.suffix.lower() in IMAGE_SUFFIXES and (match := _FILE_NAME_LABEL.match(entry.name)):
+            photos.add(entry, _label_of(match.group(1)))
+    return photos
+
+
+def _photos_from_csv(csv_path: Path) -> Photos:
+    with csv_path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise DataError(f"{csv_path} has no rows")
+    columns = {name.strip().lower(): name for name in rows[0].keys() if name}
+    path_col = next((columns[c] for c in _CSV_PATH_COLUMNS if c in columns), None)
+    label_col = next((columns[c] for c in _CSV_LABEL_COLUMNS if c in columns), None)
+    if path_col is None or label_col is None:
+        raise DataError(
+            f"{csv_path}: cannot tell which columns hold the image path and the label; found columns "
+            f"{list(rows[0].keys())}, expected one of {_CSV_PATH_COLUMNS} and one of {_CSV_LABEL_COLUMNS}"
+        )
+    image_roots = [csv_path.parent, csv_path.parent / csv_path.stem]
+    photos, bad_labels, missing = Photos(), [], []
+    for row in rows:
+        label = _CSV_LABELS.get((row[label_col] or "").strip().lower())
+        if label is None:
+            bad_labels.append(row[label_col])
+            continue
+        relative = Path(row[path_col].strip())
+        file = next((root / relative for root in image_roots if (root / relative).is_file()), None)
+        if file is None:
+            missing.append(str(relative))
+            continue
+        photos.add(file, label)
+    if bad_labels:
+        raise DataError(f"{csv_path}: {len(bad_labels)} labels are not 0/1 or cat/dog, e.g. {bad_labels[:3]}")
+    if missing:
+        print(f"warning: {len(missing)} images listed in {csv_path} were not found (e.g. {missing[:3]}); looked in "
+              + " and ".join(str(r) for r in image_roots))
+    return photos
+
+
+def _require_both_classes(photos: Photos, where: Path) -> Photos:
+    counts = photos.counts()
+    if all(counts.values()):
+        return photos
+    if len(photos) == 0:
+        images = [p for p in where.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES] if where.is_dir() else []
+        folders = sorted(p.name for p in where.iterdir() if p.is_dir()) if where.is_dir() else []
+        found = f"{len(images)} image files whose names or folders don't say cat or dog"
+        if images:
+            found += f" (e.g. {images[0].relative_to(where)})"
+        if folders:
+            found += f", sub-folders {folders[:8]}"
+        raise DataError(
+            f"no labelled photos in {where}: found {found}. Expected Kaggle's cat.<id>.jpg / dog.<id>.jpg files, "
+            "cat/ and dog/ sub-folders (any case, optionally under train/), or a CSV of (image, label)"
+        )
+    raise DataError(
+        f"only one class in {where}: {counts['cat']} cat and {counts['dog']} dog photos. "
+        "Training a cat-vs-dog classifier needs photos of both"
+    )

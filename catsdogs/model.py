@@ -1,0 +1,94 @@
+"""The documented CNN: the exact layer table published with 92.04% on Kaggle's Dogs vs. Cats.
+
+Five blocks of unpadded 3x3 convolutions and 2x2 max-pooling, then two 512-unit
+fully connected layers (785,376 parameters, ~2.36 G multiply-adds at 224x224).
+The published table stops at a 512-unit ReLU, which cannot give class
+probabilities, so one Linear(512 -> classes) head is added: 786,402 parameters
+for two classes.
+
+The constructor's arguments are the model's config: PyTorchModelHubMixin writes
+them to `config.json` beside the weights, so class names, input size and
+normalisation travel with the weights to every consumer.
+"""
+
+from pathlib import Path
+
+import torch
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
+from huggingface_hub.repocard_data import EvalResult
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_SIZE = 224  # the layer table's 800 flattened features hold only for 224x224 inputs
+
+MODEL_CARD_TEMPLATE = (Path(__file__).parent / "model_card.md").read_text()
+
+
+class CatsDogsCNN(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="catsdogs",
+    tags=["image-classification", "pytorch", "cats-vs-dogs", "safetensors"],
+    license="mit",
+    pipeline_tag="image-classification",
+    model_card_template=MODEL_CARD_TEMPLATE,
+):
+    def __init__(
+        self,
+        class_names: tuple[str, ...] = ("cat", "dog"),
+        image_size: int = INPUT_SIZE,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if image_size != INPUT_SIZE:
+            raise ValueError(f"the documented layer table needs {INPUT_SIZE}x{INPUT_SIZE} inputs, not {image_size}")
+        self.class_names = list(class_names)
+        self.image_size = image_size
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.blocks = nn.Sequential(
+            nn.Sequential(  # 3x224x224 -> 64x110x110
+                nn.Conv2d(3, 64, 3), nn.ReLU(inplace=True),
+                nn.Conv2d(64, 64, 3), nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ),
+            nn.Sequential(nn.Conv2d(64, 64, 3), nn.MaxPool2d(2)),  # -> 64x54x54; no ReLU, as published
+            nn.Sequential(nn.Conv2d(64, 32, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2)),  # -> 32x26x26
+            nn.Sequential(nn.Conv2d(32, 32, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2)),  # -> 32x12x12
+            nn.Sequential(nn.Conv2d(32, 32, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2)),  # -> 32x5x5
+        )
+        self.fc = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(32 * 5 * 5, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(512, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        )
+        self.head = nn.Linear(512, len(self.class_names))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images (N, 3, 224, 224) -> class logits (N, classes)."""
+        return self.head(self.fc(self.blocks(x)))
+
+    @classmethod
+    def _load_as_safetensor(cls, model, model_file, map_location, strict):
+        # The mixin defaults to strict=False; weights that don't match the layer table must fail, not half-load.
+        return super()._load_as_safetensor(model, model_file, map_location, strict=True)
+
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        """The mixin's card, plus the validation accuracy as structured eval results."""
+        card = super().generate_model_card(*args, **kwargs)
+        card.data.model_name = kwargs.get("model_name", "catsdogs")
+        if kwargs.get("val_accuracy") is not None:
+            card.data.eval_results = [
+                EvalResult(
+                    task_type="image-classification",
+                    dataset_type=kwargs.get("dataset_type", "imagefolder"),
+                    dataset_name=kwargs.get("dataset_name", "Dogs vs. Cats"),
+                    dataset_split="validation",
+                    metric_type="accuracy",
+                    metric_value=kwargs["val_accuracy"],
+                )
+            ]
+        return card

@@ -1,0 +1,39 @@
+"""The training report's figures: loss and accuracy curves, and the validation confusion matrix."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: training runs on headless machines
+
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def training_curves(history: list[dict]) -> Figure:
+    epochs = [row["epoch"] for row in history]
+    figure = Figure(figsize=(10, 4))
+    loss, accuracy = figure.subplots(1, 2)
+    for axes, key, title in ((loss, "loss", "Loss"), (accuracy, "accuracy", "Accuracy")):
+        axes.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label="train")
+        axes.plot(epochs, [row[f"val_{key}"] for row in history], "o-", label="validation")
+        axes.set(title=title, xlabel="epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        axes.legend()
+    return figure
+
+
+def confusion_matrix(matrix: list[list[int]], class_names: list[str], title: str) -> Figure:
+    """`matrix[true][predicted]` counts as a labelled heat map."""
+    figure = Figure(figsize=(4.2, 3.8))
+    axes = figure.subplots()
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes)
+    ticks = range(len(class_names))
+    axes.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names,
+             xlabel="predicted", ylabel="true", title=title)
+    top = max(max(row) for row in matrix) or 1
+    for true, row in enumerate(matrix):
+        for predicted, count in enumerate(row):
+            axes.text(predicted, true, str(count), ha="center", va="center",
+                      color="white" if count > top / 2 else "black")
+    return figure

@@ -1,0 +1,148 @@
+"""Shared test set-up: point huggingface_hub at a local test Hub (tests/hub_server.py).
+
+huggingface_hub reads HF_ENDPOINT, HF_HOME, HF_HUB_DISABLE_XET... once, when it is
+first imported, so they are set here, before anything imports it. Subprocesses that
+the tests start (e.g. ``python train.py --push``) inherit os.environ and so talk to
+the same local Hub, on the same port.
+"""
+
+import atexit
+import os
+import shutil
+import socket
+import tempfile
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PORT = _free_port()
+HUB_URL = f"http://127.0.0.1:{PORT}"
+HF_HOME = tempfile.mkdtemp(prefix="test-hf-home-")  # no real token file, no real cache
+atexit.register(shutil.rmtree, HF_HOME, ignore_errors=True)
+
+for _var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE",
+             "HF_XET_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HUGGINGFACE_CO_STAGING",
+             "HF_HUB_DISABLE_IMPLICIT_TOKEN"):
+    os.environ.pop(_var, None)
+os.environ.update(
+    HF_ENDPOINT=HUB_URL,
+    HF_HOME=HF_HOME,
+    HF_HUB_DISABLE_XET="1",  # upload/download plain files; with Xet the client wants a Xet server
+    HF_HUB_DISABLE_TELEMETRY="1",
+    HF_HUB_DISABLE_PROGRESS_BARS="1",
+    HF_HUB_DISABLE_UPDATE_CHECK="1",
+)
+for _var in ("NO_PROXY", "no_proxy"):
+    _hosts = [h for h in os.environ.get(_var, "").split(",") if h]
+    os.environ[_var] = ",".join(dict.fromkeys(_hosts + ["127.0.0.1", "localhost"]))
+
+# Only now is it safe to import things that may import huggingface_hub.
+import select  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+WRITE_TOKEN = "hf_test_write"
+READ_TOKEN = "hf_test_read"
+BAD_TOKEN = "hf_test_unknown"
+USER = "tester"
+HUB_SERVER = Path(__file__).with_name("hub_server.py")
+
+
+class Hub:
+    """A running tests/hub_server.py subprocess on HUB_URL, with its repos under `root`."""
+
+    url = HUB_URL
+    write_token = WRITE_TOKEN
+    read_token = READ_TOKEN
+    user = USER
+
+    def __init__(self, root: Path, log_path: Path):
+        self.root, self.log_path, self.proc = Path(root), Path(log_path), None
+
+    def start(self, timeout: float = 10.0) -> "Hub":
+        """Start the server (again, on the same root and port) and wait for its READY line."""
+        self.kill()
+        cmd = [sys.executable, str(HUB_SERVER), "--port", str(PORT), "--root", str(self.root),
+               "--write-token", WRITE_TOKEN, "--read-token", READ_TOKEN, "--user", USER]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if select.select([self.proc.stdout], [], [], 0.05)[0]:
+                line = self.proc.stdout.readline().decode()
+                if line.strip() == f"READY {HUB_URL}":
+                    return self
+                if not line:  # EOF: the server died
+                    break
+        self.kill()
+        pytest.fail(f"test Hub did not start on {HUB_URL}:\n{self.log()}", pytrace=False)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_dead(self, timeout: float = 5.0) -> int:
+        """Wait for the server to exit on its own (e.g. after die_on_next_commit); its exit code."""
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """Kill the server (SIGKILL, by PID) and reap it; no-op when it is not running."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            self.proc.stdout.close()
+            self.proc = None
+
+    def die_on_next_commit(self) -> None:
+        """The next commit request makes the server exit without answering."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        opener.open(urllib.request.Request(f"{HUB_URL}/_admin/die-on-next-commit", b"", method="POST"), timeout=5)
+
+    def repo_dir(self, repo_id: str) -> Path:
+        """Folder with the current files of `repo_id` on main."""
+        return self.root / "models" / repo_id
+
+    def log(self) -> str:
+        """The server's request log and stderr."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A fresh local Hub for this test, plus a fresh huggingface_hub download cache.
+
+    The cache is per test (HF_HUB_CACHE for subprocesses, constants.HF_HUB_CACHE in
+    this process) so a file cached by one test never stands in for the Hub in another.
+    """
+    from huggingface_hub import constants
+
+    assert constants.ENDPOINT == HUB_URL, "huggingface_hub was imported before tests/conftest.py set HF_ENDPOINT"
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    server = Hub(tmp_path / "hub", tmp_path / "hub.log").start()
+    yield server
+    server.kill()
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real photos in ../shared/data: skipped where they are absent, a failure under CI."""
+    if not SHARED_DATA.is_dir():
+        message = f"the real photos are not at {SHARED_DATA} (see README: Set-up)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + "; under CI they must be there", pytrace=False)
+        pytest.skip(message)
+    return SHARED_DATA

@@ -1,0 +1,98 @@
+"""Publishing: `train.py --push` against a Hub-compatible server on 127.0.0.1, then pulling the weights back."""
+
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BAD_TOKEN, READ_TOKEN, WRITE_TOKEN
+from imagegen import write_kaggle_folder
+
+from catsdogs import CatsDogsCNN
+
+ROOT = Path(__file__).resolve().parents[1]
+PUSHED_FILES = {"model.safetensors", "config.json", "README.md", "metrics.json",
+                "training_curves.png", "confusion_matrix.png"}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return write_kaggle_folder(tmp_path_factory.mktemp("photos"), per_class=6)
+
+
+def train_and_push(photos: Path, output: Path, token: str | None, repo_id: str = "tester/catsdogs"):
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    if token:
+        env["HF_TOKEN"] = token
+    command = [sys.executable, "train.py", "--data", str(photos), "--val-fraction", "0.34", "--epochs", "1",
+               "--batch-size", "8", "--output", str(output), "--checkpoint", str(output.parent / "ck.safetensors"),
+               "--push", "--repo-id", repo_id]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_same_outputs(a: CatsDogsCNN, b: CatsDogsCNN) -> None:
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+
+
+def test_push_then_pull_gives_identical_outputs(hub, photos, tmp_path):
+    result = train_and_push(photos, tmp_path / "weights", WRITE_TOKEN)
+    assert result.returncode == 0, result.stderr
+    assert "pushed to tester/catsdogs" in result.stdout
+    assert PUSHED_FILES <= {p.name for p in hub.repo_dir("tester/catsdogs").iterdir()}
+    for name in PUSHED_FILES:  # the Hub holds exactly what was saved locally
+        assert (hub.repo_dir("tester/catsdogs") / name).read_bytes() == (tmp_path / "weights" / name).read_bytes()
+    pulled = CatsDogsCNN.from_pretrained("tester/catsdogs")
+    assert pulled.class_names == ["cat", "dog"]
+    assert_same_outputs(pulled, CatsDogsCNN.from_pretrained(tmp_path / "weights"))
+
+
+@pytest.mark.parametrize("token, message", [
+    (None, "no Hugging Face token found: run `hf auth login` or set HF_TOKEN"),
+    (BAD_TOKEN, "the Hub rejected the token (HTTP 401)"),
+    (READ_TOKEN, "is read-only and cannot push"),
+])
+def test_token_problems_stop_before_training(hub, photos, tmp_path, token, message):
+    result = train_and_push(photos, tmp_path / "weights", token)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "weights").exists()  # no training was started
+
+
+def test_repo_of_someone_else_stops_before_training(hub, photos, tmp_path):
+    result = train_and_push(photos, tmp_path / "weights", WRITE_TOKEN, repo_id="someone-else/catsdogs")
+    assert result.returncode == 2 and "cannot write to 'someone-else/'" in result.stderr
+    assert not (tmp_path / "weights").exists()
+
+
+def test_unreachable_hub_stops_before_training(hub, photos, tmp_path):
+    hub.kill()
+    result = train_and_push(photos, tmp_path / "weights", WRITE_TOKEN)
+    assert result.returncode == 2 and "cannot reach the Hub" in result.stderr
+    assert not (tmp_path / "weights").exists()
+
+
+def test_hub_down_during_push_keeps_weights_and_the_retry_uploads_them(hub, photos, tmp_path):
+    hub.die_on_next_commit()
+    output = tmp_path / "weights"
+    result = train_and_push(photos, output, WRITE_TOKEN)
+    assert result.returncode == 1
+    assert "the push to tester/catsdogs failed" in result.stderr and "Traceback" not in result.stderr
+    assert hub.wait_dead() != 0
+    saved = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in output.iterdir()}
+    assert set(saved) == PUSHED_FILES
+    CatsDogsCNN.from_pretrained(output)  # whole and loadable
+
+    retry = result.stderr.split("retry only the upload with: ")[1].strip()
+    assert retry == f"hf upload tester/catsdogs {output} ."
+    hub.start()  # the Hub is back
+    rerun = subprocess.run(shlex.split(retry), cwd=ROOT, env={**os.environ, "HF_TOKEN": WRITE_TOKEN},
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in output.iterdir()} == saved
+    assert_same_outputs(CatsDogsCNN.from_pretrained("tester/catsdogs"), CatsDogsCNN.from_pretrained(output))

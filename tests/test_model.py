@@ -1,0 +1,92 @@
+"""The network is the published layer table, exactly."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from catsdogs import CatsDogsCNN
+
+# Every row of ../shared/seeds/003_*.txt: (layer type, output shape, parameters).
+SEED_TABLE = [
+    (nn.Conv2d, (64, 222, 222), 1_792), (nn.ReLU, (64, 222, 222), 0),
+    (nn.Conv2d, (64, 220, 220), 36_928), (nn.ReLU, (64, 220, 220), 0), (nn.MaxPool2d, (64, 110, 110), 0),
+    (nn.Conv2d, (64, 108, 108), 36_928), (nn.MaxPool2d, (64, 54, 54), 0),
+    (nn.Conv2d, (32, 52, 52), 18_464), (nn.ReLU, (32, 52, 52), 0), (nn.MaxPool2d, (32, 26, 26), 0),
+    (nn.Conv2d, (32, 24, 24), 9_248), (nn.ReLU, (32, 24, 24), 0), (nn.MaxPool2d, (32, 12, 12), 0),
+    (nn.Conv2d, (32, 10, 10), 9_248), (nn.ReLU, (32, 10, 10), 0), (nn.MaxPool2d, (32, 5, 5), 0),
+    (nn.Linear, (512,), 410_112), (nn.ReLU, (512,), 0),
+    (nn.Linear, (512,), 262_656), (nn.ReLU, (512,), 0),
+]
+
+
+def layer_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[type, tuple, int]]:
+    rows, hooks = [], []
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Linear)):
+            params = sum(p.numel() for p in module.parameters())
+            hooks.append(module.register_forward_hook(
+                lambda m, i, out, params=params: rows.append((type(m), tuple(out.shape[1:]), params))))
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return rows
+
+
+def test_every_layer_of_the_published_table():
+    rows = layer_outputs(CatsDogsCNN(), torch.zeros(1, 3, 224, 224))
+    assert rows[:-1] == SEED_TABLE
+    assert rows[-1] == (nn.Linear, (2,), 1_026)  # the added classifier head
+
+
+def test_parameter_counts_and_multiply_adds():
+    model = CatsDogsCNN()
+    total = sum(p.numel() for p in model.parameters())
+    head = sum(p.numel() for p in model.head.parameters())
+    assert total - head == 785_376  # the published table
+    assert total == 786_402
+    macs = 0
+    for module, (kind, shape, _) in zip([m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Linear))],
+                                        layer_outputs(model, torch.zeros(1, 3, 224, 224))):
+        if isinstance(module, nn.Conv2d):
+            macs += torch.Size(shape).numel() * module.in_channels * 9
+        elif isinstance(module, nn.Linear):
+            macs += module.in_features * module.out_features
+    assert round(macs / 1e9, 2) == 2.36
+
+
+def test_probabilities_sum_to_one():
+    model = CatsDogsCNN().eval()
+    logits = model(torch.randn(4, 3, 224, 224))
+    assert logits.shape == (4, 2)
+    torch.testing.assert_close(logits.softmax(dim=1).sum(dim=1), torch.ones(4))
+
+
+def test_only_the_documented_input_size():
+    with pytest.raises(ValueError, match="224"):
+        CatsDogsCNN(image_size=256)
+
+
+def test_config_round_trip_gives_identical_outputs(tmp_path):
+    model = CatsDogsCNN(dropout=0.3).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config == {"class_names": ["cat", "dog"], "image_size": 224, "mean": [0.485, 0.456, 0.406],
+                      "std": [0.229, 0.224, 0.225], "dropout": 0.3}
+    loaded = CatsDogsCNN.from_pretrained(tmp_path)
+    assert (loaded.class_names, loaded.image_size, loaded.mean, loaded.std) == (
+        ["cat", "dog"], 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_weights_that_do_not_match_the_table_fail_to_load(tmp_path):
+    CatsDogsCNN().save_pretrained(tmp_path)
+    state = {k: v for k, v in CatsDogsCNN().state_dict().items() if not k.startswith("head.")}
+    save_file(state, tmp_path / "model.safetensors")  # the head is missing
+    with pytest.raises(RuntimeError, match="head"):
+        CatsDogsCNN.from_pretrained(tmp_path)

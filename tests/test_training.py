@@ -1,0 +1,123 @@
+"""Training learns, writes a complete output folder, and survives being interrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from imagegen import write_bad_files, write_kaggle_folder
+from PIL import Image
+
+import train as train_cli
+from catsdogs import CatsDogsCNN
+from catsdogs.checkpoint import load_checkpoint
+from catsdogs.training import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT_FILES = {"model.safetensors", "config.json", "README.md", "metrics.json",
+                "training_curves.png", "confusion_matrix.png"}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """One short real training run on an easy generated task, shared by the tests below."""
+    root = tmp_path_factory.mktemp("trained")
+    data = write_kaggle_folder(root / "photos", per_class=40)
+    bad = write_bad_files(data)
+    config = TrainConfig(data=str(data), val_fraction=0.25, epochs=3, batch_size=16, lr=1e-3,
+                         output=str(root / "weights"), checkpoint=str(root / "ck" / "last.safetensors"))
+    return config, train(config, command="python train.py --test"), bad
+
+
+def test_accuracy_rises_well_above_chance(trained):
+    _, summary, _ = trained
+    assert summary["n_train"] == 60 and summary["n_val"] == 20
+    assert summary["best_val_accuracy"] >= 0.9
+    assert summary["history"][-1]["train_loss"] < summary["history"][0]["train_loss"]
+
+
+def test_output_folder_is_complete(trained):
+    config, summary, bad = trained
+    output = Path(config.output)
+    assert {p.name for p in output.iterdir()} == OUTPUT_FILES
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2, 3]
+    assert metrics["best_val_accuracy"] == summary["best_val_accuracy"]
+    assert sorted(path for path, _ in metrics["skipped_files"]) == sorted(map(str, bad))
+    for png in ("training_curves.png", "confusion_matrix.png"):
+        assert Image.open(output / png).size[0] > 300
+    card = (output / "README.md").read_text()
+    assert f"value: {round(summary['best_val_accuracy'], 4)}" in card  # structured eval results
+    assert "786,402 parameters" in card and "python train.py --test" in card
+
+
+def test_output_holds_the_best_weights_and_loads_identically(trained):
+    config, summary, _ = trained
+    best = load_checkpoint(config.checkpoint)["best"]
+    assert best["epoch"] == summary["best_epoch"]
+    reference = CatsDogsCNN()
+    reference.load_state_dict(best["model"])
+    loaded = CatsDogsCNN.from_pretrained(config.output)
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), reference.eval()(x), rtol=0, atol=0)
+
+
+def test_seed_project_recipe_is_reachable_with_flags():
+    args = train_cli.parse_args(["--data", "d", "--epochs", "40", "--batch-size", "20", "--lr", "0.001",
+                                 "--optimizer", "adam", "--schedule", "constant", "--weight-decay", "0",
+                                 "--label-smoothing", "0", "--no-augment"])
+    assert (args.epochs, args.batch_size, args.lr, args.optimizer, args.schedule, args.augment) == (
+        40, 20, 0.001, "adam", "constant", False)
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def test_cli_stops_at_once_on_unusable_data(tmp_path):
+    (tmp_path / "cats").mkdir()
+    Image.new("RGB", (10, 10)).save(tmp_path / "cats" / "1.jpg")
+    result = run_cli("--data", str(tmp_path), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "only one class" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_kill_then_resume_loses_at_most_the_current_epoch(tmp_path):
+    data = write_kaggle_folder(tmp_path / "photos", per_class=12)
+    output, checkpoint = tmp_path / "weights", tmp_path / "ck" / "last.safetensors"
+    args = ["--data", str(data), "--val-fraction", "0.25", "--epochs", "3", "--batch-size", "6",
+            "--output", str(output), "--checkpoint", str(checkpoint)]
+    process = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)  # a kill in the middle of training
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    completed = load_checkpoint(checkpoint)["epoch"]
+    assert 1 <= completed < 3
+    assert f"{completed} finished epochs are saved" in stderr
+    resume_command = stderr.strip().splitlines()[-1].removeprefix("resume with: ")
+    assert resume_command.endswith("--resume")
+    assert CatsDogsCNN.from_pretrained(output) is not None  # the best weights so far are whole
+
+    changed = run_cli(*args[:-4], "--epochs", "5", "--output", str(output), "--checkpoint", str(checkpoint),
+                      "--resume")
+    assert changed.returncode == 2 and "--epochs was 3, now 5" in changed.stderr
+
+    resumed = subprocess.run(resume_command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {checkpoint} after epoch {completed}" in resumed.stdout
+    history = json.loads((output / "metrics.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert load_checkpoint(checkpoint)["epoch"] == 3

@@ -1,0 +1,96 @@
+"""Train the documented cat-vs-dog CNN on your photos, save safetensors weights, optionally push them to the Hub.
+
+    python train.py --data ~/dogs-vs-cats/train
+    python train.py --data ~/dogs-vs-cats/train --push --repo-id you/catsdogs
+    python train.py --data ~/dogs-vs-cats/train --resume      # after Ctrl-C or a crash
+
+The seed project's recipe:
+    python train.py --data PATH --epochs 40 --batch-size 20 --lr 0.001 --optimizer adam \\
+        --schedule constant --weight-decay 0 --label-smoothing 0 --no-augment
+"""
+
+import argparse
+import shlex
+import signal
+import sys
+from dataclasses import fields
+
+from catsdogs.checkpoint import CheckpointError
+from catsdogs.data import DataError
+from catsdogs.hub import HubError, check_write_access, push_outputs
+from catsdogs.training import TrainConfig, TrainingInterrupted, train
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = TrainConfig(data="")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", required=True, help="folder of photos (Kaggle's cat.<id>.jpg files, or cat/ and dog/ "
+                      "sub-folders, optionally under train/), or a CSV of (image path, label)")
+    data.add_argument("--val-data", help="a separate labelled folder or CSV to validate on (default: split --data)")
+    data.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
+                      help="share of --data held out for validation (default %(default)s)")
+    data.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split, the init and the shuffling")
+    data.add_argument("--workers", type=int, default=defaults.workers, help="threads decoding photos")
+
+    recipe = parser.add_argument_group("recipe")
+    recipe.add_argument("--epochs", type=int, default=defaults.epochs, help="default %(default)s")
+    recipe.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
+    recipe.add_argument("--lr", type=float, default=defaults.lr, help="(peak) learning rate, default %(default)s")
+    recipe.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default=defaults.optimizer)
+    recipe.add_argument("--schedule", choices=["onecycle", "constant"], default=defaults.schedule)
+    recipe.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="default %(default)s")
+    recipe.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="default %(default)s")
+    recipe.add_argument("--dropout", type=float, default=defaults.dropout,
+                        help="dropout after each 512-unit layer (adds no parameters), default %(default)s")
+    recipe.add_argument("--no-augment", dest="augment", action="store_false", help="train on the photos as they are")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default=defaults.device, help="auto (CUDA if present), cpu, cuda or cuda:N")
+    run.add_argument("--output", default=defaults.output, help="where the best weights go (default %(default)s/)")
+    run.add_argument("--checkpoint", default=defaults.checkpoint, help="written every epoch (default %(default)s)")
+    run.add_argument("--resume", action="store_true", help="continue from --checkpoint; repeat the same settings")
+
+    hub = parser.add_argument_group("publishing on the Hugging Face Hub")
+    hub.add_argument("--push", action="store_true", help="upload --output to the Hub after training")
+    hub.add_argument("--repo-id", help="the model repo, e.g. you/catsdogs (needed with --push)")
+    hub.add_argument("--private", action="store_true", help="create the repo as private")
+    args = parser.parse_args(argv)
+    if args.push and not args.repo_id:
+        parser.error("--push needs --repo-id NAME (e.g. --repo-id you/catsdogs)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = "python train.py " + shlex.join(argv)
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves like Ctrl-C does
+    try:
+        if args.push:
+            user = check_write_access(args.repo_id)
+            print(f"Hub: logged in as {user}; will push to {args.repo_id} after training")
+        summary = train(config, command)
+    except (DataError, CheckpointError, HubError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as stop:
+        resume = command if "--resume" in argv else command + " --resume"
+        print(f"\nstopped in epoch {stop.epoch}: {stop.completed} finished epochs are saved in {config.checkpoint}, "
+              f"the best weights so far in {config.output}/.\nresume with: {resume}", file=sys.stderr)
+        return 130
+    print(f"best validation accuracy {summary['best_val_accuracy']:.2%} (epoch {summary['best_epoch']}); "
+          f"weights in {config.output}/")
+    if args.push:
+        try:
+            url = push_outputs(config.output, args.repo_id, private=args.private)
+        except HubError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"pushed to {args.repo_id}: {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
