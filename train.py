@@ -3,6 +3,7 @@
     python train.py --data ~/dogs-vs-cats/train
     python train.py --data ~/dogs-vs-cats/train --push --repo-id you/catsdogs
     python train.py --data ~/dogs-vs-cats/train --resume      # after Ctrl-C or a crash
+    torchrun --nproc-per-node 4 train.py --data ~/dogs-vs-cats/train --batch-size 256   # 4 GPUs
 
 The seed project's recipe:
     python train.py --data PATH --epochs 40 --batch-size 20 --lr 0.001 --optimizer adam \\
@@ -10,6 +11,7 @@ The seed project's recipe:
 """
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -18,7 +20,7 @@ from dataclasses import fields
 from catsdogs.checkpoint import CheckpointError
 from catsdogs.data import DataError
 from catsdogs.hub import HubError, check_write_access, push_outputs
-from catsdogs.training import TrainConfig, TrainingInterrupted, train
+from catsdogs.training import Ranks, TrainConfig, TrainingInterrupted, train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,28 +63,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def launch_command(argv: list[str]) -> str:
+    """How this run was started, as a person would type it again."""
+    if "LOCAL_WORLD_SIZE" in os.environ:  # started by torchrun; its own multi-node flags are not visible here
+        nodes = int(os.environ["WORLD_SIZE"]) // int(os.environ["LOCAL_WORLD_SIZE"])
+        launcher = f"torchrun --nproc-per-node {os.environ['LOCAL_WORLD_SIZE']}"
+        return f"{launcher}{' --nnodes ' + str(nodes) + ' ...' if nodes > 1 else ''} train.py " + shlex.join(argv)
+    return "python train.py " + shlex.join(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    command = "python train.py " + shlex.join(argv)
+    command = launch_command(argv)
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    main_process = Ranks.from_env().is_main  # under torchrun, only the first process talks and pushes
+    say = print if main_process else (lambda *a, **k: None)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves like Ctrl-C does
     try:
         if args.push:
             user = check_write_access(args.repo_id)
-            print(f"Hub: logged in as {user}; will push to {args.repo_id} after training")
-        summary = train(config, command)
+            say(f"Hub: logged in as {user}; will push to {args.repo_id} after training")
+        summary = train(config, command).summary
     except (DataError, CheckpointError, HubError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
         resume = command if "--resume" in argv else command + " --resume"
-        print(f"\nstopped in epoch {stop.epoch}: {stop.completed} finished epochs are saved in {config.checkpoint}, "
-              f"the best weights so far in {config.output}/.\nresume with: {resume}", file=sys.stderr)
+        say(f"\n{stop.reason} in epoch {stop.epoch}: {stop.completed} finished epochs are saved in "
+            f"{config.checkpoint}, the best weights so far in {config.output}/.\nresume with: {resume}", file=sys.stderr)
         return 130
-    print(f"best validation accuracy {summary['best_val_accuracy']:.2%} (epoch {summary['best_epoch']}); "
-          f"weights in {config.output}/")
-    if args.push:
+    say(f"best validation accuracy {summary['best_val_accuracy']:.2%} (epoch {summary['best_epoch']}); "
+        f"weights in {config.output}/")
+    if args.push and main_process:
         try:
             url = push_outputs(config.output, args.repo_id, private=args.private)
         except HubError as error:

@@ -97,7 +97,7 @@ def split_photos(photos: Photos, val_fraction: float, seed: int) -> tuple[Photos
     return photos.subset(sorted(train_idx)), photos.subset(sorted(val_idx))
 
 
-def decode_photos(photos: Photos, size: int, workers: int = 8, desc: str = "decoding") -> tuple[
+def decode_photos(photos: Photos, size: int, workers: int = 8, desc: str = "decoding", progress: bool = True) -> tuple[
     torch.Tensor, torch.Tensor, list[tuple[Path, str]]
 ]:
     """Decode every photo once to (N, 3, size, size) uint8, skipping unreadable files.
@@ -117,7 +117,8 @@ def decode_photos(photos: Photos, size: int, workers: int = 8, desc: str = "deco
             skipped.append((photos.paths[i], f"{type(error).__name__}: {error}"))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(tqdm(pool.map(decode, range(len(photos))), total=len(photos), desc=desc, unit="photo", leave=False))
+        list(tqdm(pool.map(decode, range(len(photos))), total=len(photos), desc=desc, unit="photo", leave=False,
+                  disable=not progress))
     labels = torch.tensor(photos.labels, dtype=torch.long)
     return images[ok], labels[ok], sorted(skipped)
 

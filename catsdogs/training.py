@@ -5,6 +5,11 @@ memory (on the GPU when there is one); each batch is augmented there with
 tensor ops, so JPEG decoding never starves the network. A checkpoint is written
 after every epoch; the weights with the best validation accuracy go to the
 output folder with their config, model card, metrics and plots.
+
+Under `torchrun` the same code trains with DistributedDataParallel (NCCL on
+GPUs, gloo on CPUs): `--batch-size` stays the global batch, each process
+trains on its own shard of every epoch, validation metrics are summed over all
+processes, and only the first process writes files.
 """
 
 import math
@@ -17,8 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from catsdogs import plots
@@ -58,19 +66,44 @@ RECIPE_FIELDS = ("epochs", "batch_size", "lr", "optimizer", "schedule", "weight_
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C or SIGTERM during training: everything up to the last finished epoch is saved."""
+    """Training stopped early (Ctrl-C, a kill, a failed process): everything up to the last finished epoch is saved."""
 
-    def __init__(self, epoch: int, completed: int):
-        super().__init__(f"interrupted in epoch {epoch}; {completed} epochs are saved")
-        self.epoch, self.completed = epoch, completed
+    def __init__(self, epoch: int, completed: int, reason: str = "interrupted"):
+        super().__init__(f"{reason} in epoch {epoch}; {completed} epochs are saved")
+        self.epoch, self.completed, self.reason = epoch, completed, reason
+
+
+@dataclass
+class Ranks:
+    """Where this process stands in a `torchrun` launch (rank 0 of 1 when run plainly)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Ranks":
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+
+@dataclass
+class TrainResult:
+    model: CatsDogsCNN  # as trained after the last epoch (the best weights are in the output folder)
+    summary: dict  # also in metrics.json
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device this process trains on; under torchrun each process takes the GPU of its LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"--device {name}: no CUDA GPU is available here (use --device cpu or auto)")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return device
 
 
@@ -119,9 +152,9 @@ class Split:
     skipped: list
 
 
-def load_split(photos: Photos, size: int, device: torch.device, workers: int, name: str) -> Split:
-    images, labels, skipped = decode_photos(photos, size, workers, desc=f"decoding {name} photos")
-    if skipped:
+def load_split(photos: Photos, size: int, device: torch.device, workers: int, name: str, verbose: bool) -> Split:
+    images, labels, skipped = decode_photos(photos, size, workers, desc=f"decoding {name} photos", progress=verbose)
+    if skipped and verbose:
         print(f"skipped {len(skipped)} unreadable {name} files:")
         for path, reason in skipped:
             print(f"  {path}: {reason}")
@@ -167,118 +200,155 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_
     raise ValueError(f"unknown schedule {config.schedule!r}")
 
 
-def validate(model: CatsDogsCNN, split: Split, criterion: nn.Module) -> dict:
-    logits = predict_logits(model, split.images)
-    loss = criterion(logits, split.labels).item()
+def validate(model: CatsDogsCNN, split: Split, ranks: Ranks) -> dict:
+    """Loss, accuracy and confusion matrix on the validation photos, each process scoring its share."""
+    mine = torch.arange(ranks.rank, len(split.labels), ranks.world, device=split.labels.device)
+    labels = split.labels[mine]
+    logits = predict_logits(model, split.images[mine])
     predicted = logits.argmax(dim=1)
     classes = len(model.class_names)
-    confusion = torch.bincount(split.labels * classes + predicted, minlength=classes * classes)
-    return {
-        "loss": loss,
-        "accuracy": (predicted == split.labels).float().mean().item(),
-        "confusion": confusion.view(classes, classes).tolist(),
-    }
+    totals = torch.cat([
+        torch.stack([F.cross_entropy(logits, labels, reduction="sum"), (predicted == labels).sum().float()]),
+        torch.bincount(labels * classes + predicted, minlength=classes * classes).float(),
+    ])
+    if ranks.world > 1:
+        dist.all_reduce(totals)
+    n = len(split.labels)
+    return {"loss": totals[0].item() / n, "accuracy": totals[1].item() / n,
+            "confusion": totals[2:].view(classes, classes).long().tolist()}
 
 
-def train(config: TrainConfig, command: str | None = None) -> dict:
-    """Train, checkpointing every epoch; returns the summary that also goes into metrics.json."""
+def epoch_shard(n: int, epoch: int, seed: int, ranks: Ranks) -> torch.Tensor:
+    """This process's training photos for `epoch`: a fresh shuffle, cut into disjoint equal shards."""
+    sampler = DistributedSampler(range(n), num_replicas=ranks.world, rank=ranks.rank, shuffle=True,
+                                 seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler))
+
+
+def train(config: TrainConfig, command: str | None = None) -> TrainResult:
+    """Train, checkpointing every epoch, on one device or, under torchrun, on all of them."""
+    ranks = Ranks.from_env()
     device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
+    if ranks.world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(config, command, ranks, device)
+    finally:
+        if ranks.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, command: str | None, ranks: Ranks, device: torch.device) -> TrainResult:
+    log = print if ranks.is_main else (lambda *args, **kwargs: None)
+    if config.batch_size % ranks.world:
+        raise DataError(f"--batch-size {config.batch_size} must be divisible by the {ranks.world} processes")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
+    torch.manual_seed(config.seed)  # the same initial weights in every process
     model = CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout)
     train_photos, val_photos, val_source = find_splits(config)
-    print(f"training photos: {train_photos.counts()}; validation photos: {val_photos.counts()} ({val_source})")
-    train_split = load_split(train_photos, model.image_size, device, config.workers, "training")
-    val_split = load_split(val_photos, model.image_size, device, config.workers, "validation")
+    log(f"training photos: {train_photos.counts()}; validation photos: {val_photos.counts()} ({val_source})")
+    if ranks.world > 1:
+        log(f"{ranks.world} processes, {config.batch_size // ranks.world} photos each per step of "
+            f"{config.batch_size}, on {device.type}")
+    train_split = load_split(train_photos, model.image_size, device, config.workers, "training", ranks.is_main)
+    val_split = load_split(val_photos, model.image_size, device, config.workers, "validation", ranks.is_main)
     fingerprint = f"{train_photos.fingerprint()}-{val_photos.fingerprint()}"
 
     model = model.to(device, memory_format=torch.channels_last)
+    stepper = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if ranks.world > 1 else model
     optimizer = make_optimizer(config, model)
-    steps_per_epoch = math.ceil(len(train_split.labels) / config.batch_size)
+    steps_per_epoch = math.ceil(len(train_split.labels) // ranks.world / (config.batch_size // ranks.world))
     scheduler = make_scheduler(config, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    eval_criterion = nn.CrossEntropyLoss()
 
     if not config.resume and Path(config.checkpoint).exists():
-        print(f"note: {config.checkpoint} from an earlier run will be replaced after the first epoch "
-              "(stop now and add --resume to continue that run instead)")
+        log(f"note: {config.checkpoint} from an earlier run will be replaced after the first epoch "
+            "(stop now and add --resume to continue that run instead)")
     history, best = [], {"accuracy": -1.0, "epoch": 0, "model": None}
     start_epoch, seconds_before = 1, 0.0
     if config.resume:
-        state = load_checkpoint(config.checkpoint)
+        state = load_checkpoint(config.checkpoint)  # every process resumes from the same file
         _check_resumable(state, config, fingerprint)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
         history, best, seconds_before = state["history"], state["best"], state["seconds"]
         start_epoch = state["epoch"] + 1
-        print(f"resuming from {config.checkpoint} after epoch {state['epoch']} "
-              f"(best validation accuracy so far {best['accuracy']:.2%})")
+        log(f"resuming from {config.checkpoint} after epoch {state['epoch']} "
+            f"(best validation accuracy so far {best['accuracy']:.2%})")
 
-    summary_base = {
+    summary = {
         "command": command or "python train.py " + shlex.join(sys.argv[1:]),
         "config": asdict(config),
-        "device": describe_device(device),
+        "device": describe_device(device) + (f" x {ranks.world} processes" if ranks.world > 1 else ""),
         "n_train": len(train_split.labels),
         "n_val": len(val_split.labels),
         "train_counts": train_photos.counts(),
         "val_counts": val_photos.counts(),
         "validation_source": val_source,
         "skipped_files": [[str(p), r] for p, r in train_split.skipped + val_split.skipped],
+        "epochs_completed": start_epoch - 1, "best_epoch": best["epoch"], "best_val_accuracy": best["accuracy"],
+        "training_seconds": seconds_before, "history": history,
     }
     if start_epoch > config.epochs:
-        print(f"the checkpoint already holds all {config.epochs} epochs; nothing to train")
-        return {**summary_base, "epochs_completed": config.epochs, "best_epoch": best["epoch"],
-                "best_val_accuracy": best["accuracy"], "training_seconds": seconds_before, "history": history}
-    epoch, summary = start_epoch, {}
-    started = time.perf_counter()
+        log(f"the checkpoint already holds all {config.epochs} epochs; nothing to train")
+        return TrainResult(model, summary)
+    epoch, started = start_epoch, time.perf_counter()
     try:
         for epoch in range(start_epoch, config.epochs + 1):
-            row = _train_one_epoch(model, train_split, optimizer, scheduler, scaler, criterion, config, epoch, device)
-            val = validate(model, val_split, eval_criterion)
+            # Reseeded from (seed, epoch, rank): a resumed run continues the exact random stream in every process.
+            torch.manual_seed(config.seed * 1_000_003 + epoch * 1_009 + ranks.rank)
+            shard = epoch_shard(len(train_split.labels), epoch, config.seed, ranks)
+            row = _train_one_epoch(model, stepper, train_split, shard, optimizer, scheduler, scaler, config, epoch,
+                                   ranks)
+            val = validate(model, val_split, ranks)
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"], val_confusion=val["confusion"])
             history.append(row)
             improved = val["accuracy"] > best["accuracy"]
             if improved:
                 best = {"accuracy": val["accuracy"], "epoch": epoch,
                         "model": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}}
-            tqdm.write(
-                f"epoch {epoch:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
-                f"  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}  {row['images_per_s']:.1f} img/s"
-                f"  {row['seconds']:.0f}s{'  (best)' if improved else ''}"
-            )
-            seconds = seconds_before + time.perf_counter() - started
-            summary = {**summary_base, "epochs_completed": epoch, "best_epoch": best["epoch"],
-                       "best_val_accuracy": best["accuracy"], "training_seconds": seconds, "history": history}
-            _write_outputs(config, best["model"], summary)
-            save_checkpoint({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "epoch": epoch, "history": history, "best": best, "seconds": seconds,
-                "recipe": {k: getattr(config, k) for k in RECIPE_FIELDS}, "data_fingerprint": fingerprint,
-            }, config.checkpoint)
+            if ranks.is_main:
+                tqdm.write(
+                    f"epoch {epoch:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
+                    f"  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}  {row['images_per_s']:.1f} img/s"
+                    f"  {row['seconds']:.0f}s{'  (best)' if improved else ''}")
+            summary.update(epochs_completed=epoch, best_epoch=best["epoch"], best_val_accuracy=best["accuracy"],
+                           training_seconds=seconds_before + time.perf_counter() - started)
+            if ranks.is_main:
+                _write_outputs(config, best["model"], summary)
+                save_checkpoint({
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "epoch": epoch, "history": history, "best": best, "seconds": summary["training_seconds"],
+                    "recipe": {k: getattr(config, k) for k in RECIPE_FIELDS}, "data_fingerprint": fingerprint,
+                }, config.checkpoint)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(epoch, epoch - 1) from None
-    return summary
+        # Under torchrun a SIGTERM usually means the launcher is stopping the run because a peer failed.
+        reason = "interrupted" if ranks.world == 1 else "the run was stopped (a process failed, or it was killed)"
+        raise TrainingInterrupted(epoch, epoch - 1, reason) from None
+    except dist.DistError as error:  # another process of the run died: its peers cannot go on
+        raise TrainingInterrupted(epoch, epoch - 1, f"another process of the run failed ({error})") from None
+    return TrainResult(model, summary)
 
 
-def _train_one_epoch(model, split, optimizer, scheduler, scaler, criterion, config, epoch, device) -> dict:
+def _train_one_epoch(model, stepper, split, shard, optimizer, scheduler, scaler, config, epoch, ranks) -> dict:
+    """One pass over this process's shard; returns the epoch's training metrics, summed over all processes."""
+    device = split.labels.device
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     model.train()
-    order = torch.randperm(len(split.labels), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-    batches = order.to(split.labels.device).split(config.batch_size)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen, started = 0, time.perf_counter()
-    bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False, dynamic_ncols=True)
+    batches = shard.to(device).split(config.batch_size // ranks.world)
+    totals = torch.zeros(3, device=device)  # loss sum, correct, photos
+    started = time.perf_counter()
+    bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False, dynamic_ncols=True,
+               disable=not ranks.is_main)
     for step, indices in enumerate(bar):
         images = split.images[indices].float().div_(255)
         if config.augment:
@@ -286,22 +356,24 @@ def _train_one_epoch(model, split, optimizer, scheduler, scaler, criterion, conf
         images = normalize(images, model.mean, model.std)
         labels = split.labels[indices]
         with autocast(device):
-            logits = model(images)
+            logits = stepper(images)
         loss = criterion(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        loss_sum += loss.detach() * len(labels)
-        correct += (logits.argmax(dim=1) == labels).sum()
-        seen += len(labels)
-        if step % 10 == 0 or step == len(batches) - 1:  # .item() waits for the GPU: not every step
-            elapsed = time.perf_counter() - started
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.2%}",
-                            img_s=f"{seen / elapsed:.1f}")
+        totals += torch.stack([loss.detach() * len(labels), (logits.argmax(dim=1) == labels).sum(),
+                               torch.tensor(len(labels), device=device)])
+        if ranks.is_main and (step % 10 == 0 or step == len(batches) - 1):  # .item() waits for the GPU
+            loss_sum, correct, seen = totals.tolist()
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.2%}",
+                            img_s=f"{seen * ranks.world / (time.perf_counter() - started):.1f}")
+    if ranks.world > 1:
+        dist.all_reduce(totals)
     elapsed = time.perf_counter() - started
-    return {"epoch": epoch, "train_loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen,
+    loss_sum, correct, seen = totals.tolist()
+    return {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
             "lr": optimizer.param_groups[0]["lr"], "seconds": elapsed, "images_per_s": seen / elapsed}
 
 

@@ -146,3 +146,30 @@ def shared_data() -> Path:
             pytest.fail(message + "; under CI they must be there", pytrace=False)
         pytest.skip(message)
     return SHARED_DATA
+
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT_FILES = {"model.safetensors", "config.json", "README.md", "metrics.json",
+                "training_curves.png", "confusion_matrix.png"}
+EASY_TASK = dict(val_fraction=0.25, epochs=3, batch_size=16, lr=1e-3)  # learnt in 1-2 epochs
+
+
+@pytest.fixture(scope="session")
+def easy_photos(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """40 generated photos per class (warm cats, cool dogs) plus three unreadable files."""
+    from imagegen import write_bad_files, write_kaggle_folder
+
+    data = write_kaggle_folder(tmp_path_factory.mktemp("easy") / "photos", per_class=40)
+    return data, write_bad_files(data)
+
+
+@pytest.fixture(scope="session")
+def trained(easy_photos, tmp_path_factory):
+    """One short real single-process training run on the easy task, shared by several tests."""
+    from catsdogs.training import TrainConfig, train
+
+    data, bad = easy_photos
+    root = tmp_path_factory.mktemp("trained")
+    config = TrainConfig(data=str(data), output=str(root / "weights"), checkpoint=str(root / "ck" / "last.safetensors"),
+                         **EASY_TASK)
+    return config, train(config, command="python train.py --test").summary, bad

@@ -10,28 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from imagegen import write_bad_files, write_kaggle_folder
+from imagegen import write_kaggle_folder
 from PIL import Image
 
 import train as train_cli
 from catsdogs import CatsDogsCNN
 from catsdogs.checkpoint import load_checkpoint
-from catsdogs.training import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
-OUTPUT_FILES = {"model.safetensors", "config.json", "README.md", "metrics.json",
-                "training_curves.png", "confusion_matrix.png"}
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """One short real training run on an easy generated task, shared by the tests below."""
-    root = tmp_path_factory.mktemp("trained")
-    data = write_kaggle_folder(root / "photos", per_class=40)
-    bad = write_bad_files(data)
-    config = TrainConfig(data=str(data), val_fraction=0.25, epochs=3, batch_size=16, lr=1e-3,
-                         output=str(root / "weights"), checkpoint=str(root / "ck" / "last.safetensors"))
-    return config, train(config, command="python train.py --test"), bad
+from conftest import OUTPUT_FILES, ROOT
 
 
 def test_accuracy_rises_well_above_chance(trained):

@@ -1,0 +1,101 @@
+"""`torchrun` with DistributedDataParallel: 2 CPU processes with gloo on 127.0.0.1."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import EASY_TASK, OUTPUT_FILES, ROOT
+
+from catsdogs.checkpoint import load_checkpoint
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+def train_args(data: Path, out: Path, **recipe) -> list[str]:
+    args = ["--data", str(data), "--output", str(out / "weights"), "--checkpoint", str(out / "ck" / "last.safetensors")]
+    for key, value in {**EASY_TASK, **recipe}.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def test_two_processes_train_in_sync_on_disjoint_shards(easy_photos, trained, tmp_path):
+    data, _ = easy_photos
+    out = tmp_path / "run"
+    result = subprocess.run([*TORCHRUN, "tests/ddp_probe.py", str(tmp_path), *train_args(data, out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]  # both ranks ran
+
+    metrics = json.loads((out / "weights" / "metrics.json").read_text())
+    n_train = metrics["n_train"]
+    assert n_train == 60 and "x 2 processes" in metrics["device"]
+    for epoch in ("1", "2", "3"):
+        first, second = (set(record["shards"][epoch]) for record in records)
+        assert len(first) == len(second) == n_train // 2
+        assert not first & second and first | second == set(range(n_train))
+    assert records[0]["shards"]["1"] != records[0]["shards"]["2"]  # reshuffled every epoch
+    assert records[0]["parameters_sha256"] == records[1]["parameters_sha256"]
+
+    # Only the first process wrote files: one output folder, one checkpoint, one report.
+    assert {p.name for p in (out / "weights").iterdir()} == OUTPUT_FILES
+    assert [p.name for p in (out / "ck").iterdir()] == ["last.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["ck", "weights"]
+    assert result.stdout.count("best validation accuracy") == 1
+
+    single = trained[1]["best_val_accuracy"]
+    assert single >= 0.9 and abs(metrics["best_val_accuracy"] - single) <= 0.1
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def rank_pid(torchrun_pid: int, rank: int) -> int | None:
+    for pid in children_of(torchrun_pid):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return pid
+    return None
+
+
+def test_killing_one_process_fails_the_run_and_resume_continues(easy_photos, tmp_path):
+    data, _ = easy_photos
+    args = train_args(data, tmp_path, epochs=4)
+    checkpoint = tmp_path / "ck" / "last.safetensors"
+    run = subprocess.Popen([*TORCHRUN, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    victim = rank_pid(run.pid, 1)
+    assert victim is not None, "rank 1 not found"
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = run.communicate(timeout=120)
+
+    assert run.returncode != 0
+    completed = load_checkpoint(checkpoint)["epoch"]
+    assert 1 <= completed < 4
+    assert f"{completed} finished epochs are saved" in stderr
+    assert f"resume with: torchrun --nproc-per-node 2 train.py {' '.join(args)} --resume" in stderr
+
+    resumed = subprocess.run([*TORCHRUN, "train.py", *args, "--resume"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"after epoch {completed}" in resumed.stdout
+    history = json.loads((tmp_path / "weights" / "metrics.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
