@@ -89,9 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         say(f"error: {error}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
+        if stop.completed == 0:
+            say(f"\n{stop.reason} in epoch 1, before any epoch finished: nothing was saved.", file=sys.stderr)
+            return 130
         resume = command if "--resume" in argv else command + " --resume"
         say(f"\n{stop.reason} in epoch {stop.epoch}: {stop.completed} finished epochs are saved in "
             f"{config.checkpoint}, the best weights so far in {config.output}/.\nresume with: {resume}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        say("\ninterrupted before training started: nothing was saved.", file=sys.stderr)
         return 130
     say(f"best validation accuracy {summary['best_val_accuracy']:.2%} (epoch {summary['best_epoch']}); "
         f"weights in {config.output}/")

@@ -120,6 +120,8 @@ def decode_photos(photos: Photos, size: int, workers: int = 8, desc: str = "deco
         list(tqdm(pool.map(decode, range(len(photos))), total=len(photos), desc=desc, unit="photo", leave=False,
                   disable=not progress))
     labels = torch.tensor(photos.labels, dtype=torch.long)
+    if ok.all():  # the usual case: don't copy gigabytes of photos
+        return images, labels, []
     return images[ok], labels[ok], sorted(skipped)
 
 

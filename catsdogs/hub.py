@@ -45,6 +45,7 @@ def save_outputs(
         for name, figure in figures.items():
             figure.savefig(Path(tmp) / name, dpi=110, bbox_inches="tight")
         for file in Path(tmp).iterdir():
+            file.chmod(0o644)  # some writers create 0600 files; weights are meant to be shared
             os.replace(file, output_dir / file.name)
 
 

@@ -172,6 +172,10 @@ def find_splits(config: TrainConfig) -> tuple[Photos, Photos, str]:
         val, val_val = find_photos(config.val_data)
         if val_val is not None:
             val = Photos(val.paths + val_val.paths, val.labels + val_val.labels)
+        shared = {p.resolve() for p in photos.paths} & {p.resolve() for p in val.paths}
+        if shared:
+            print(f"warning: {len(shared)} of the --val-data photos are also training photos; "
+                  "the validation accuracy will be optimistic")
         return photos, val, f"all photos in `{config.val_data}` (--val-data)"
     if layout_val is not None:
         return photos, layout_val, "the labelled test/validation folder beside train/ in the data folder"
@@ -274,7 +278,7 @@ def _train(config: TrainConfig, command: str | None, ranks: Ranks, device: torch
     start_epoch, seconds_before = 1, 0.0
     if config.resume:
         state = load_checkpoint(config.checkpoint)  # every process resumes from the same file
-        _check_resumable(state, config, fingerprint)
+        _check_resumable(state, config, fingerprint, steps_per_epoch)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -329,6 +333,7 @@ def _train(config: TrainConfig, command: str | None, ranks: Ranks, device: torch
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                     "epoch": epoch, "history": history, "best": best, "seconds": summary["training_seconds"],
                     "recipe": {k: getattr(config, k) for k in RECIPE_FIELDS}, "data_fingerprint": fingerprint,
+                    "steps_per_epoch": steps_per_epoch,
                 }, config.checkpoint)
     except KeyboardInterrupt:
         # Under torchrun a SIGTERM usually means the launcher is stopping the run because a peer failed.
@@ -348,7 +353,7 @@ def _train_one_epoch(model, stepper, split, shard, optimizer, scheduler, scaler,
     totals = torch.zeros(3, device=device)  # loss sum, correct, photos
     started = time.perf_counter()
     bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False, dynamic_ncols=True,
-               disable=not ranks.is_main)
+               disable=not ranks.is_main, mininterval=0.1 if sys.stderr.isatty() else 30)  # log files: every 30 s
     for step, indices in enumerate(bar):
         images = split.images[indices].float().div_(255)
         if config.augment:
@@ -377,12 +382,15 @@ def _train_one_epoch(model, stepper, split, shard, optimizer, scheduler, scaler,
             "lr": optimizer.param_groups[0]["lr"], "seconds": elapsed, "images_per_s": seen / elapsed}
 
 
-def _check_resumable(state: dict, config: TrainConfig, fingerprint: str) -> None:
+def _check_resumable(state: dict, config: TrainConfig, fingerprint: str, steps_per_epoch: int) -> None:
     recipe = {k: getattr(config, k) for k in RECIPE_FIELDS}
     changed = [f"--{k.replace('_', '-')} was {state['recipe'][k]!r}, now {recipe[k]!r}"
                for k in RECIPE_FIELDS if state["recipe"].get(k) != recipe[k]]
     if changed:
         raise CheckpointError("--resume must repeat the interrupted run's settings: " + "; ".join(changed))
+    if state["steps_per_epoch"] != steps_per_epoch:
+        raise CheckpointError(f"the checkpoint made {state['steps_per_epoch']} steps per epoch, this launch would make "
+                              f"{steps_per_epoch}: resume with the same number of processes as before")
     if state["data_fingerprint"] != fingerprint:
         raise CheckpointError(f"the checkpoint {config.checkpoint} was trained on a different set of photos; "
                               "resume with the same --data/--val-data, or start afresh without --resume")

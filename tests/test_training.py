@@ -16,6 +16,7 @@ from PIL import Image
 import train as train_cli
 from catsdogs import CatsDogsCNN
 from catsdogs.checkpoint import load_checkpoint
+from catsdogs.training import TrainConfig, find_splits
 
 from conftest import OUTPUT_FILES, ROOT
 
@@ -107,3 +108,10 @@ def test_kill_then_resume_loses_at_most_the_current_epoch(tmp_path):
     history = json.loads((output / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert load_checkpoint(checkpoint)["epoch"] == 3
+
+
+def test_validation_photos_that_are_also_trained_on_are_flagged(easy_photos, capsys):
+    data, _ = easy_photos
+    train_photos, val_photos, source = find_splits(TrainConfig(data=str(data), val_data=str(data)))
+    assert len(val_photos) == len(train_photos) == 80 and "--val-data" in source
+    assert "80 of the --val-data photos are also training photos" in capsys.readouterr().out
