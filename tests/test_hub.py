@@ -3,6 +3,7 @@
 import hashlib
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,9 @@ def test_hub_down_during_push_keeps_weights_and_the_retry_uploads_them(hub, phot
     retry = result.stderr.split("retry only the upload with: ")[1].strip()
     assert retry == f"hf upload tester/catsdogs {output} ."
     hub.start()  # the Hub is back
-    rerun = subprocess.run(shlex.split(retry), cwd=ROOT, env={**os.environ, "HF_TOKEN": WRITE_TOKEN},
+    hf = shlex.split(retry)
+    hf[0] = shutil.which("hf", path=str(Path(sys.executable).parent)) or "hf"  # the CLI of this interpreter
+    rerun = subprocess.run(hf, cwd=ROOT, env={**os.environ, "HF_TOKEN": WRITE_TOKEN},
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in output.iterdir()} == saved

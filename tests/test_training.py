@@ -1,6 +1,7 @@
 """Training learns, writes a complete output folder, and survives being interrupted."""
 
 import json
+import shlex
 import os
 import signal
 import subprocess
@@ -102,7 +103,9 @@ def test_kill_then_resume_loses_at_most_the_current_epoch(tmp_path):
                       "--resume")
     assert changed.returncode == 2 and "--epochs was 3, now 5" in changed.stderr
 
-    resumed = subprocess.run(resume_command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    program, *resume_args = shlex.split(resume_command)
+    assert program == "python"
+    resumed = subprocess.run([sys.executable, *resume_args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {checkpoint} after epoch {completed}" in resumed.stdout
     history = json.loads((output / "metrics.json").read_text())["history"]
