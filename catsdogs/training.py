@@ -196,10 +196,12 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
 
 
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    if config.schedule == "onecycle":
+    total_steps = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle" and total_steps >= 4:  # fewer steps leave no room for a warm-up
+        # Warm up over a quarter of the steps, and over at least two: a zero-length warm-up divides by zero.
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.25)
-    if config.schedule == "constant":
+            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=max(0.25, 2 / total_steps))
+    if config.schedule in ("constant", "onecycle"):
         return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     raise ValueError(f"unknown schedule {config.schedule!r}")
 

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -99,3 +100,21 @@ def test_killing_one_process_fails_the_run_and_resume_continues(easy_photos, tmp
     assert f"after epoch {completed}" in resumed.stdout
     history = json.loads((tmp_path / "weights" / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+
+
+def test_the_documented_multi_machine_command_on_loopback(easy_photos, tmp_path):
+    """Two torchrun agents ("machines", one process each) meet at a c10d rendezvous on 127.0.0.1."""
+    data, _ = easy_photos
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test",
+              "train.py", *train_args(data, tmp_path, epochs=1)]
+    agents = [subprocess.Popen(launch, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    outputs = [agent.communicate(timeout=300) for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert sum(stdout.count("best validation accuracy") for stdout, _ in outputs) == 1
+    metrics = json.loads((tmp_path / "weights" / "metrics.json").read_text())
+    assert "x 2 processes" in metrics["device"] and "--nnodes 2" in metrics["command"]

@@ -17,7 +17,7 @@ from PIL import Image
 import train as train_cli
 from catsdogs import CatsDogsCNN
 from catsdogs.checkpoint import load_checkpoint
-from catsdogs.training import TrainConfig, find_splits
+from catsdogs.training import TrainConfig, find_splits, make_scheduler
 
 from conftest import OUTPUT_FILES, ROOT
 
@@ -118,3 +118,13 @@ def test_validation_photos_that_are_also_trained_on_are_flagged(easy_photos, cap
     train_photos, val_photos, source = find_splits(TrainConfig(data=str(data), val_data=str(data)))
     assert len(val_photos) == len(train_photos) == 83 and "--val-data" in source  # 80 photos + 3 bad files
     assert "83 of the --val-data photos are also training photos" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("epochs, steps_per_epoch", [(1, 1), (1, 2), (1, 3), (1, 4), (2, 3), (1, 7), (3, 5)])
+def test_schedule_survives_every_short_run(epochs, steps_per_epoch):
+    optimizer = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())
+    scheduler = make_scheduler(TrainConfig(data="", epochs=epochs), optimizer, steps_per_epoch)
+    for _ in range(epochs * steps_per_epoch):
+        optimizer.step()
+        scheduler.step()
+    assert 0 < optimizer.param_groups[0]["lr"] <= 2e-3
