@@ -276,6 +276,9 @@ def _train(config: TrainConfig, command: str | None, ranks: Ranks, device: torch
     if not config.resume and Path(config.checkpoint).exists():
         log(f"note: {config.checkpoint} from an earlier run will be replaced after the first epoch "
             "(stop now and add --resume to continue that run instead)")
+    if not config.resume and (Path(config.output) / "model.safetensors").exists():
+        log(f"note: the weights in {config.output}/ will be replaced after the first epoch "
+            "(stop now and pass --output DIR to keep them)")
     history, best = [], {"accuracy": -1.0, "epoch": 0, "model": None}
     start_epoch, seconds_before = 1, 0.0
     if config.resume:

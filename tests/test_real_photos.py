@@ -1,6 +1,11 @@
 """Integration on the real Kaggle photos in ../shared/data."""
 
+import json
+import subprocess
+import sys
+
 import torch
+from conftest import ROOT
 
 from catsdogs.data import decode_photos, find_photos, split_photos
 from catsdogs.inference import predict_logits
@@ -25,3 +30,18 @@ def test_full_size_photos_decode_and_classify(shared_data):
     assert images.float().std() > 30  # real photos, not blank tensors
     probabilities = predict_logits(CatsDogsCNN(), images[:8]).softmax(dim=1)
     torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(8))
+
+
+def test_train_py_on_real_photos_listed_in_a_csv(shared_data, tmp_path):
+    """The seed-003 layout (a CSV of path, 0/1 label) over real Kaggle JPEGs, end to end through train.py."""
+    photos = shared_data / "dogs-vs-cats-200" / "train"
+    rows = [f"{photos / f'{kind}.{i}.jpg'},{label}" for kind, label in (("cat", 0), ("dog", 1)) for i in range(12)]
+    (tmp_path / "cat_dog.csv").write_text("image,labels\n" + "\n".join(rows) + "\n")
+    result = subprocess.run(
+        [sys.executable, "train.py", "--data", str(tmp_path / "cat_dog.csv"), "--val-fraction", "0.25", "--epochs", "1",
+         "--batch-size", "9", "--output", str(tmp_path / "weights"), "--checkpoint", str(tmp_path / "ck.safetensors")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "weights" / "metrics.json").read_text())
+    assert (metrics["n_train"], metrics["n_val"], metrics["skipped_files"]) == (18, 6, [])
+    assert metrics["train_counts"] == {"cat": 9, "dog": 9}
