@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         resume = command if "--resume" in argv else command + " --resume"
         say(f"\n{stop.reason} in epoch {stop.epoch}: {stop.completed} finished epochs are saved in "
-            f"{config.checkpoint}, the best weights so far in {config.output}/.\nresume with: {resume}", file=sys.stderr)
+            f"{config.checkpoint}, the best weights so far in {config.output}/.\nresume with: {resume}",
+            file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         say("\ninterrupted before training started: nothing was saved.", file=sys.stderr)

@@ -59,7 +59,7 @@ class Photos:
 
     def fingerprint(self) -> str:
         """Identifies the exact photo list, so a resumed run can check it trains on the same data."""
-        text = "\n".join(f"{p.name}\t{y}" for p, y in zip(self.paths, self.labels))
+        text = "\n".join(f"{p.name}\t{y}" for p, y in zip(self.paths, self.labels, strict=True))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -148,7 +148,6 @@ class Split:
 
     images: torch.Tensor
     labels: torch.Tensor
-    photos: Photos
     skipped: list
 
 
@@ -162,7 +161,7 @@ def load_split(photos: Photos, size: int, device: torch.device, workers: int, na
         raise DataError(f"after skipping unreadable files, the {name} photos hold only one class")
     if device.type == "cuda":
         images, labels = images.pin_memory(), labels.pin_memory()
-    return Split(images.to(device, non_blocking=True), labels.to(device, non_blocking=True), photos, skipped)
+    return Split(images.to(device, non_blocking=True), labels.to(device, non_blocking=True), skipped)
 
 
 def find_splits(config: TrainConfig) -> tuple[Photos, Photos, str]:
@@ -322,13 +321,13 @@ def _train(config: TrainConfig, command: str | None, ranks: Ranks, device: torch
             history.append(row)
             improved = val["accuracy"] > best["accuracy"]
             if improved:
-                best = {"accuracy": val["accuracy"], "epoch": epoch,
-                        "model": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}}
+                weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+                best = {"accuracy": val["accuracy"], "epoch": epoch, "model": weights}
             if ranks.is_main:
                 tqdm.write(
-                    f"epoch {epoch:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}"
-                    f"  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}  {row['images_per_s']:.1f} img/s"
-                    f"  {row['seconds']:.0f}s{'  (best)' if improved else ''}")
+                    f"epoch {epoch:>3}/{config.epochs}  train loss {row['train_loss']:.4f}"
+                    f" acc {row['train_accuracy']:.2%}  val loss {val['loss']:.4f} acc {val['accuracy']:.2%}"
+                    f"  {row['images_per_s']:.1f} img/s  {row['seconds']:.0f}s{'  (best)' if improved else ''}")
             summary.update(epochs_completed=epoch, best_epoch=best["epoch"], best_val_accuracy=best["accuracy"],
                            training_seconds=seconds_before + time.perf_counter() - started)
             if ranks.is_main:

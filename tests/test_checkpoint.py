@@ -25,7 +25,8 @@ def test_round_trip_of_training_state(tmp_path):
     restored = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters())
     restored.load_state_dict(loaded["optimizer"])
     assert list(loaded["optimizer"]["state"].keys()) == [0, 1]  # int keys survive
-    torch.testing.assert_close(restored.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    torch.testing.assert_close(restored.state_dict()["state"][0]["exp_avg"],
+                               optimizer.state_dict()["state"][0]["exp_avg"])
     assert loaded["scheduler"] == scheduler.state_dict()
     with safe_open(path, framework="pt") as f:  # a plain safetensors file
         assert "catsdogs_checkpoint" in f.metadata()

@@ -10,7 +10,7 @@ from catsdogs.data import DataError, Photos, decode_photos, find_photos, split_p
 
 
 def names(photos: Photos) -> list[tuple[str, int]]:
-    return sorted((p.name, y) for p, y in zip(photos.paths, photos.labels))
+    return sorted((p.name, y) for p, y in zip(photos.paths, photos.labels, strict=True))
 
 
 def test_kaggle_flat_folder(tmp_path):

@@ -2,7 +2,6 @@
 
 import json
 import shlex
-import os
 import signal
 import subprocess
 import sys
