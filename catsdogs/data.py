@@ -11,6 +11,7 @@ Layouts `find_photos` understands (`PATH` is what the user passes as `--data`):
 """
 
 import csv
+import sys
 import hashlib
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -172,7 +173,7 @@ def _photos_from_csv(csv_path: Path) -> Photos:
         raise DataError(f"{csv_path}: {len(bad_labels)} labels are not 0/1 or cat/dog, e.g. {bad_labels[:3]}")
     if missing:
         print(f"warning: {len(missing)} images listed in {csv_path} were not found (e.g. {missing[:3]}); looked in "
-              + " and ".join(str(r) for r in image_roots))
+              + " and ".join(str(r) for r in image_roots), file=sys.stderr)
     return photos
 
 

@@ -1,28 +1,43 @@
-"""Weights on disk and on the Hugging Face Hub: the output folder, the token check, the push.
+"""Weights on disk and on the Hugging Face Hub: the output folder, the push, and loading weights back.
 
 The output folder is what gets published, file for file: `model.safetensors`,
-`config.json`, the model card `README.md`, `metrics.json` and the plots.
+`config.json`, the model card `README.md`, `metrics.json` and the plots. A
+model is loaded from such a folder, local or a Hub repo fetched through the
+Hub's cache, never from anything but safetensors.
 """
 
+import contextlib
 import json
 import os
 import shlex
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import httpx2
-from huggingface_hub import HfApi, constants
-from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+from huggingface_hub import HfApi, ModelCard, constants, snapshot_download
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    LocalTokenNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from matplotlib.figure import Figure
+from safetensors import SafetensorError
 
 from catsdogs.model import CatsDogsCNN
 
 TOKEN_HELP = "run `hf auth login` or set HF_TOKEN to a token with write access (https://huggingface.co/settings/tokens)"
 
 
+WEIGHTS_FILES = ("model.safetensors", "config.json")  # what a model needs; the card and metrics are optional
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+
+
 class HubError(RuntimeError):
-    """Talking to the Hub failed; the message says why and what to do."""
+    """Talking to the Hub, or loading weights, failed; the message says why and what to do."""
 
 
 def save_outputs(
@@ -93,3 +108,53 @@ def push_outputs(output_dir: str | Path, repo_id: str, private: bool = False, to
 def retry_command(output_dir: str | Path, repo_id: str, private: bool) -> str:
     """The `hf` CLI command that uploads the output folder again, without retraining."""
     return shlex.join(["hf", "upload", repo_id, str(output_dir), ".", *(["--private"] if private else [])])
+
+
+def fetch_weights(source: str | Path, revision: str | None = None) -> Path:
+    """A local weights folder as it is, or a Hub repo id's weights through the Hub's cache. Returns the folder.
+
+    A repo fetched once keeps working offline: the cached snapshot is used when the Hub cannot be reached.
+    """
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        if revision:
+            raise HubError(f"--revision only applies to Hub repos, and {source} is a local folder")
+    elif folder.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
+        raise HubError(f"{source} is neither a weights folder nor a Hub repo id like user/catsdogs")
+    else:
+        where = f"{source}@{revision}" if revision else str(source)
+        try:
+            folder = Path(snapshot_download(str(source), revision=revision,
+                                            allow_patterns=[*WEIGHTS_FILES, "README.md", "metrics.json"]))
+        except RevisionNotFoundError as error:
+            raise HubError(f"the Hub repo {source} has no revision '{revision}'") from error
+        except RepositoryNotFoundError as error:
+            raise HubError(f"no model repo {source} on the Hub at {constants.ENDPOINT} "
+                           "(if it is private, set HF_TOKEN to a token that can read it)") from error
+        except LocalEntryNotFoundError as error:
+            raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} to fetch {where}, "
+                           "and it is not in the local cache") from error
+        except (HfHubHTTPError, httpx2.TransportError) as error:
+            raise HubError(f"fetching {where} from the Hub at {constants.ENDPOINT} failed: {error}") from error
+    missing = [name for name in WEIGHTS_FILES if not (folder / name).is_file()]
+    if missing:
+        raise HubError(f"{source} has no {' or '.join(missing)}: it does not hold catsdogs weights")
+    return folder
+
+
+def load_model(folder: str | Path) -> CatsDogsCNN:
+    """The model in a weights folder (see `fetch_weights`), on the CPU, in eval mode."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the mixin prints "Loading weights..." on stdout
+            return CatsDogsCNN.from_pretrained(folder).eval()
+    except (OSError, ValueError, RuntimeError, SafetensorError, json.JSONDecodeError) as error:
+        raise HubError(f"the weights in {folder} cannot be loaded ({type(error).__name__}: {error})") from error
+
+
+def card_accuracy(folder: str | Path) -> float | None:
+    """The validation accuracy that the folder's model card claims, if it states one."""
+    try:
+        results = ModelCard.load(Path(folder) / "README.md").data.eval_results or []
+    except (OSError, ValueError):
+        return None
+    return next((r.metric_value for r in results if r.metric_type == "accuracy"), None)

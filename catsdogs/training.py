@@ -33,7 +33,7 @@ from catsdogs import plots
 from catsdogs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from catsdogs.data import CLASS_NAMES, DataError, Photos, decode_photos, find_photos, split_photos
 from catsdogs.hub import save_outputs
-from catsdogs.inference import autocast, predict_logits
+from catsdogs.inference import autocast, cpu_has_native_bf16, predict_logits
 from catsdogs.model import CatsDogsCNN
 from catsdogs.preprocess import normalize
 
@@ -109,13 +109,15 @@ def resolve_device(name: str) -> torch.device:
 
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return f"{torch.cuda.get_device_name(device)}, {precision} mixed precision"
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"CPU: {cpu}, {torch.get_num_threads()} threads"
+    precision = "bf16 mixed precision" if cpu_has_native_bf16() else "fp32"
+    return f"CPU: {cpu}, {torch.get_num_threads()} threads, {precision}"
 
 
 def augment(images: torch.Tensor) -> torch.Tensor:
@@ -363,7 +365,7 @@ def _train_one_epoch(model, stepper, split, shard, optimizer, scheduler, scaler,
             images = augment(images)
         images = normalize(images, model.mean, model.std)
         labels = split.labels[indices]
-        with autocast(device):
+        with autocast(device, cpu_bf16=True):
             logits = stepper(images)
         loss = criterion(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)

@@ -99,3 +99,31 @@ def test_hub_down_during_push_keeps_weights_and_the_retry_uploads_them(hub, phot
     assert rerun.returncode == 0, rerun.stderr
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in output.iterdir()} == saved
     assert_same_outputs(CatsDogsCNN.from_pretrained("tester/catsdogs"), CatsDogsCNN.from_pretrained(output))
+
+
+def test_loading_weights_explains_what_is_wrong(tmp_path):
+    from catsdogs.hub import HubError, fetch_weights, load_model
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(HubError, match="has no model.safetensors or config.json"):
+        fetch_weights(empty)
+    with pytest.raises(HubError, match="neither a weights folder nor a Hub repo id"):
+        fetch_weights(tmp_path / "missing" / "weights")
+    CatsDogsCNN().save_pretrained(tmp_path / "ok")
+    with pytest.raises(HubError, match="--revision only applies to Hub repos"):
+        fetch_weights(tmp_path / "ok", revision="v1")
+    (tmp_path / "ok" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(HubError, match="cannot be loaded"):
+        load_model(fetch_weights(tmp_path / "ok"))
+
+
+def test_a_fetched_repo_keeps_working_offline(hub, tmp_path):
+    from catsdogs.hub import fetch_weights, load_model, push_outputs
+
+    CatsDogsCNN().save_pretrained(tmp_path / "w")
+    push_outputs(tmp_path / "w", "tester/offline", token=WRITE_TOKEN)
+    first = load_model(fetch_weights("tester/offline"))
+    hub.kill()
+    again = load_model(fetch_weights("tester/offline"))  # from the Hub's cache
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
