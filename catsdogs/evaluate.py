@@ -1,0 +1,183 @@
+"""Score trained weights on labelled photos: accuracy, per-class precision and recall, confusion matrix, worst mistakes.
+
+    python -m catsdogs.evaluate --data ~/dogs-vs-cats/train --split validation   # the shipped weights/
+    python -m catsdogs.evaluate --model you/catsdogs --data ~/my-pets --json     # a Hub repo, every photo
+    python -m catsdogs.evaluate --model runs/a --data ~/dogs-vs-cats/train --split training --mistakes 20
+
+`--split validation` re-creates the exact split train.py validated on (its --val-fraction and --seed are read
+from the weights' metrics.json), and the photos are decoded and scored along the same path as training's
+validation (decode_photos, then predict_logits), so the accuracy is the one training reported for the weights.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from catsdogs.data import CLASS_NAMES, DataError, Photos, decode_photos, find_photos, split_photos
+from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model
+from catsdogs.inference import best_device, predict_logits
+
+SPLITS = ("all", "validation", "training")
+BATCH = 256  # predict_logits' own batch: the same batches as training's validate(), so the same numbers
+
+
+def select_photos(data: str | Path, split: str, val_fraction: float, seed: int) -> tuple[Photos, dict]:
+    """The photos of `split`, chosen as train.py's find_splits chooses them, and a record of how they were chosen."""
+    photos, layout_val = find_photos(data)
+    if layout_val is not None:  # train/ beside a labelled val/ or test/: that folder is the validation split
+        chosen = {"all": Photos(photos.paths + layout_val.paths, photos.labels + layout_val.labels),
+                  "validation": layout_val, "training": photos}[split]
+        where = {"all": f"all photos (train/ {len(photos)} + the validation folder {len(layout_val)})",
+                 "validation": "validation split: the labelled test/validation folder beside train/",
+                 "training": "training split: the train/ folder"}[split]
+        return chosen, {"name": split, "description": f"{where} -> {len(chosen)} photos"}
+    if split == "all":
+        return photos, {"name": split, "description": f"all {len(photos)} photos"}
+    if not 0 < val_fraction < 1:
+        raise DataError(f"--val-fraction must be between 0 and 1, not {val_fraction}")
+    train, val = split_photos(photos, val_fraction, seed)
+    chosen, share = (val, val_fraction) if split == "validation" else (train, 1 - val_fraction)
+    description = (f"{split} split: deterministic stratified {share:.0%} (seed {seed}) of {len(photos)} photos "
+                   f"-> {len(chosen)}")
+    return chosen, {"name": split, "description": description, "val_fraction": val_fraction, "seed": seed}
+
+
+def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: str | None = None,
+             val_fraction: float | None = None, seed: int | None = None, mistakes: int = 10,
+             workers: int = min(8, os.cpu_count() or 1), progress: bool = True) -> dict:
+    """Score the weights in `model` (folder or Hub repo id) on `split` of `data`; the report is plain JSON data.
+
+    Split settings not given are those the weights were trained with (metrics.json), so a split is re-created
+    without the user having to remember them.
+    """
+    folder = fetch_weights(model, revision)
+    network = load_model(folder)
+    if list(network.class_names) != list(CLASS_NAMES):
+        raise HubError(f"{model} classifies {network.class_names}, not {list(CLASS_NAMES)}")
+    metrics = _metrics(folder)
+    trained_with = metrics.get("config", {})
+    val_fraction = trained_with.get("val_fraction", 0.1) if val_fraction is None else val_fraction
+    seed = trained_with.get("seed", 0) if seed is None else seed
+    photos, split_info = select_photos(data, split, val_fraction, seed)
+    if not len(photos):
+        raise DataError(f"no photos to evaluate: {split_info['description']}")
+    warnings = []
+    expected = metrics.get("val_counts" if split == "validation" else "train_counts") if split != "all" else None
+    if expected and expected != photos.counts():  # e.g. other data, or a model validated on --val-data
+        warnings.append(f"these {split} photos {photos.counts()} are not the {expected} that {model} was trained "
+                        f"with (its --data {trained_with.get('data')}, --val-data {trained_with.get('val_data')}); "
+                        "the accuracy will differ from the one training reported")
+
+    images, labels, skipped = decode_photos(photos, network.image_size, workers, desc=f"decoding {split} photos",
+                                            progress=progress)
+    if not len(labels):
+        raise DataError(f"none of the {len(photos)} photos could be read ({split_info['description']})")
+    unreadable = {path for path, _ in skipped}
+    paths = [path for path in photos.paths if path not in unreadable]
+    device = best_device()
+    network = network.to(device, memory_format=torch.channels_last)  # as trained and validated
+    batches = tqdm(images.split(BATCH), desc="scoring", unit="batch", leave=False, disable=not progress)
+    logits = torch.cat([predict_logits(network, batch, BATCH).cpu() for batch in batches])
+    predicted, confidence = logits.argmax(dim=1), logits.softmax(dim=1).max(dim=1).values
+
+    classes = len(CLASS_NAMES)
+    confusion = torch.bincount(labels * classes + predicted, minlength=classes * classes).view(classes, classes)
+    per_class = {}
+    for c, name in enumerate(CLASS_NAMES):
+        hits, support, claimed = confusion[c, c].item(), confusion[c].sum().item(), confusion[:, c].sum().item()
+        per_class[name] = {"precision": hits / claimed if claimed else None,  # None: undefined, not 0
+                           "recall": hits / support if support else None,
+                           "f1": 2 * hits / (support + claimed) if support + claimed else None, "support": support}
+    correct = confusion.trace().item()
+    labels, predicted, confidence = labels.tolist(), predicted.tolist(), confidence.tolist()
+    wrong = [i for i, (y, p) in enumerate(zip(labels, predicted, strict=True)) if y != p]
+    worst = sorted(wrong, key=lambda i: confidence[i], reverse=True)[:mistakes]
+    return {
+        "model": f"{model}@{revision}" if revision else str(model), "weights": str(folder), "data": str(data),
+        "split": split_info, "device": str(device), "n": len(labels), "correct": correct,
+        "accuracy": correct / len(labels), "trained_val_accuracy": metrics.get("best_val_accuracy"),
+        "class_names": list(CLASS_NAMES), "per_class": per_class, "confusion_matrix": confusion.tolist(),
+        "mistakes": [{"path": str(paths[i]), "true": CLASS_NAMES[labels[i]], "predicted": CLASS_NAMES[predicted[i]],
+                      "probability": confidence[i]} for i in worst],
+        "skipped": [{"path": str(path), "reason": reason} for path, reason in skipped], "warnings": warnings,
+    }
+
+
+def _metrics(folder: Path) -> dict:
+    """What training recorded beside the weights (split settings, counts, accuracy); {} where nothing was."""
+    try:
+        return json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def format_report(report: dict) -> str:
+    """The report as a person reads it in a terminal."""
+    percent = lambda value: "-" if value is None else f"{value:.2%}"  # noqa: E731
+    lines = [f"model: {report['model']}", f"data:  {report['data']}", report["split"]["description"]]
+    if report["skipped"]:
+        lines.append(f"skipped {len(report['skipped'])} unreadable files:")
+        lines += [f"  {s['path']}: {s['reason']}" for s in report["skipped"]]
+    lines.append(f"\naccuracy {report['accuracy']:.2%} ({report['correct']}/{report['n']}) on {report['device']}")
+    if report["split"]["name"] == "validation" and report["trained_val_accuracy"] is not None:
+        lines[-1] += f"; training reported {report['trained_val_accuracy']:.2%} for these weights"
+    lines.append(f"\n{'class':<8}{'precision':>10}{'recall':>10}{'f1':>10}{'photos':>8}")
+    for name, row in report["per_class"].items():
+        lines.append(f"{name:<8}{percent(row['precision']):>10}{percent(row['recall']):>10}"
+                     f"{percent(row['f1']):>10}{row['support']:>8}")
+    width = max(8, *(len(str(v)) + 2 for row in report["confusion_matrix"] for v in row))
+    lines.append("\nconfusion matrix (rows: true class, columns: predicted)")
+    lines.append(" " * 8 + "".join(f"{name:>{width}}" for name in report["class_names"]))
+    for name, row in zip(report["class_names"], report["confusion_matrix"], strict=True):
+        lines.append(f"{name:<8}" + "".join(f"{v:>{width}}" for v in row))
+    if report["mistakes"]:
+        lines.append(f"\n{len(report['mistakes'])} most confident mistakes:")
+        lines += [f"  {m['probability']:7.2%} {m['predicted']} (true {m['true']})  {m['path']}"
+                  for m in report["mistakes"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(SHIPPED_WEIGHTS),
+                        help="weights folder or Hub repo id like you/catsdogs (default: the shipped weights/)")
+    parser.add_argument("--revision", help="branch, tag or commit of a Hub repo")
+    parser.add_argument("--data", required=True, help="labelled photos: any folder or CSV that train.py reads")
+    parser.add_argument("--split", choices=SPLITS, default="all",
+                        help="which photos: all, or the validation/training split train.py made (default all)")
+    parser.add_argument("--val-fraction", type=float, help="of the split (default: the weights' metrics.json, or 0.1)")
+    parser.add_argument("--seed", type=int, help="of the split (default: the weights' metrics.json, or 0)")
+    parser.add_argument("--mistakes", type=int, default=10, help="how many confident mistakes to list (default 10)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="threads decoding photos")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) to stdout")
+    args = parser.parse_args(argv)
+    if args.mistakes < 0 or args.workers < 1:
+        parser.error("--mistakes must be 0 or more and --workers 1 or more")
+    if args.model == str(SHIPPED_WEIGHTS) and not SHIPPED_WEIGHTS.is_dir():
+        print(f"error: no shipped weights in {SHIPPED_WEIGHTS}/ yet (train.py writes them); pass --model DIR_OR_REPO",
+              file=sys.stderr)
+        return 2
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # libraries' notes and warnings must not mix into the report
+            report = evaluate(args.model, args.data, args.split, args.revision, args.val_fraction, args.seed,
+                              args.mistakes, args.workers)
+    except (DataError, HubError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

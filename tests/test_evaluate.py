@@ -1,0 +1,168 @@
+"""`python -m catsdogs.evaluate` reproduces training's validation accuracy and reports what it got wrong."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, USER, WRITE_TOKEN
+from imagegen import write_kaggle_folder
+
+from catsdogs import CatsDogsCNN
+from catsdogs.evaluate import main
+from catsdogs.hub import WEIGHTS_FILES, load_model, push_outputs
+from catsdogs.inference import predict_logits
+from catsdogs.training import Ranks, find_splits, load_split, validate
+
+
+def run(capsys, *args: str) -> dict:
+    assert main([*args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)  # the whole of stdout is the one JSON object
+
+
+def error_of(capsys, *args: str) -> str:
+    assert main(list(args)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return captured.err
+
+
+def assert_consistent(report: dict) -> None:
+    matrix = report["confusion_matrix"]
+    assert sum(map(sum, matrix)) == report["n"]
+    assert sum(matrix[c][c] for c in range(2)) == report["correct"] == round(report["accuracy"] * report["n"])
+    for c, name in enumerate(report["class_names"]):
+        row = report["per_class"][name]
+        assert row["support"] == sum(matrix[c])
+        assert row["recall"] == pytest.approx(matrix[c][c] / sum(matrix[c]))
+        if row["precision"] is not None:
+            assert row["precision"] == pytest.approx(matrix[c][c] / (matrix[0][c] + matrix[1][c]))
+
+
+def test_validation_split_reproduces_training_accuracy(trained, capsys):
+    config, summary, _ = trained
+    report = run(capsys, "--model", config.output, "--data", config.data, "--split", "validation")
+    assert report["accuracy"] == summary["best_val_accuracy"] == report["trained_val_accuracy"]
+    assert report["n"] == summary["n_val"] == 20
+    assert report["split"] == {"name": "validation", "val_fraction": 0.25, "seed": 0,  # from metrics.json
+                               "description": "validation split: deterministic stratified 25% (seed 0) of 83 photos "
+                                              "-> 21"}  # one of which is unreadable
+    assert len(report["skipped"]) == 1
+    assert_consistent(report)
+
+
+def test_borderline_decisions_match_training_validate(trained, tmp_path, capsys):
+    """The easy task's 100% would hide a different scoring path: shift the weights so that some photos sit on the
+    decision boundary, then compare with what training's own validate() says about the same weights."""
+    config, _, _ = trained
+    _, val_photos, _ = find_splits(config)
+    split = load_split(val_photos, 224, torch.device("cpu"), 2, "validation", verbose=False)
+    model = load_model(config.output)
+    margins = predict_logits(model, split.images).diff(dim=1).flatten()  # dog minus cat logit
+    with torch.no_grad():
+        model.head.bias[1] -= margins.quantile(0.75)  # a quarter of the photos flip to cat, some barely
+    model.save_pretrained(tmp_path / "shifted")
+    shutil.copy(Path(config.output) / "metrics.json", tmp_path / "shifted")
+    expected = validate(model.to(memory_format=torch.channels_last), split, Ranks())
+    capsys.readouterr()  # huggingface_hub prints "Loading weights from local directory" to stdout
+    report = run(capsys, "--model", str(tmp_path / "shifted"), "--data", config.data, "--split", "validation")
+    assert 0.5 < expected["accuracy"] < 1
+    assert (report["accuracy"], report["confusion_matrix"]) == (expected["accuracy"], expected["confusion"])
+
+
+def test_cli_in_a_subprocess_prints_only_json(trained):
+    config, summary, _ = trained
+    result = subprocess.run([sys.executable, "-m", "catsdogs.evaluate", "--model", config.output, "--data",
+                             config.data, "--split", "validation", "--json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["accuracy"], report["n"]) == (summary["best_val_accuracy"], summary["n_val"])
+    assert report["warnings"] == [] and "warning" not in result.stderr
+
+
+def test_all_and_training_splits_count_every_readable_photo(trained, capsys):
+    config, summary, bad = trained
+    everything = run(capsys, "--model", config.output, "--data", config.data)
+    assert everything["n"] == 80 and everything["split"]["description"] == "all 83 photos"
+    assert sorted(s["path"] for s in everything["skipped"]) == sorted(map(str, bad))
+    assert_consistent(everything)
+    training = run(capsys, "--model", config.output, "--data", config.data, "--split", "training")
+    assert training["n"] == summary["n_train"] == 60 and len(training["skipped"]) == 2
+    assert training["correct"] + round(summary["best_val_accuracy"] * 20) == everything["correct"]
+
+
+def test_untrained_weights_list_their_most_confident_mistakes(easy_photos, tmp_path, capsys):
+    data, _ = easy_photos
+    torch.manual_seed(0)
+    CatsDogsCNN().save_pretrained(tmp_path / "untrained")  # no metrics.json: the split falls back to 10%, seed 0
+    args = ["--model", str(tmp_path / "untrained"), "--data", str(data), "--split", "validation", "--mistakes", "3"]
+    report = run(capsys, *args)
+    assert report["n"] == 8 and report["trained_val_accuracy"] is None
+    assert "stratified 10% (seed 0)" in report["split"]["description"]
+    assert_consistent(report)
+    wrong = report["n"] - report["correct"]
+    assert wrong > 0 and len(report["mistakes"]) == min(3, wrong)
+    confidences = [m["probability"] for m in report["mistakes"]]
+    assert confidences == sorted(confidences, reverse=True) and all(p >= 0.5 for p in confidences)
+    assert all(m["true"] != m["predicted"] for m in report["mistakes"])
+
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert f"accuracy {report['accuracy']:.2%} ({report['correct']}/8)" in text
+    assert "confusion matrix (rows: true class, columns: predicted)" in text
+    assert all(m["path"] in text for m in report["mistakes"])
+
+
+def test_a_layout_validation_folder_is_the_validation_split(trained, tmp_path, capsys):
+    config, _, _ = trained
+    for split, start in (("train", 0), ("val", 100)):
+        write_kaggle_folder(tmp_path / split, per_class=2, start=start)
+    report = run(capsys, "--model", config.output, "--data", str(tmp_path), "--split", "validation")
+    assert report["n"] == 4 and report["skipped"] == []
+    assert "test/validation folder beside train/" in report["split"]["description"]
+    assert "not the {'cat': 11, 'dog': 10} that" in report["warnings"][0]  # not the photos it was trained on
+    assert run(capsys, "--model", config.output, "--data", str(tmp_path))["n"] == 8
+
+
+def test_unusable_input_exits_2_with_a_clear_message(trained, tmp_path, capsys):
+    config, _, _ = trained
+    (tmp_path / "empty").mkdir()
+    assert "error: no labelled photos in" in error_of(capsys, "--model", config.output, "--data", str(tmp_path))
+    (tmp_path / "no-weights").mkdir()
+    assert "has no model.safetensors" in error_of(capsys, "--model", str(tmp_path / "no-weights"),
+                                                  "--data", config.data)
+    assert "--val-fraction must be between 0 and 1" in error_of(
+        capsys, "--model", config.output, "--data", config.data, "--split", "validation", "--val-fraction", "1.5")
+    assert "no photos to evaluate" in error_of(
+        capsys, "--model", config.output, "--data", config.data, "--split", "validation", "--val-fraction", "0.001")
+
+
+def test_weights_fetched_from_the_hub_score_the_same(hub, trained, capsys):
+    config, summary, _ = trained
+    push_outputs(config.output, f"{USER}/evalmodel", token=WRITE_TOKEN)
+    report = run(capsys, "--model", f"{USER}/evalmodel", "--data", config.data, "--split", "validation")
+    assert report["model"] == f"{USER}/evalmodel" and report["weights"] != config.output
+    assert (report["accuracy"], report["n"]) == (summary["best_val_accuracy"], summary["n_val"])
+
+
+def test_unreachable_hub_exits_2(hub, trained):
+    config, _, _ = trained
+    hub.kill()
+    result = subprocess.run([sys.executable, "-m", "catsdogs.evaluate", "--model", f"{USER}/evalmodel",
+                             "--data", config.data], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "cannot reach the Hub" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_shipped_weights_on_full_size_photos(shared_data, capsys):
+    weights = ROOT / "weights"
+    if not all((weights / name).is_file() for name in WEIGHTS_FILES):
+        pytest.skip(f"no shipped weights in {weights} yet (they come from a full training run)")
+    report = run(capsys, "--data", str(shared_data / "dogs-vs-cats-fullres-sample"))  # --model defaults to weights/
+    assert report["weights"] == str(weights)
+    assert report["n"] == 200 and 0 <= report["accuracy"] <= 1 and report["skipped"] == []
+    assert_consistent(report)
