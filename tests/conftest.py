@@ -41,6 +41,7 @@ for _var in ("NO_PROXY", "no_proxy"):
     os.environ[_var] = ",".join(dict.fromkeys(_hosts + ["127.0.0.1", "localhost"]))
 
 # Only now is it safe to import things that may import huggingface_hub.
+import json  # noqa: E402
 import select  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -173,3 +174,62 @@ def trained(easy_photos, tmp_path_factory):
     config = TrainConfig(data=str(data), output=str(root / "weights"), checkpoint=str(root / "ck" / "last.safetensors"),
                          **EASY_TASK)
     return config, train(config, command="python train.py --test").summary, bad
+
+
+class App:
+    """`python app.py` running as a subprocess on a free loopback port, as a user would start it."""
+
+    def __init__(self, *args: str, env: dict | None = None, cwd: Path = ROOT):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log_file = tempfile.NamedTemporaryFile(prefix="app-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--port", str(self.port), *args], cwd=cwd,
+            env={**os.environ, **(env or {})}, stdout=self.log_file, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 120) -> "App":
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"app.py exited with {self.proc.returncode}:\n{self.log()}", pytrace=False)
+            try:
+                opener.open(self.url + "config", timeout=2).read()
+                return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        pytest.fail(f"app.py did not answer on {self.url} in {timeout:.0f}s:\n{self.log()}", pytrace=False)
+
+    def config(self) -> dict:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        return json.loads(opener.open(self.url + "config", timeout=10).read())
+
+    def log(self) -> str:
+        return Path(self.log_file.name).read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        Path(self.log_file.name).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def shipped_weights() -> Path:
+    weights = ROOT / "weights"
+    if not (weights / "model.safetensors").is_file():
+        pytest.fail("the shipped weights/ are missing: the app tests need them", pytrace=False)
+    return weights
+
+
+@pytest.fixture(scope="session")
+def app(shipped_weights):
+    """The demo on the shipped weights, started once for the client and browser tests."""
+    server = App().wait_ready()
+    yield server
+    server.stop()

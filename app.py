@@ -1,0 +1,170 @@
+"""The catsdogs demo: drop in a pet photo, or hold your pet up to the webcam, and see cat vs. dog.
+
+    python app.py                                   # the shipped weights/, on http://127.0.0.1:7860
+    python app.py --model you/catsdogs --revision main
+    CATSDOGS_MODEL=you/catsdogs python app.py       # how a Hugging Face Space picks its model
+
+Weights from the Hub go through the Hub's cache; if the Hub cannot be reached or the
+repo is wrong, the page says so and serves the shipped weights/ instead.
+"""
+
+import argparse
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported: no calls home
+
+import gradio as gr  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+from catsdogs.hub import SHIPPED_WEIGHTS, HubError  # noqa: E402
+from catsdogs.inference import Classifier  # noqa: E402
+from catsdogs.preprocess import BAD_IMAGE_ERRORS, photo_to_uint8  # noqa: E402
+
+# Below this top-class probability the page says it is not sure. Measured on the shipped weights
+# (README, "Not sure"): it flags most of the model's mistakes on pets and some non-pet photos.
+UNSURE_BELOW = 0.80
+MAX_FILE_SIZE = "20mb"
+NOT_A_PHOTO = "This file is not a photo the app can read (is it a JPEG, PNG, WebP or GIF?)."
+
+
+class PetPhoto(gr.Image):
+    """gr.Image opens every upload with PIL before any handler runs: turn its failures into a message, not 'Error'."""
+
+    is_template = True  # rendered by gr.Image's own frontend, not looked up as a custom component
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except Image.DecompressionBombError as error:
+            raise gr.Error(f"This image is too large to process ({error}).") from None
+        except (UnidentifiedImageError, OSError, ValueError):
+            raise gr.Error(NOT_A_PHOTO) from None
+
+
+def load_classifier(model: str, revision: str | None) -> tuple[Classifier | None, str]:
+    """The classifier to serve, and a warning for the page when it is not the one asked for."""
+    try:
+        return Classifier(model, revision), ""
+    except HubError as error:
+        if model == str(SHIPPED_WEIGHTS):
+            message = f"No model could be loaded: {error}"
+            print(f"error: {message}")
+            return None, message
+        message = f"Could not load `{model}`: {error}. Serving the shipped weights/ instead."
+        print(f"warning: {message}")
+        return load_classifier(str(SHIPPED_WEIGHTS), None)[0], message
+
+
+def info_markdown(classifier: Classifier | None) -> str:
+    if classifier is None:
+        return "**No model loaded.**"
+    accuracy = f"{classifier.val_accuracy:.2%}" if classifier.val_accuracy is not None else "not stated"
+    last = f"{classifier.last_seconds * 1000:.0f} ms" if classifier.last_seconds is not None else "none yet"
+    source = "shipped `weights/`" if classifier.source == str(SHIPPED_WEIGHTS) else f"`{classifier.source}`"
+    return (f"**Model:** {source} · **validation accuracy:** {accuracy} · **device:** {classifier.device.type} · "
+            f"**last prediction:** {last}")
+
+
+def unsure_note(probabilities: dict[str, float]) -> str:
+    if max(probabilities.values()) >= UNSURE_BELOW:
+        return ""
+    return ("⚠️ **Not sure this is a cat or a dog.** The model only knows these two classes; "
+            "with a top score below {:.0%} the answer is a guess.".format(UNSURE_BELOW))
+
+
+def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.Blocks:
+    def classify(photo: str | Image.Image | None) -> dict[str, float]:
+        """One photo (a file path, or a frame) -> {class: probability}; the API's /predict."""
+        if classifier is None:
+            raise gr.Error(startup_warning or "No model is loaded.")
+        if photo is None:
+            raise gr.Error("No photo given: upload one, paste one, or take a webcam snapshot.")
+        try:
+            if isinstance(photo, Image.Image):
+                photo = photo_to_uint8(photo.convert("RGB"), classifier.model.image_size)
+            return classifier.predict([photo])[0]
+        except BAD_IMAGE_ERRORS:
+            raise gr.Error(NOT_A_PHOTO + " It may be damaged or cut short.") from None
+
+    def show(photo):
+        if photo is None:  # the photo was cleared
+            return None, "", info_markdown(classifier)
+        probabilities = classify(photo)
+        return probabilities, unsure_note(probabilities), info_markdown(classifier)
+
+    def classify_many(files: list[str] | None):
+        if not files:
+            raise gr.Error("No photos given: choose one or more image files.")
+        rows = []
+        for path in files:
+            name = os.path.basename(path)
+            try:
+                p = classify(path)
+            except gr.Error as error:
+                rows.append([name, "—", None, None, error.message])
+                continue
+            best = max(p, key=p.get)
+            rows.append([name, best, *(round(p[c] * 100, 1) for c in classifier.class_names),
+                         "not sure" if unsure_note(p) else ""])
+        return rows, info_markdown(classifier)
+
+    class_names = classifier.class_names if classifier else ["cat", "dog"]
+    with gr.Blocks(title="Cat or dog?") as demo:
+        gr.Markdown("# Cat or dog?\nGive it a photo of a pet: upload it, paste it, or take a webcam "
+                    "snapshot. A small CNN (786k parameters) answers with the probability of each class.")
+        if startup_warning:
+            gr.Markdown(f"⚠️ {startup_warning}", elem_id="startup-warning")
+        with gr.Tab("Photo"):
+            with gr.Row():
+                photo = PetPhoto(type="filepath", sources=["upload", "webcam", "clipboard"], label="Pet photo",
+                                 image_mode=None, elem_id="photo",
+                                 webcam_options=gr.WebcamOptions(constraints={"video": {"width": {"ideal": 640}}}))
+                with gr.Column():
+                    label = gr.Label(num_top_classes=len(class_names), label="Prediction", elem_id="prediction")
+                    note = gr.Markdown(elem_id="unsure")
+        with gr.Tab("Live webcam"):
+            with gr.Row():
+                live = gr.Image(sources=["webcam"], streaming=True, type="pil", label="Webcam (live)",
+                                elem_id="live", webcam_options=gr.WebcamOptions(
+                                    constraints={"video": {"width": {"ideal": 640}}}))
+                with gr.Column():
+                    live_label = gr.Label(num_top_classes=len(class_names), elem_id="live-prediction",
+                                          label="Live prediction (updates twice a second, for up to a minute)")
+                    live_note = gr.Markdown(elem_id="live-unsure")
+        with gr.Tab("Several photos"):
+            files = gr.File(file_count="multiple", file_types=["image"], label="Photos", elem_id="batch")
+            run_batch = gr.Button("Classify all", variant="primary", elem_id="batch-run")
+            table = gr.Dataframe(headers=["photo", "prediction", *(f"{c} %" for c in class_names), "note"],
+                                 elem_id="batch-results", interactive=False)
+        info = gr.Markdown(info_markdown(classifier), elem_id="info")
+
+        photo.change(show, photo, [label, note, info], api_visibility="private")
+        live.stream(lambda frame: show(frame)[:2], live, [live_label, live_note], stream_every=0.5,
+                    time_limit=60, concurrency_limit=4, api_visibility="private")
+        run_batch.click(classify_many, files, [table, info], api_name="predict_many")
+        # The API endpoint: the same photo input, answered with the label alone (see README, "API").
+        gr.Button(visible=False).click(classify, photo, label, api_name="predict")
+    return demo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=os.environ.get("CATSDOGS_MODEL") or str(SHIPPED_WEIGHTS),
+                        help="weights folder or Hub repo id (default: $CATSDOGS_MODEL, else the shipped weights/)")
+    parser.add_argument("--revision", default=os.environ.get("CATSDOGS_REVISION") or None,
+                        help="branch, tag or commit of a Hub repo (default: $CATSDOGS_REVISION, else main)")
+    # On Spaces, GRADIO_SERVER_NAME/PORT say where to listen; flags override them only when given.
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    args = parser.parse_args()
+
+    classifier, warning = load_classifier(args.model, args.revision)
+    if classifier is not None:
+        print(f"serving {classifier.source} on {classifier.device.type}")
+    demo = build_demo(classifier, warning)
+    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Take the README's screenshots of the demo with Chromium (Playwright), on the shipped weights and real photos.
+
+    python docs/screenshots.py        # writes docs/photo.png, docs/live.png, docs/batch.png
+"""
+
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+PHOTOS = ROOT.parent / "shared" / "data" / "dogs-vs-cats-fullres-sample"
+sys.path.insert(0, str(ROOT / "tests"))
+from test_browser import CHROMIUM, WEBCAM_READY, write_y4m  # noqa: E402
+
+
+def main() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url + "config", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.3)
+        camera = write_y4m(Path(tempfile.mkdtemp()) / "cam.y4m", [PHOTOS / "cat.12.jpg"], frames_each=30)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={camera}"])
+            page = browser.new_page(viewport={"width": 1100, "height": 760})
+            page.goto(url)
+            page.locator("#photo input[type=file]").set_input_files(PHOTOS / "dog.12.jpg")
+            page.locator("#prediction [data-testid=label-output-value]").wait_for()
+            page.wait_for_timeout(500)
+            page.screenshot(path=DOCS / "photo.png")
+
+            page.get_by_role("tab", name="Live webcam").click()
+            page.locator("#live").get_by_text("Click to Access Webcam").click()
+            page.wait_for_function(WEBCAM_READY, arg="live")
+            page.locator("#live").get_by_label("capture photo").click()
+            page.locator("#live-prediction [data-testid=label-output-value]").wait_for()
+            page.wait_for_timeout(1500)
+            page.screenshot(path=DOCS / "live.png")
+
+            page.get_by_role("tab", name="Several photos").click()
+            page.locator("#batch input[type=file]").set_input_files(
+                [PHOTOS / f"{c}.{i}.jpg" for c in ("cat", "dog") for i in (20, 21, 22)])
+            page.locator("#batch-run").click()
+            page.locator("#batch-results").get_by_text("dog.22.jpg").wait_for()
+            page.wait_for_timeout(500)
+            page.screenshot(path=DOCS / "batch.png")
+            browser.close()
+    finally:
+        app.terminate()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The demo as its users reach it: `python app.py` on loopback, driven with gradio_client over real HTTP."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from conftest import App, USER, WRITE_TOKEN
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from imagegen import pet_photo
+from PIL import Image
+
+from catsdogs.hub import push_outputs
+
+
+def confidences(result: dict) -> dict[str, float]:
+    return {c["label"]: c["confidence"] for c in result["confidences"]}
+
+
+@pytest.fixture(scope="module")
+def client(app) -> Client:
+    return Client(app.url, verbose=False)
+
+
+def test_real_full_size_photos_get_both_probabilities(client, shared_data):
+    photos = sorted((shared_data / "dogs-vs-cats-fullres-sample").glob("*.jpg"))[::40]
+    assert len(photos) == 5
+    for photo in photos:
+        result = client.predict(handle_file(photo), api_name="/predict")
+        probabilities = confidences(result)
+        assert set(probabilities) == {"cat", "dog"}
+        assert sum(probabilities.values()) == pytest.approx(1, abs=1e-5)
+        assert result["label"] == max(probabilities, key=probabilities.get)
+
+
+def bomb_png(path, width=20_000, height=10_000):
+    """A valid PNG header claiming 200 megapixels (over PIL's bomb limit) with a tiny body."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def bad_inputs(tmp_path) -> dict[str, tuple[object, str]]:
+    text = tmp_path / "notes.jpg"
+    text.write_text("this is a text file renamed .jpg")
+    truncated = tmp_path / "cut.jpg"
+    pet_photo("cat", 1, size=(400, 300)).save(truncated, quality=95)
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    return {
+        "text file": (handle_file(text), "not a photo the app can read"),
+        "truncated": (handle_file(truncated), "damaged or cut short"),
+        "bomb": (handle_file(bomb_png(tmp_path / "huge.png")), "too large"),
+        "nothing": (None, "No photo given"),
+    }
+
+
+def test_bad_input_gets_a_message_and_the_app_keeps_serving(client, tmp_path):
+    for name, (value, message) in bad_inputs(tmp_path).items():
+        with pytest.raises(AppError, match=message):
+            client.predict(value, api_name="/predict")
+    ok = tmp_path / "ok.png"
+    pet_photo("dog", 2).save(ok)
+    assert sum(confidences(client.predict(handle_file(ok), api_name="/predict")).values()) == pytest.approx(1)
+
+
+def test_file_over_the_size_limit_is_refused(client, tmp_path):
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (3000, 3000, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 20_000_000
+    with pytest.raises(Exception, match="413|too large|size"):
+        client.predict(handle_file(big), api_name="/predict")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "L", "CMYK", "I;16", "GIF"])
+def test_any_image_mode_and_animated_gif(client, tmp_path, mode):
+    photo = pet_photo("cat", 3)
+    if mode == "GIF":
+        path = tmp_path / "anim.gif"
+        photo.save(path, save_all=True, append_images=[pet_photo("dog", 4)], duration=100, loop=0)
+    else:
+        path = tmp_path / f"photo.{'jpg' if mode == 'CMYK' else 'png'}"
+        photo.convert(mode).save(path)
+    assert sum(confidences(client.predict(handle_file(path), api_name="/predict")).values()) == pytest.approx(1)
+
+
+def test_several_photos_at_once_get_one_row_each(client, shared_data, tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    photos = [shared_data / "dogs-vs-cats-fullres-sample" / "cat.5.jpg", text,
+              shared_data / "dogs-vs-cats-fullres-sample" / "dog.5.jpg"]
+    table, _info = client.predict([handle_file(p) for p in photos], api_name="/predict_many")
+    rows = table["data"]
+    assert [row[0] for row in rows] == ["cat.5.jpg", "notes.jpg", "dog.5.jpg"]
+    assert rows[0][2] + rows[0][3] == pytest.approx(100, abs=0.2)
+    assert "not a photo" in rows[1][4]
+    with pytest.raises(AppError, match="No photos given"):
+        client.predict([], api_name="/predict_many")
+
+
+def test_model_from_the_hub(hub, shipped_weights, tmp_path):
+    push_outputs(shipped_weights, f"{USER}/catsdogs", token=WRITE_TOKEN)
+    app = App("--model", f"{USER}/catsdogs", "--revision", "main").wait_ready()
+    try:
+        photo = tmp_path / "cat.png"
+        pet_photo("cat", 5).save(photo)
+        assert sum(confidences(Client(app.url, verbose=False).predict(
+            handle_file(photo), api_name="/predict")).values()) == pytest.approx(1)
+        assert f"serving {USER}/catsdogs@main on cpu" in app.log()
+        assert "startup-warning" not in str(app.config())
+    finally:
+        app.stop()
+
+
+@pytest.mark.parametrize("problem", ["hub down", "no such repo"])
+def test_unreachable_hub_or_missing_repo_falls_back_to_shipped_weights(hub, tmp_path, problem):
+    if problem == "hub down":
+        hub.kill()
+    app = App("--model", f"{USER}/{'catsdogs' if problem == 'hub down' else 'nothing-here'}").wait_ready()
+    try:
+        reason = "cannot reach the Hub" if problem == "hub down" else "no model repo"
+        assert reason in app.log() and "Serving the shipped weights/ instead" in app.log()
+        assert reason in str(app.config())  # the page shows it too
+        photo = tmp_path / "dog.png"
+        pet_photo("dog", 6).save(photo)
+        result = Client(app.url, verbose=False).predict(handle_file(photo), api_name="/predict")
+        assert result["label"] in {"cat", "dog"}
+    finally:
+        app.stop()
