@@ -1,6 +1,6 @@
 """Load test of the demo: N concurrent gradio_client users sending real photos to /predict on loopback.
 
-    python bench/app_load.py --clients 1 8 32 --seconds 30
+    python -m bench.app_load --clients 1 8 32 --seconds 30
 
 Starts `python app.py` on a free port (or uses --url), and for each client count
 runs that many clients for a fixed time, each sending the next full-size photo
@@ -21,8 +21,7 @@ from pathlib import Path
 
 from gradio_client import Client, handle_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
+from bench.common import report
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "data" / "dogs-vs-cats-fullres-sample"

@@ -1,12 +1,15 @@
 """What every benchmark prints beside its figures: the hardware, the versions and the command."""
 
+import copy
 import json
 import os
 import platform
 import shlex
 import sys
+import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def environment() -> dict:
@@ -20,7 +23,7 @@ def environment() -> dict:
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "command": "python " + shlex.join(sys.argv),
+        "command": shlex.join(["python", *sys.orig_argv[1:]]),
     }
 
 
@@ -35,3 +38,52 @@ def report(title: str, columns: list[str], rows: list[list], extra: dict | None 
         print("| " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row) + " |")
     print("\nJSON " + json.dumps({"title": title, **env, "rows": [dict(zip(columns, r)) for r in rows],
                                   **(extra or {})}))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timings(fn, runs: int, warmup: int, device: torch.device) -> list[float]:
+    """Seconds per call of `fn`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    seconds = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(torch.tensor(values).quantile(q))
+
+
+def flops_per_photo(model: torch.nn.Module, training: bool) -> float:
+    """Floating-point operations per 224x224 photo, counted by PyTorch: forward, or forward + backward."""
+    x = torch.randn(1, 3, model.image_size, model.image_size)
+    model = copy.deepcopy(model).cpu().float()
+    with FlopCounterMode(display=False) as counter:
+        out = model(x)
+        if training:
+            out.sum().backward()
+    return counter.get_total_flops()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int | None = None, seconds: float = 3.0) -> float:
+    """Measured FLOP/s of a large square matmul: the practical ceiling the network's figures are compared with."""
+    size = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    calls = 1
+    while True:
+        took = sum(timings(lambda: [a @ b for _ in range(calls)], runs=1, warmup=1, device=device))
+        if took > seconds / 3:
+            break
+        calls *= 2
+    best = min(timings(lambda: [a @ b for _ in range(calls)], runs=3, warmup=0, device=device))
+    return 2 * size ** 3 * calls / best

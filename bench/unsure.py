@@ -1,6 +1,6 @@
 """Choosing the app's "not sure" threshold: what a cut on the top-class probability flags, on pets and on non-pets.
 
-    python bench/unsure.py --data ../shared/data/dogs-vs-cats-200/train
+    python -m bench.unsure --data ../shared/data/dogs-vs-cats-200/train
 
 Pets: the validation split the weights never trained on (re-created as
 `catsdogs.evaluate --split validation` does). Non-pets: photos that ship inside
@@ -11,20 +11,17 @@ flags the pets it gets wrong and the photos that are neither, and few others.
 
 import argparse
 import json
-import sys
 from importlib.util import find_spec
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
-
-from catsdogs.data import decode_photos  # noqa: E402
-from catsdogs.evaluate import select_photos  # noqa: E402
-from catsdogs.hub import SHIPPED_WEIGHTS, fetch_weights, load_model  # noqa: E402
-from catsdogs.inference import predict_logits  # noqa: E402
-from catsdogs.preprocess import load_photo  # noqa: E402
+from bench.common import report
+from catsdogs.data import decode_photos
+from catsdogs.evaluate import select_photos
+from catsdogs.hub import SHIPPED_WEIGHTS, fetch_weights, load_model
+from catsdogs.inference import predict_logits
+from catsdogs.preprocess import load_photo
 
 
 def packaged_non_pets() -> list[Path]:

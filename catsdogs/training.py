@@ -360,19 +360,9 @@ def _train_one_epoch(model, stepper, split, shard, optimizer, scheduler, scaler,
     bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False, dynamic_ncols=True,
                disable=not ranks.is_main, mininterval=0.1 if sys.stderr.isatty() else 30)  # log files: every 30 s
     for step, indices in enumerate(bar):
-        images = split.images[indices].float().div_(255)
-        if config.augment:
-            images = augment(images)
-        images = normalize(images, model.mean, model.std)
         labels = split.labels[indices]
-        with autocast(device, cpu_bf16=True):
-            logits = stepper(images)
-        loss = criterion(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        images = prepare_batch(split.images[indices], model, config.augment)
+        loss, logits = optimization_step(stepper, images, labels, criterion, optimizer, scheduler, scaler)
         totals += torch.stack([loss.detach() * len(labels), (logits.argmax(dim=1) == labels).sum(),
                                torch.tensor(len(labels), device=device)])
         if ranks.is_main and (step % 10 == 0 or step == len(batches) - 1):  # .item() waits for the GPU
@@ -385,6 +375,28 @@ def _train_one_epoch(model, stepper, split, shard, optimizer, scheduler, scaler,
     loss_sum, correct, seen = totals.tolist()
     return {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
             "lr": optimizer.param_groups[0]["lr"], "seconds": elapsed, "images_per_s": seen / elapsed}
+
+
+def prepare_batch(photos: torch.Tensor, model: CatsDogsCNN, augment_photos: bool) -> torch.Tensor:
+    """Decoded uint8 photos -> the network's normalised float input, augmented for training when asked."""
+    images = photos.float().div_(255)
+    if augment_photos:
+        images = augment(images)
+    return normalize(images, model.mean, model.std)
+
+
+def optimization_step(stepper: nn.Module, images: torch.Tensor, labels: torch.Tensor, criterion: nn.Module,
+                      optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler):
+    """Forward, backward and one optimiser step in the device's training precision. Returns (loss, logits)."""
+    with autocast(images.device, cpu_bf16=True):
+        logits = stepper(images)
+    loss = criterion(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss, logits
 
 
 def _check_resumable(state: dict, config: TrainConfig, fingerprint: str, steps_per_epoch: int) -> None:
@@ -413,7 +425,7 @@ def _write_outputs(config: TrainConfig, best_model_state: dict, summary: dict) -
     }
     card = {
         "val_accuracy": round(summary["best_val_accuracy"], 4),
-        "dataset_name": Path(config.data).name,
+        "dataset_name": "/".join(Path(config.data).parts[-2:]),  # e.g. dogs-vs-cats/train, not just train
         "summary": summary,
         "recipe": {k: getattr(config, k) for k in RECIPE_FIELDS},
         "training_time": _human_duration(summary["training_seconds"]),

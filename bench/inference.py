@@ -1,0 +1,93 @@
+"""Inference speed: one photo end to end through the app's code path, and batched throughput.
+
+    python -m bench.inference                  # CPU, and CUDA too when there is a GPU
+    python -m bench.inference --device cpu --runs 300
+
+Single photo: read a full-size JPEG -> preprocess -> forward -> probabilities,
+exactly as app.py does it (`Classifier.predict`), against the forward pass
+alone on a ready tensor, p50/p95. Batched: images/s of the forward pass in each
+precision, with the achieved GFLOP/s as a share of a large matmul's measured
+GFLOP/s on the same device.
+"""
+
+import argparse
+import itertools
+from pathlib import Path
+
+import torch
+
+from bench.common import flops_per_photo, matmul_peak, percentile, report, timings
+from catsdogs.hub import SHIPPED_WEIGHTS
+from catsdogs.inference import Classifier, predict_logits
+from catsdogs.preprocess import load_photo, normalize
+
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-fullres-sample"
+
+
+def single_photo(classifier: Classifier, photos: list[Path], runs: int) -> list[list]:
+    device, model = classifier.device, classifier.model
+    next_photo = itertools.cycle(photos).__next__
+    end_to_end = timings(lambda: classifier.predict([next_photo()]), runs, warmup=10, device=device)
+    decode = timings(lambda: load_photo(next_photo(), model.image_size), runs, warmup=10, device=device)
+    ready = normalize(load_photo(photos[0], model.image_size)[None], model.mean, model.std).to(device)
+    with torch.inference_mode():
+        forward = timings(lambda: model(ready).softmax(dim=1), runs, warmup=10, device=device)
+    p50 = percentile(forward, 0.5)
+    return [[f"{device.type}: {name}", percentile(t, 0.5) * 1000, percentile(t, 0.95) * 1000,
+             f"{percentile(t, 0.5) / p50:.2f}x"]
+            for name, t in [("photo end to end (app path)", end_to_end), ("decode + resize only", decode),
+                            ("forward only", forward)]]
+
+
+def batched(classifier: Classifier, batch: int, seconds_per_row: int) -> list[list]:
+    device, model = classifier.device, classifier.model
+    flops = flops_per_photo(model, training=False)
+    images = torch.randint(0, 256, (batch, 3, model.image_size, model.image_size), dtype=torch.uint8, device=device)
+    precisions = [("fp32", torch.float32, False), ("bf16", torch.bfloat16, True)]
+    rows = []
+    for name, dtype, cpu_bf16 in precisions:
+        if device.type == "cpu" and cpu_bf16 and not torch.cpu._is_avx512_bf16_supported():
+            continue
+        peak = matmul_peak(device, dtype)
+
+        def run():
+            if device.type == "cuda" and dtype == torch.float32:
+                with torch.autocast("cuda", enabled=False), torch.inference_mode():
+                    return model(normalize(images, model.mean, model.std))
+            if device.type == "cpu" and cpu_bf16:
+                with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+                    return model(normalize(images, model.mean, model.std))
+            return predict_logits(model, images, batch)  # the app's precision on this device
+
+        once = sum(timings(run, runs=1, warmup=1, device=device))
+        seconds = timings(run, runs=max(3, int(seconds_per_row / once)), warmup=0, device=device)
+        per_s = batch / percentile(seconds, 0.5)
+        rows.append([f"{device.type} {name}, batch {batch}, channels_last", per_s, per_s * flops / 1e9,
+                     peak / 1e9, f"{per_s * flops / peak:.0%}"])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(SHIPPED_WEIGHTS))
+    parser.add_argument("--device", choices=["cpu", "cuda"], nargs="+",
+                        default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    parser.add_argument("--runs", type=int, default=200, help="single-photo calls timed per row")
+    parser.add_argument("--seconds", type=int, default=10, help="seconds per batched row")
+    args = parser.parse_args()
+    photos = sorted(PHOTOS.glob("*.jpg"))
+    if not photos:
+        raise SystemExit(f"no full-size photos in {PHOTOS} (see README: Set-up)")
+
+    latency, throughput = [], []
+    for device in map(torch.device, args.device):
+        classifier = Classifier(args.model, device=device)
+        latency += single_photo(classifier, photos, args.runs)
+        throughput += batched(classifier, 64 if device.type == "cpu" else 512, args.seconds)
+    report("Inference: one full-size photo", ["path", "p50 ms", "p95 ms", "p50 vs forward"], latency)
+    report("Inference: batched forward throughput",
+           ["setting", "images/s", "GFLOP/s", "matmul peak GFLOP/s", "share of peak"], throughput)
+
+
+if __name__ == "__main__":
+    main()
