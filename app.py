@@ -10,15 +10,18 @@ repo is wrong, the page says so and serves the shipped weights/ instead.
 
 import argparse
 import os
+from dataclasses import dataclass
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported: no calls home
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+# Behind an HTTP(S) proxy, launch() must still reach its own server on loopback.
+os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
 
 import gradio as gr  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError  # noqa: E402
 from catsdogs.inference import Classifier  # noqa: E402
-from catsdogs.preprocess import BAD_IMAGE_ERRORS, photo_to_uint8  # noqa: E402
+from catsdogs.preprocess import BAD_IMAGE_ERRORS, load_photo, photo_to_uint8  # noqa: E402
 
 # Below this top-class probability the page says it is not sure. Measured on the shipped weights
 # (README, "Not sure"): it flags most of the model's mistakes on pets and some non-pet photos.
@@ -27,8 +30,18 @@ MAX_FILE_SIZE = "20mb"
 NOT_A_PHOTO = "This file is not a photo the app can read (is it a JPEG, PNG, WebP or GIF?)."
 
 
+@dataclass
+class UnreadablePhoto:
+    """What PetPhoto hands on instead of a path when PIL cannot open the upload: the reason, for the user."""
+
+    reason: str
+
+
 class PetPhoto(gr.Image):
-    """gr.Image opens every upload with PIL before any handler runs: turn its failures into a message, not 'Error'."""
+    """gr.Image opens every upload with PIL before any handler runs; its failures become UnreadablePhoto values.
+
+    Without this, a text file renamed .jpg fails inside Gradio and the user sees a bare "Error".
+    """
 
     is_template = True  # rendered by gr.Image's own frontend, not looked up as a custom component
 
@@ -36,9 +49,9 @@ class PetPhoto(gr.Image):
         try:
             return super().preprocess(payload)
         except Image.DecompressionBombError as error:
-            raise gr.Error(f"This image is too large to process ({error}).") from None
+            return UnreadablePhoto(f"This image is too large to process ({error}).")
         except (UnidentifiedImageError, OSError, ValueError):
-            raise gr.Error(NOT_A_PHOTO) from None
+            return UnreadablePhoto(NOT_A_PHOTO)
 
 
 def load_classifier(model: str, revision: str | None) -> tuple[Classifier | None, str]:
@@ -46,13 +59,15 @@ def load_classifier(model: str, revision: str | None) -> tuple[Classifier | None
     try:
         return Classifier(model, revision), ""
     except HubError as error:
-        if model == str(SHIPPED_WEIGHTS):
+        if model == str(SHIPPED_WEIGHTS) and revision is None:
             message = f"No model could be loaded: {error}"
-            print(f"error: {message}")
+            print(f"error: {message}", flush=True)
             return None, message
-        message = f"Could not load `{model}`: {error}. Serving the shipped weights/ instead."
-        print(f"warning: {message}")
-        return load_classifier(str(SHIPPED_WEIGHTS), None)[0], message
+        fallback, fallback_problem = load_classifier(str(SHIPPED_WEIGHTS), None)
+        message = f"Could not load `{model}`{'@' + revision if revision else ''}: {error}. " + (
+            fallback_problem or "Serving the shipped weights/ instead.")
+        print(f"warning: {message}", flush=True)
+        return fallback, message
 
 
 def info_markdown(classifier: Classifier | None) -> str:
@@ -73,12 +88,14 @@ def unsure_note(probabilities: dict[str, float]) -> str:
 
 
 def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.Blocks:
-    def classify(photo: str | Image.Image | None) -> dict[str, float]:
+    def classify(photo: str | Image.Image | UnreadablePhoto | None) -> dict[str, float]:
         """One photo (a file path, or a frame) -> {class: probability}; the API's /predict."""
         if classifier is None:
             raise gr.Error(startup_warning or "No model is loaded.")
         if photo is None:
             raise gr.Error("No photo given: upload one, paste one, or take a webcam snapshot.")
+        if isinstance(photo, UnreadablePhoto):
+            raise gr.Error(photo.reason)
         try:
             if isinstance(photo, Image.Image):
                 photo = photo_to_uint8(photo.convert("RGB"), classifier.model.image_size)
@@ -87,24 +104,37 @@ def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.B
             raise gr.Error(NOT_A_PHOTO + " It may be damaged or cut short.") from None
 
     def show(photo):
-        if photo is None:  # the photo was cleared
+        """The page's photo: a result, or cleared outputs and the reason in a toast (never an old result)."""
+        if photo is None:  # the photo was removed
             return None, "", info_markdown(classifier)
-        probabilities = classify(photo)
+        try:
+            probabilities = classify(photo)
+        except gr.Error as error:
+            gr.Warning(error.message)
+            return None, "", info_markdown(classifier)
         return probabilities, unsure_note(probabilities), info_markdown(classifier)
 
     def classify_many(files: list[str] | None):
+        """Several photo files -> one table row each; unreadable ones get a note, the rest one batched forward."""
+        if classifier is None:
+            raise gr.Error(startup_warning or "No model is loaded.")
         if not files:
             raise gr.Error("No photos given: choose one or more image files.")
+        photos, unreadable = {}, []
+        for path in files:
+            try:
+                photos[path] = load_photo(path, classifier.model.image_size)
+            except BAD_IMAGE_ERRORS:
+                unreadable.append(path)
+        results = dict(zip(photos, classifier.predict(list(photos.values())))) if photos else {}
         rows = []
         for path in files:
-            name = os.path.basename(path)
-            try:
-                p = classify(path)
-            except gr.Error as error:
-                rows.append([name, "—", None, None, error.message])
+            if path in unreadable:
+                rows.append([os.path.basename(path), "-", *[None] * len(classifier.class_names), NOT_A_PHOTO])
                 continue
-            best = max(p, key=p.get)
-            rows.append([name, best, *(round(p[c] * 100, 1) for c in classifier.class_names),
+            p = results[path]
+            rows.append([os.path.basename(path), max(p, key=p.get),
+                         *(round(p[c] * 100, 1) for c in classifier.class_names),
                          "not sure" if unsure_note(p) else ""])
         return rows, info_markdown(classifier)
 
@@ -138,12 +168,14 @@ def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.B
                                  elem_id="batch-results", interactive=False)
         info = gr.Markdown(info_markdown(classifier), elem_id="info")
 
-        photo.change(show, photo, [label, note, info], api_visibility="private")
+        # Photos, batches and API calls share one queue slot pool ("predict", 2 at a time: 2 CPU cores);
+        # live streams have their own, as each holds its slot for up to time_limit.
+        photo.change(show, photo, [label, note, info], api_visibility="private", concurrency_id="predict")
         live.stream(lambda frame: show(frame)[:2], live, [live_label, live_note], stream_every=0.5,
                     time_limit=60, concurrency_limit=4, api_visibility="private")
-        run_batch.click(classify_many, files, [table, info], api_name="predict_many")
+        run_batch.click(classify_many, files, [table, info], api_name="predict_many", concurrency_id="predict")
         # The API endpoint: the same photo input, answered with the label alone (see README, "API").
-        gr.Button(visible=False).click(classify, photo, label, api_name="predict")
+        gr.Button(visible=False).click(classify, photo, label, api_name="predict", concurrency_id="predict")
     return demo
 
 
@@ -160,7 +192,7 @@ def main() -> None:
 
     classifier, warning = load_classifier(args.model, args.revision)
     if classifier is not None:
-        print(f"serving {classifier.source} on {classifier.device.type}")
+        print(f"serving {classifier.source} on {classifier.device.type}", flush=True)
     demo = build_demo(classifier, warning)
     demo.queue(default_concurrency_limit=2, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE)

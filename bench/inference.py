@@ -18,7 +18,7 @@ import torch
 
 from bench.common import flops_per_photo, matmul_peak, percentile, report, timings
 from catsdogs.hub import SHIPPED_WEIGHTS
-from catsdogs.inference import Classifier, predict_logits
+from catsdogs.inference import Classifier, autocast, predict_logits
 from catsdogs.preprocess import load_photo, normalize
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-fullres-sample"
@@ -30,7 +30,7 @@ def single_photo(classifier: Classifier, photos: list[Path], runs: int) -> list[
     end_to_end = timings(lambda: classifier.predict([next_photo()]), runs, warmup=10, device=device)
     decode = timings(lambda: load_photo(next_photo(), model.image_size), runs, warmup=10, device=device)
     ready = normalize(load_photo(photos[0], model.image_size)[None], model.mean, model.std).to(device)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device):  # the precision the app's path runs in
         forward = timings(lambda: model(ready).softmax(dim=1), runs, warmup=10, device=device)
     p50 = percentile(forward, 0.5)
     return [[f"{device.type}: {name}", percentile(t, 0.5) * 1000, percentile(t, 0.95) * 1000,
@@ -62,6 +62,7 @@ def batched(classifier: Classifier, batch: int, seconds_per_row: int) -> list[li
         once = sum(timings(run, runs=1, warmup=1, device=device))
         seconds = timings(run, runs=max(3, int(seconds_per_row / once)), warmup=0, device=device)
         per_s = batch / percentile(seconds, 0.5)
+        name += " (TF32 convolutions)" if device.type == "cuda" and dtype == torch.float32 else ""
         rows.append([f"{device.type} {name}, batch {batch}, channels_last", per_s, per_s * flops / 1e9,
                      peak / 1e9, f"{per_s * flops / peak:.0%}"])
     return rows

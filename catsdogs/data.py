@@ -11,9 +11,9 @@ Layouts `find_photos` understands (`PATH` is what the user passes as `--data`):
 """
 
 import csv
-import sys
 import hashlib
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import yaml
 from huggingface_hub import HfApi, ModelCard, constants, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
+    HFValidationError,
     LocalEntryNotFoundError,
     LocalTokenNotFoundError,
     RepositoryNotFoundError,
@@ -126,6 +128,8 @@ def fetch_weights(source: str | Path, revision: str | None = None) -> Path:
         try:
             folder = Path(snapshot_download(str(source), revision=revision,
                                             allow_patterns=[*WEIGHTS_FILES, "README.md", "metrics.json"]))
+        except HFValidationError as error:
+            raise HubError(f"{source} is not a valid Hub repo id ({error})") from error
         except RevisionNotFoundError as error:
             raise HubError(f"the Hub repo {source} has no revision '{revision}'") from error
         except RepositoryNotFoundError as error:
@@ -155,6 +159,6 @@ def card_accuracy(folder: str | Path) -> float | None:
     """The validation accuracy that the folder's model card claims, if it states one."""
     try:
         results = ModelCard.load(Path(folder) / "README.md").data.eval_results or []
-    except (OSError, ValueError):
+    except (OSError, ValueError, yaml.YAMLError):
         return None
     return next((r.metric_value for r in results if r.metric_type == "accuracy"), None)

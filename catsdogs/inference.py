@@ -60,8 +60,8 @@ class Classifier:
         self.device = device or best_device()
         self.model = load_model(self.folder).to(self.device, memory_format=torch.channels_last)
         self.val_accuracy = card_accuracy(self.folder)
-        self.last_seconds: float | None = None
         self.predict([torch.zeros(3, self.model.image_size, self.model.image_size, dtype=torch.uint8)])  # warm-up
+        self.last_seconds: float | None = None  # of the last real prediction
 
     @property
     def class_names(self) -> list[str]:

@@ -26,12 +26,16 @@ def main() -> None:
         port = s.getsockname()[1]
     app = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}/"
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
+        deadline = time.monotonic() + 120
         while True:
             try:
-                urllib.request.urlopen(url + "config", timeout=2)
+                no_proxy.open(url + "config", timeout=2)
                 break
             except OSError:
+                if app.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"app.py did not start on {url}") from None
                 time.sleep(0.3)
         camera = write_y4m(Path(tempfile.mkdtemp()) / "cam.y4m", [PHOTOS / "cat.12.jpg"], frames_each=30)
         with sync_playwright() as p:

@@ -184,7 +184,7 @@ class App:
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log_file = tempfile.NamedTemporaryFile(prefix="app-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--port", str(self.port), *args], cwd=cwd,
+            [sys.executable, "-u", str(ROOT / "app.py"), "--port", str(self.port), *args], cwd=cwd,
             env={**os.environ, **(env or {})}, stdout=self.log_file, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120) -> "App":

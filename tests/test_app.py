@@ -5,7 +5,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import App, USER, WRITE_TOKEN
+from conftest import USER, WRITE_TOKEN, App
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from imagegen import pet_photo

@@ -7,6 +7,7 @@ class and HTTP status), which is what the app turns into user-facing messages.
 import httpx2
 import pytest
 import torch
+from conftest import BAD_TOKEN, READ_TOKEN, USER, WRITE_TOKEN
 from huggingface_hub import HfApi, PyTorchModelHubMixin, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -16,8 +17,6 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-
-from conftest import BAD_TOKEN, READ_TOKEN, USER, WRITE_TOKEN
 
 REPO = f"{USER}/m"
 WEIGHTS = bytes(range(256)) * 40 + b"\x00\xff\r\n"  # binary, with NULs and CR/LF

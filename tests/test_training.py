@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import OUTPUT_FILES, ROOT
 from imagegen import write_kaggle_folder
 from PIL import Image
 
@@ -17,8 +18,6 @@ import train as train_cli
 from catsdogs import CatsDogsCNN
 from catsdogs.checkpoint import load_checkpoint
 from catsdogs.training import TrainConfig, find_splits, make_scheduler
-
-from conftest import OUTPUT_FILES, ROOT
 
 
 def test_accuracy_rises_well_above_chance(trained):
