@@ -115,13 +115,22 @@ def test_model_from_the_hub(hub, shipped_weights, tmp_path):
         app.stop()
 
 
-@pytest.mark.parametrize("problem", ["hub down", "no such repo"])
-def test_unreachable_hub_or_missing_repo_falls_back_to_shipped_weights(hub, tmp_path, problem):
+FALLBACKS = {  # what goes wrong -> (how the app is started, what the log and the page must say)
+    "hub down": (["--model", f"{USER}/catsdogs"], {}, "cannot reach the Hub"),
+    "no such repo": (["--model", f"{USER}/nothing-here"], {}, "no model repo"),
+    "no such revision (Space variables)": ([], {"CATSDOGS_MODEL": f"{USER}/catsdogs", "CATSDOGS_REVISION": "v9"},
+                                           "has no revision 'v9'"),
+}
+
+
+@pytest.mark.parametrize("problem", FALLBACKS)
+def test_a_model_that_cannot_be_fetched_falls_back_to_shipped_weights(hub, shipped_weights, tmp_path, problem):
+    args, env, reason = FALLBACKS[problem]
+    push_outputs(shipped_weights, f"{USER}/catsdogs", token=WRITE_TOKEN)
     if problem == "hub down":
         hub.kill()
-    app = App("--model", f"{USER}/{'catsdogs' if problem == 'hub down' else 'nothing-here'}").wait_ready()
+    app = App(*args, env=env).wait_ready()
     try:
-        reason = "cannot reach the Hub" if problem == "hub down" else "no model repo"
         assert reason in app.log() and "Serving the shipped weights/ instead" in app.log()
         assert reason in str(app.config())  # the page shows it too
         photo = tmp_path / "dog.png"
