@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import flops_per_photo, matmul_peak, percentile, report, timings
+from bench.common import compute_peak, flops_per_photo, percentile, report, timings
 from catsdogs.hub import SHIPPED_WEIGHTS
 from catsdogs.inference import Classifier, autocast, predict_logits
 from catsdogs.preprocess import load_photo, normalize
@@ -48,7 +48,7 @@ def batched(classifier: Classifier, batch: int, seconds_per_row: int) -> list[li
     for name, dtype, cpu_bf16 in precisions:
         if device.type == "cpu" and cpu_bf16 and not torch.cpu._is_avx512_bf16_supported():
             continue
-        peak = matmul_peak(device, dtype)
+        peak = compute_peak(device, dtype)
 
         def run():
             if device.type == "cuda" and dtype == torch.float32:
@@ -87,7 +87,7 @@ def main() -> None:
         throughput += batched(classifier, 64 if device.type == "cpu" else 512, args.seconds)
     report("Inference: one full-size photo", ["path", "p50 ms", "p95 ms", "p50 vs forward"], latency)
     report("Inference: batched forward throughput",
-           ["setting", "images/s", "GFLOP/s", "matmul peak GFLOP/s", "share of peak"], throughput)
+           ["setting", "images/s", "GFLOP/s", "measured peak GFLOP/s", "share of peak"], throughput)
 
 
 if __name__ == "__main__":

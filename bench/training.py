@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from bench.common import flops_per_photo, matmul_peak, report, synchronize
+from bench.common import compute_peak, flops_per_photo, report, synchronize
 from catsdogs.data import CLASS_NAMES, Photos, decode_photos, find_photos
 from catsdogs.inference import cpu_has_native_bf16
 from catsdogs.model import CatsDogsCNN
@@ -108,8 +108,8 @@ def measure(device: torch.device, photos: Photos, seconds: float) -> list[list]:
     flops = flops_per_photo(model, training=True)
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported() or device.type == "cpu" and cpu_has_native_bf16()
     precision = "bf16 autocast" if bf16 else "fp32"
-    peak_ours = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32)
-    peak_fp32 = peak_ours if not bf16 else matmul_peak(device, torch.float32)
+    peak_ours = compute_peak(device, torch.bfloat16 if bf16 else torch.float32)
+    peak_fp32 = peak_ours if not bf16 else compute_peak(device, torch.float32)
     figures = {
         f"ours: photos in memory + augmentation, batch {batch}, {precision}, channels_last":
             (images_per_s(ours, batch, seconds, device), peak_ours),
@@ -141,7 +141,7 @@ def main() -> None:
     for device in map(torch.device, args.device):
         rows += measure(device, photos, args.seconds)
     report(f"Training throughput, whole steps on {len(photos)} real photos",
-           ["pipeline", "images/s", "GFLOP/s", "share of matmul peak", "vs seed style"], rows)
+           ["pipeline", "images/s", "GFLOP/s", "share of peak", "vs seed style"], rows)
 
 
 if __name__ == "__main__":

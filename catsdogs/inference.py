@@ -1,5 +1,6 @@
 """Running the network: photos in, class probabilities out, with the precision each device does best."""
 
+import ctypes
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -43,6 +44,21 @@ def predict_logits(model: CatsDogsCNN, images: torch.Tensor, batch_size: int = 2
     return torch.cat(outputs) if outputs else torch.empty((0, len(model.class_names)), device=device)
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse rather than hand it back to the kernel.
+
+    One forward pass allocates and frees ~30 MB of activations; by default glibc returns such blocks and the
+    next call page-faults them in again, which made one photo's prediction ~1.7x the forward pass alone.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, Windows, musl): nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's maximum; the largest activation at batch 1 is 12.6 MB
+    libc.mallopt(m_trim_threshold, 2**30)
+
+
 def best_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -55,6 +71,7 @@ class Classifier:
     """
 
     def __init__(self, source: str | Path, revision: str | None = None, device: torch.device | None = None) -> None:
+        keep_freed_memory()
         self.folder = fetch_weights(source, revision)
         self.source = f"{source}@{revision}" if revision else str(source)
         self.device = device or best_device()
