@@ -1,6 +1,9 @@
-"""Take the README's screenshots of the demo with Chromium (Playwright), on the shipped weights and real photos.
+"""Take the README's screenshots of the demo with Chromium (Playwright), on the shipped weights.
 
     python docs/screenshots.py        # writes docs/photo.png, docs/live.png, docs/batch.png
+
+The pictures are the ones Gradio and matplotlib ship in their packages (a cheetah, a lion, a tower...),
+not the Kaggle photos, which must not end up in the repository, not even inside a screenshot.
 """
 
 import socket
@@ -9,13 +12,15 @@ import sys
 import tempfile
 import time
 import urllib.request
+from importlib.util import find_spec
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
-PHOTOS = ROOT.parent / "shared" / "data" / "dogs-vs-cats-fullres-sample"
+GRADIO_IMAGES = Path(find_spec("gradio").origin).parent / "media_assets" / "images"
+MATPLOTLIB_IMAGES = Path(find_spec("matplotlib").origin).parent / "mpl-data" / "sample_data"
 sys.path.insert(0, str(ROOT / "tests"))
 from test_browser import CHROMIUM, WEBCAM_READY, write_y4m  # noqa: E402
 
@@ -37,14 +42,14 @@ def main() -> None:
                 if app.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"app.py did not start on {url}") from None
                 time.sleep(0.3)
-        camera = write_y4m(Path(tempfile.mkdtemp()) / "cam.y4m", [PHOTOS / "cat.12.jpg"], frames_each=30)
+        camera = write_y4m(Path(tempfile.mkdtemp()) / "cam.y4m", [GRADIO_IMAGES / "cheetah.jpg"], frames_each=30)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
                 "--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream",
                 "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={camera}"])
             page = browser.new_page(viewport={"width": 1100, "height": 760})
             page.goto(url)
-            page.locator("#photo input[type=file]").set_input_files(PHOTOS / "dog.12.jpg")
+            page.locator("#photo input[type=file]").set_input_files(GRADIO_IMAGES / "cheetah.jpg")
             page.locator("#prediction [data-testid=label-output-value]").wait_for()
             page.wait_for_timeout(500)
             page.screenshot(path=DOCS / "photo.png")
@@ -59,11 +64,12 @@ def main() -> None:
 
             page.get_by_role("tab", name="Several photos").click()
             page.locator("#batch input[type=file]").set_input_files(
-                [PHOTOS / f"{c}.{i}.jpg" for c in ("cat", "dog") for i in (20, 21, 22)])
+                [GRADIO_IMAGES / name for name in ("cheetah1.jpg", "lion.jpg", "tower.jpg", "groot.jpeg")]
+                + [MATPLOTLIB_IMAGES / "grace_hopper.jpg"])
             page.locator("#batch-run").click()
-            page.locator("#batch-results").get_by_text("dog.22.jpg").wait_for()
+            page.wait_for_function("() => document.querySelector('#batch-results').innerText.includes('grace_hopper')")
             page.wait_for_timeout(500)
-            page.screenshot(path=DOCS / "batch.png")
+            page.screenshot(path=DOCS / "batch.png", full_page=True)
             browser.close()
     finally:
         app.terminate()
