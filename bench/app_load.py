@@ -27,12 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "data" / "dogs-vs-cats-fullres-sample"
 
 
-def start_app() -> tuple[subprocess.Popen, str]:
+def start_app(**popen_kwargs) -> tuple[subprocess.Popen, str]:
+    """`python app.py` on a free loopback port, once it answers; its process and URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    app = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT, **popen_kwargs)
     url = f"http://127.0.0.1:{port}/"
     no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     for _ in range(600):
@@ -40,6 +40,8 @@ def start_app() -> tuple[subprocess.Popen, str]:
             no_proxy.open(url + "config", timeout=2)
             return app, url
         except OSError:
+            if app.poll() is not None:
+                break
             time.sleep(0.2)
     app.kill()
     raise SystemExit(f"app.py did not start on {url}")
@@ -91,7 +93,7 @@ def main() -> None:
     if not photos:
         raise SystemExit(f"no .jpg photos in {args.photos}")
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
-    app, url = (None, args.url) if args.url else start_app()
+    app, url = (None, args.url) if args.url else start_app(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         results = [run_clients(url, photos, n, args.seconds) for n in args.clients]
     finally:

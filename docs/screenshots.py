@@ -6,12 +6,8 @@ The pictures are the ones Gradio and matplotlib ship in their packages (a cheeta
 not the Kaggle photos, which must not end up in the repository, not even inside a screenshot.
 """
 
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -21,27 +17,15 @@ DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 GRADIO_IMAGES = Path(find_spec("gradio").origin).parent / "media_assets" / "images"
 MATPLOTLIB_IMAGES = Path(find_spec("matplotlib").origin).parent / "mpl-data" / "sample_data"
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from test_browser import CHROMIUM, WEBCAM_READY, write_y4m  # noqa: E402
+
+from bench.app_load import start_app  # noqa: E402
 
 
 def main() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT)
-    url = f"http://127.0.0.1:{port}/"
-    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    app, url = start_app()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                no_proxy.open(url + "config", timeout=2)
-                break
-            except OSError:
-                if app.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"app.py did not start on {url}") from None
-                time.sleep(0.3)
         camera = write_y4m(Path(tempfile.mkdtemp()) / "cam.y4m", [GRADIO_IMAGES / "cheetah.jpg"], frames_each=30)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
