@@ -20,8 +20,8 @@ import gradio as gr  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError  # noqa: E402
-from catsdogs.inference import Classifier  # noqa: E402
-from catsdogs.preprocess import BAD_IMAGE_ERRORS, load_photo, photo_to_uint8  # noqa: E402
+from catsdogs.inference import Classifier, keep_freed_memory  # noqa: E402
+from catsdogs.preprocess import BAD_IMAGE_ERRORS  # noqa: E402
 
 # Below this top-class probability the page says it is not sure. Measured on the shipped weights
 # (README, "Not sure"): it flags most of the model's mistakes on pets and some non-pet photos.
@@ -97,8 +97,6 @@ def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.B
         if isinstance(photo, UnreadablePhoto):
             raise gr.Error(photo.reason)
         try:
-            if isinstance(photo, Image.Image):
-                photo = photo_to_uint8(photo.convert("RGB"), classifier.model.image_size)
             return classifier.predict([photo])[0]
         except BAD_IMAGE_ERRORS:
             raise gr.Error(NOT_A_PHOTO + " It may be damaged or cut short.") from None
@@ -120,19 +118,11 @@ def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.B
             raise gr.Error(startup_warning or "No model is loaded.")
         if not files:
             raise gr.Error("No photos given: choose one or more image files.")
-        photos, unreadable = {}, []
-        for path in files:
-            try:
-                photos[path] = load_photo(path, classifier.model.image_size)
-            except BAD_IMAGE_ERRORS:
-                unreadable.append(path)
-        results = dict(zip(photos, classifier.predict(list(photos.values())))) if photos else {}
         rows = []
-        for path in files:
-            if path in unreadable:
+        for path, p in zip(files, classifier.predict_readable(files), strict=True):
+            if p is None:
                 rows.append([os.path.basename(path), "-", *[None] * len(classifier.class_names), NOT_A_PHOTO])
                 continue
-            p = results[path]
             rows.append([os.path.basename(path), max(p, key=p.get),
                          *(round(p[c] * 100, 1) for c in classifier.class_names),
                          "not sure" if unsure_note(p) else ""])
@@ -190,6 +180,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     args = parser.parse_args()
 
+    keep_freed_memory()  # this process serves one model: keep its activations' memory between requests
     classifier, warning = load_classifier(args.model, args.revision)
     if classifier is not None:
         print(f"serving {classifier.source} on {classifier.device.type}", flush=True)

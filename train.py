@@ -15,44 +15,18 @@ import os
 import shlex
 import signal
 import sys
-from dataclasses import fields
 
 from catsdogs.checkpoint import CheckpointError
+from catsdogs.config import TrainConfig, add_arguments
 from catsdogs.data import DataError
+from catsdogs.device import DeviceError, Ranks
 from catsdogs.hub import HubError, check_write_access, push_outputs
-from catsdogs.training import Ranks, TrainConfig, TrainingInterrupted, train
+from catsdogs.training import TrainingInterrupted, train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    defaults = TrainConfig(data="")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", required=True, help="folder of photos (Kaggle's cat.<id>.jpg files, or cat/ and dog/ "
-                      "sub-folders, optionally under train/), or a CSV of (image path, label)")
-    data.add_argument("--val-data", help="a separate labelled folder or CSV to validate on (default: split --data)")
-    data.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
-                      help="share of --data held out for validation (default %(default)s)")
-    data.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split, the init and the shuffling")
-    data.add_argument("--workers", type=int, default=defaults.workers, help="threads decoding photos")
-
-    recipe = parser.add_argument_group("recipe")
-    recipe.add_argument("--epochs", type=int, default=defaults.epochs, help="default %(default)s")
-    recipe.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
-    recipe.add_argument("--lr", type=float, default=defaults.lr, help="(peak) learning rate, default %(default)s")
-    recipe.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default=defaults.optimizer)
-    recipe.add_argument("--schedule", choices=["onecycle", "constant"], default=defaults.schedule)
-    recipe.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="default %(default)s")
-    recipe.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing, help="default %(default)s")
-    recipe.add_argument("--dropout", type=float, default=defaults.dropout,
-                        help="dropout after each 512-unit layer (adds no parameters), default %(default)s")
-    recipe.add_argument("--no-augment", dest="augment", action="store_false", help="train on the photos as they are")
-
-    run = parser.add_argument_group("run")
-    run.add_argument("--device", default=defaults.device, help="auto (CUDA if present), cpu, cuda or cuda:N")
-    run.add_argument("--output", default=defaults.output, help="where the best weights go (default %(default)s/)")
-    run.add_argument("--checkpoint", default=defaults.checkpoint, help="written every epoch (default %(default)s)")
-    run.add_argument("--resume", action="store_true", help="continue from --checkpoint; repeat the same settings")
-
+    add_arguments(parser)  # one flag per TrainConfig setting
     hub = parser.add_argument_group("publishing on the Hugging Face Hub")
     hub.add_argument("--push", action="store_true", help="upload --output to the Hub after training")
     hub.add_argument("--repo-id", help="the model repo, e.g. you/catsdogs (needed with --push)")
@@ -76,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     command = launch_command(argv)
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    config = TrainConfig.from_args(args)
     main_process = Ranks.from_env().is_main  # under torchrun, only the first process talks and pushes
     say = print if main_process else (lambda *a, **k: None)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves like Ctrl-C does
@@ -85,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             user = check_write_access(args.repo_id)
             say(f"Hub: logged in as {user}; will push to {args.repo_id} after training")
         summary = train(config, command).summary
-    except (DataError, CheckpointError, HubError) as error:
+    except (DataError, DeviceError, CheckpointError, HubError) as error:
         say(f"error: {error}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:

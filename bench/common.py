@@ -11,7 +11,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from catsdogs.training import describe_device
+from catsdogs.device import describe_device
 
 
 def environment() -> dict:

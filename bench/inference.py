@@ -18,7 +18,8 @@ import torch
 
 from bench.common import compute_peak, flops_per_photo, percentile, report, timings
 from catsdogs.hub import SHIPPED_WEIGHTS
-from catsdogs.inference import Classifier, autocast, predict_logits
+from catsdogs.device import Precision, cpu_has_native_bf16
+from catsdogs.inference import Classifier, keep_freed_memory, predict_logits
 from catsdogs.preprocess import load_photo, normalize
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-fullres-sample"
@@ -30,7 +31,7 @@ def single_photo(classifier: Classifier, photos: list[Path], runs: int) -> list[
     end_to_end = timings(lambda: classifier.predict([next_photo()]), runs, warmup=10, device=device)
     decode = timings(lambda: load_photo(next_photo(), model.image_size), runs, warmup=10, device=device)
     ready = normalize(load_photo(photos[0], model.image_size)[None], model.mean, model.std).to(device)
-    with torch.inference_mode(), autocast(device):  # the precision the app's path runs in
+    with torch.inference_mode(), Precision.for_inference(device).autocast():  # the precision the app's path runs in
         forward = timings(lambda: model(ready).softmax(dim=1), runs, warmup=10, device=device)
     p50 = percentile(forward, 0.5)
     return [[f"{device.type}: {name}", percentile(t, 0.5) * 1000, percentile(t, 0.95) * 1000,
@@ -43,26 +44,24 @@ def batched(classifier: Classifier, batch: int, seconds_per_row: int) -> list[li
     device, model = classifier.device, classifier.model
     flops = flops_per_photo(model, training=False)
     images = torch.randint(0, 256, (batch, 3, model.image_size, model.image_size), dtype=torch.uint8, device=device)
-    precisions = [("fp32", torch.float32, False), ("bf16", torch.bfloat16, True)]
+    precisions = [Precision(device, torch.float32), Precision(device, torch.bfloat16)]
     rows = []
-    for name, dtype, cpu_bf16 in precisions:
-        if device.type == "cpu" and cpu_bf16 and not torch.cpu._is_avx512_bf16_supported():
+    for precision in precisions:
+        if device.type == "cpu" and precision.dtype == torch.bfloat16 and not cpu_has_native_bf16():
             continue
-        peak = compute_peak(device, dtype)
+        peak = compute_peak(device, precision.dtype)
 
         def run():
-            if device.type == "cuda" and dtype == torch.float32:
-                with torch.autocast("cuda", enabled=False), torch.inference_mode():
-                    return model(normalize(images, model.mean, model.std))
-            if device.type == "cpu" and cpu_bf16:
-                with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
-                    return model(normalize(images, model.mean, model.std))
-            return predict_logits(model, images, batch)  # the app's precision on this device
+            if precision == Precision.for_inference(device):
+                return predict_logits(model, images, batch)  # the app's own path on this device
+            with precision.autocast(), torch.inference_mode():
+                return model(normalize(images, model.mean, model.std))
 
         once = sum(timings(run, runs=1, warmup=1, device=device))
         seconds = timings(run, runs=max(3, int(seconds_per_row / once)), warmup=0, device=device)
         per_s = batch / percentile(seconds, 0.5)
-        name += " (TF32 convolutions)" if device.type == "cuda" and dtype == torch.float32 else ""
+        name = precision.name + (" (TF32 convolutions)" if device.type == "cuda" and precision.dtype == torch.float32
+                                 else "")
         rows.append([f"{device.type} {name}, batch {batch}, channels_last", per_s, per_s * flops / 1e9,
                      peak / 1e9, f"{per_s * flops / peak:.0%}"])
     return rows
@@ -80,6 +79,7 @@ def main() -> None:
     if not photos:
         raise SystemExit(f"no full-size photos in {PHOTOS} (see README: Set-up)")
 
+    keep_freed_memory()  # as app.py does
     latency, throughput = [], []
     for device in map(torch.device, args.device):
         classifier = Classifier(args.model, device=device)

@@ -13,6 +13,7 @@ Three ways to train the same network on the same real photos, measured in one ru
 """
 
 import argparse
+import itertools
 import os
 import time
 from pathlib import Path
@@ -23,10 +24,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from bench.common import compute_peak, flops_per_photo, report, synchronize
-from catsdogs.data import CLASS_NAMES, Photos, decode_photos, find_photos
-from catsdogs.inference import cpu_has_native_bf16
+from catsdogs.config import TrainConfig
+from catsdogs.data import CLASS_NAMES, Photos, find_photos
+from catsdogs.device import Precision, Ranks
+from catsdogs.loader import TrainingBatches, load_photos
 from catsdogs.model import CatsDogsCNN
-from catsdogs.training import TrainConfig, make_optimizer, make_scheduler, optimization_step, prepare_batch
+from catsdogs.training import RunState, optimization_step
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-200" / "train"
 
@@ -50,45 +53,46 @@ class SeedStylePhotos(Dataset):
 
 
 def images_per_s(step, batch: int, seconds: float, device: torch.device) -> float:
-    """Run `step()` (one batch each) for about `seconds` after two warm-up steps; images per second."""
+    """Run `step()` (one batch each; it may return the batch's size) for about `seconds` after two warm-up steps;
+    images per second."""
     for _ in range(2):
         step()
     synchronize(device)
-    started, steps = time.perf_counter(), 0
+    started, steps, images = time.perf_counter(), 0, 0
     while time.perf_counter() - started < seconds or steps < 3:
-        step()
+        images += step() or batch
         steps += 1
     synchronize(device)
-    return steps * batch / (time.perf_counter() - started)
+    return images / (time.perf_counter() - started)
 
 
 def measure(device: torch.device, photos: Photos, seconds: float) -> list[list]:
     batch = 512 if device.type == "cuda" else 64
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
-    config = TrainConfig(data="", schedule="constant")
+    config = TrainConfig(data="", schedule="constant", batch_size=batch)
+    precision = Precision.for_training(device)
 
     torch.manual_seed(0)
     model = CatsDogsCNN(class_names=CLASS_NAMES).to(device, memory_format=torch.channels_last).train()
-    optimizer = make_optimizer(config, model)
-    scheduler = make_scheduler(config, optimizer, steps_per_epoch=1)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
-    decoded, labels, _ = decode_photos(photos, model.image_size, progress=False)
-    decoded, labels = decoded.to(device), labels.to(device)
+    decoded = load_photos(photos, model.image_size, device, workers=os.cpu_count() or 1, name="benchmark",
+                          verbose=False)
+    loader = TrainingBatches(decoded, batch, Ranks(), seed=0, augment=True, mean=model.mean, std=model.std)
+    run = RunState.start(config, model, precision, steps_per_epoch=len(loader))
+    epochs = (batches for epoch in itertools.count(1) for batches in loader.epoch(epoch))
 
-    def ours():
-        indices = torch.randint(0, len(labels), (batch,), device=device)
-        images = prepare_batch(decoded[indices], model, augment_photos=True)
-        optimization_step(model, images, labels[indices], criterion, optimizer, scheduler, scaler)
+    def ours():  # train.py's own loader and step
+        images, labels = next(epochs)
+        optimization_step(run, model, images, labels, criterion, precision)
+        return len(labels)  # an epoch's last batch may be smaller
 
-    premade_images = prepare_batch(decoded[:batch], model, augment_photos=False)
-    premade_labels = labels[:batch]
+    premade_images, premade_labels = next(epochs)
 
     def premade():
-        optimization_step(model, premade_images, premade_labels, criterion, optimizer, scheduler, scaler)
+        optimization_step(run, model, premade_images, premade_labels, criterion, precision)
 
     seed_model = CatsDogsCNN(class_names=CLASS_NAMES).to(device).train()  # NCHW, fp32
     seed_optimizer = torch.optim.Adam(seed_model.parameters(), lr=1e-3)
-    loader = DataLoader(SeedStylePhotos(photos), batch_size=20, shuffle=True, drop_last=True,
+    seed_loader = DataLoader(SeedStylePhotos(photos), batch_size=20, shuffle=True, drop_last=True,
                         num_workers=min(8, os.cpu_count() or 1), persistent_workers=True,
                         pin_memory=device.type == "cuda")
     seed_batches = iter(())
@@ -98,7 +102,7 @@ def measure(device: torch.device, photos: Photos, seconds: float) -> list[list]:
         try:
             images, targets = next(seed_batches)
         except StopIteration:
-            seed_batches = iter(loader)
+            seed_batches = iter(seed_loader)
             images, targets = next(seed_batches)
         loss = nn.functional.cross_entropy(seed_model(images.to(device)), targets.to(device))
         seed_optimizer.zero_grad()
@@ -106,14 +110,12 @@ def measure(device: torch.device, photos: Photos, seconds: float) -> list[list]:
         seed_optimizer.step()
 
     flops = flops_per_photo(model, training=True)
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported() or device.type == "cpu" and cpu_has_native_bf16()
-    precision = "bf16 autocast" if bf16 else "fp32"
-    peak_ours = compute_peak(device, torch.bfloat16 if bf16 else torch.float32)
-    peak_fp32 = peak_ours if not bf16 else compute_peak(device, torch.float32)
+    peak_ours = compute_peak(device, precision.dtype)
+    peak_fp32 = compute_peak(device, torch.float32) if precision.dtype != torch.float32 else peak_ours
     figures = {
-        f"ours: photos in memory + augmentation, batch {batch}, {precision}, channels_last":
+        f"ours: photos in memory + augmentation, batch {batch}, {precision.name}, channels_last":
             (images_per_s(ours, batch, seconds, device), peak_ours),
-        f"the same step on one pre-made batch ({batch}, {precision}, channels_last)":
+        f"the same step on one pre-made batch ({batch}, {precision.name}, channels_last)":
             (images_per_s(premade, batch, seconds, device), peak_ours),
         "seed style: PIL DataLoader, batch 20, fp32, NCHW, Adam":
             (images_per_s(seed_style, 20, seconds, device), peak_fp32),

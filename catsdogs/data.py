@@ -83,6 +83,40 @@ def find_photos(path: str | Path) -> tuple[Photos, Photos | None]:
     return _require_both_classes(_photos_in_folder(path), path), None
 
 
+@dataclass
+class Split:
+    """Which photos train and which validate, and where the validation photos come from, in words."""
+
+    train: Photos
+    val: Photos
+    source: str
+    generated: bool  # True: a seeded share of --data (split_photos); False: a folder of its own
+
+
+def choose_split(data: str | Path, val_fraction: float, seed: int, val_data: str | Path | None = None) -> Split:
+    """The one decision of which photos are validation: training and evaluation both call this.
+
+    In order: `val_data` when given; else the labelled val/ or test/ folder beside train/ in `data`;
+    else a deterministic stratified `val_fraction` of `data`, drawn with `seed`.
+    """
+    photos, layout_val = find_photos(data)
+    if val_data is not None:
+        val, val_extra = find_photos(val_data)
+        if val_extra is not None:
+            val = Photos(val.paths + val_extra.paths, val.labels + val_extra.labels)
+        shared = {p.resolve() for p in photos.paths} & {p.resolve() for p in val.paths}
+        if shared:
+            print(f"warning: {len(shared)} of the --val-data photos are also training photos; "
+                  "the validation accuracy will be optimistic")
+        return Split(photos, val, f"all photos in `{val_data}` (--val-data)", generated=False)
+    if layout_val is not None:
+        return Split(photos, layout_val, "the labelled test/validation folder beside train/ in the data folder",
+                     generated=False)
+    train, val = split_photos(photos, val_fraction, seed)
+    return Split(train, val, f"a deterministic stratified {val_fraction:.0%} of the photos (seed {seed})",
+                 generated=True)
+
+
 def split_photos(photos: Photos, val_fraction: float, seed: int) -> tuple[Photos, Photos]:
     """A deterministic, stratified train/validation split: the same photos and seed give the same split."""
     if not 0 < val_fraction < 1:

@@ -19,33 +19,39 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from catsdogs.data import CLASS_NAMES, DataError, Photos, decode_photos, find_photos, split_photos
+from catsdogs.data import CLASS_NAMES, DataError, Photos, choose_split, decode_photos, find_photos
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model
-from catsdogs.inference import best_device, predict_logits
+from catsdogs.device import pick_device
+from catsdogs.inference import predict_logits
 
 SPLITS = ("all", "validation", "training")
+
+
+class IncompatibleModel(ValueError):
+    """The weights load, but classify other classes than the photos are labelled with."""
+
 BATCH = 256  # predict_logits' own batch: the same batches as training's validate(), so the same numbers
 
 
 def select_photos(data: str | Path, split: str, val_fraction: float, seed: int) -> tuple[Photos, dict]:
-    """The photos of `split`, chosen as train.py's find_splits chooses them, and a record of how they were chosen."""
-    photos, layout_val = find_photos(data)
-    if layout_val is not None:  # train/ beside a labelled val/ or test/: that folder is the validation split
-        chosen = {"all": Photos(photos.paths + layout_val.paths, photos.labels + layout_val.labels),
-                  "validation": layout_val, "training": photos}[split]
-        where = {"all": f"all photos (train/ {len(photos)} + the validation folder {len(layout_val)})",
-                 "validation": "validation split: the labelled test/validation folder beside train/",
-                 "training": "training split: the train/ folder"}[split]
-        return chosen, {"name": split, "description": f"{where} -> {len(chosen)} photos"}
+    """The photos of `split`, as data.choose_split chooses them for training, and a record of how they were chosen."""
     if split == "all":
-        return photos, {"name": split, "description": f"all {len(photos)} photos"}
-    if not 0 < val_fraction < 1:
-        raise DataError(f"--val-fraction must be between 0 and 1, not {val_fraction}")
-    train, val = split_photos(photos, val_fraction, seed)
-    chosen, share = (val, val_fraction) if split == "validation" else (train, 1 - val_fraction)
-    description = (f"{split} split: deterministic stratified {share:.0%} (seed {seed}) of {len(photos)} photos "
-                   f"-> {len(chosen)}")
-    return chosen, {"name": split, "description": description, "val_fraction": val_fraction, "seed": seed}
+        photos, layout_val = find_photos(data)
+        if layout_val is None:
+            return photos, {"name": split, "description": f"all {len(photos)} photos"}
+        everything = Photos(photos.paths + layout_val.paths, photos.labels + layout_val.labels)
+        description = (f"all photos (train/ {len(photos)} + the validation folder {len(layout_val)}) "
+                       f"-> {len(everything)} photos")
+        return everything, {"name": split, "description": description}
+    chosen = choose_split(data, val_fraction, seed)
+    photos = chosen.val if split == "validation" else chosen.train
+    if not chosen.generated:  # train/ beside a labelled val/ or test/: that folder is the validation split
+        where = "the labelled test/validation folder beside train/" if split == "validation" else "the train/ folder"
+        return photos, {"name": split, "description": f"{split} split: {where} -> {len(photos)} photos"}
+    share = val_fraction if split == "validation" else 1 - val_fraction
+    description = (f"{split} split: deterministic stratified {share:.0%} (seed {seed}) of "
+                   f"{len(chosen.train) + len(chosen.val)} photos -> {len(photos)}")
+    return photos, {"name": split, "description": description, "val_fraction": val_fraction, "seed": seed}
 
 
 def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: str | None = None,
@@ -59,7 +65,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
     folder = fetch_weights(model, revision)
     network = load_model(folder)
     if list(network.class_names) != list(CLASS_NAMES):
-        raise HubError(f"{model} classifies {network.class_names}, not {list(CLASS_NAMES)}")
+        raise IncompatibleModel(f"{model} classifies {network.class_names}, not {list(CLASS_NAMES)}")
     metrics = _metrics(folder)
     trained_with = metrics.get("config", {})
     val_fraction = trained_with.get("val_fraction", 0.1) if val_fraction is None else val_fraction
@@ -80,7 +86,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
         raise DataError(f"none of the {len(photos)} photos could be read ({split_info['description']})")
     unreadable = {path for path, _ in skipped}
     paths = [path for path in photos.paths if path not in unreadable]
-    device = best_device()
+    device = pick_device()
     network = network.to(device, memory_format=torch.channels_last)  # as trained and validated
     batches = tqdm(images.split(BATCH), desc="scoring", unit="batch", leave=False, disable=not progress)
     logits = torch.cat([predict_logits(network, batch, BATCH).cpu() for batch in batches])
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):  # libraries' notes and warnings must not mix into the report
             report = evaluate(args.model, args.data, args.split, args.revision, args.val_fraction, args.seed,
                               args.mistakes, args.workers)
-    except (DataError, HubError) as error:
+    except (DataError, HubError, IncompatibleModel) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

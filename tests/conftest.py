@@ -167,7 +167,8 @@ def easy_photos(tmp_path_factory) -> tuple[Path, list[Path]]:
 @pytest.fixture(scope="session")
 def trained(easy_photos, tmp_path_factory):
     """One short real single-process training run on the easy task, shared by several tests."""
-    from catsdogs.training import TrainConfig, train
+    from catsdogs.config import TrainConfig
+    from catsdogs.training import train
 
     data, bad = easy_photos
     root = tmp_path_factory.mktemp("trained")

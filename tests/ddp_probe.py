@@ -17,12 +17,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train as train_cli  # noqa: E402
-from catsdogs import training  # noqa: E402
+from catsdogs import loader  # noqa: E402
 
 record_dir, train_args = Path(sys.argv[1]), sys.argv[2:]
 record = {"rank": int(os.environ["RANK"]), "shards": {}}
 
-real_epoch_shard, real_train = training.epoch_shard, train_cli.train
+real_epoch_shard, real_train = loader.epoch_shard, train_cli.train
 
 
 def recording_epoch_shard(n, epoch, seed, ranks):
@@ -38,7 +38,7 @@ def recording_train(config, command=None):
     return result
 
 
-training.epoch_shard, train_cli.train = recording_epoch_shard, recording_train
+loader.epoch_shard, train_cli.train = recording_epoch_shard, recording_train
 code = train_cli.main(train_args)
 (record_dir / f"rank{record['rank']}.json").write_text(json.dumps(record))
 sys.exit(code)

@@ -15,7 +15,10 @@ from catsdogs import CatsDogsCNN
 from catsdogs.evaluate import main
 from catsdogs.hub import WEIGHTS_FILES, load_model, push_outputs
 from catsdogs.inference import predict_logits
-from catsdogs.training import Ranks, find_splits, load_split, validate
+from catsdogs.data import choose_split
+from catsdogs.device import Ranks
+from catsdogs.loader import load_photos
+from catsdogs.training import validate
 
 
 def run(capsys, *args: str) -> dict:
@@ -58,8 +61,8 @@ def test_borderline_decisions_match_training_validate(trained, tmp_path, capsys)
     """The easy task's 100% would hide a different scoring path: shift the weights so that some photos sit on the
     decision boundary, then compare with what training's own validate() says about the same weights."""
     config, _, _ = trained
-    _, val_photos, _ = find_splits(config)
-    split = load_split(val_photos, 224, torch.device("cpu"), 2, "validation", verbose=False)
+    val_photos = choose_split(config.data, config.val_fraction, config.seed, config.val_data).val
+    split = load_photos(val_photos, 224, torch.device("cpu"), 2, "validation", verbose=False)
     model = load_model(config.output)
     margins = predict_logits(model, split.images).diff(dim=1).flatten()  # dog minus cat logit
     with torch.no_grad():
@@ -69,8 +72,8 @@ def test_borderline_decisions_match_training_validate(trained, tmp_path, capsys)
     expected = validate(model.to(memory_format=torch.channels_last), split, Ranks())
     capsys.readouterr()  # huggingface_hub prints "Loading weights from local directory" to stdout
     report = run(capsys, "--model", str(tmp_path / "shifted"), "--data", config.data, "--split", "validation")
-    assert 0.5 < expected["accuracy"] < 1
-    assert (report["accuracy"], report["confusion_matrix"]) == (expected["accuracy"], expected["confusion"])
+    assert 0.5 < expected.accuracy < 1
+    assert (report["accuracy"], report["confusion_matrix"]) == (expected.accuracy, expected.confusion)
 
 
 def test_cli_in_a_subprocess_prints_only_json(trained):

@@ -17,7 +17,9 @@ from PIL import Image
 import train as train_cli
 from catsdogs import CatsDogsCNN
 from catsdogs.checkpoint import load_checkpoint
-from catsdogs.training import TrainConfig, find_splits, make_scheduler
+from catsdogs.config import TrainConfig
+from catsdogs.data import choose_split
+from catsdogs.training import make_scheduler
 
 
 def test_accuracy_rises_well_above_chance(trained):
@@ -113,8 +115,8 @@ def test_kill_then_resume_loses_at_most_the_current_epoch(tmp_path):
 
 def test_validation_photos_that_are_also_trained_on_are_flagged(easy_photos, capsys):
     data, _ = easy_photos
-    train_photos, val_photos, source = find_splits(TrainConfig(data=str(data), val_data=str(data)))
-    assert len(val_photos) == len(train_photos) == 83 and "--val-data" in source  # 80 photos + 3 bad files
+    split = choose_split(data, 0.1, 0, val_data=data)
+    assert len(split.val) == len(split.train) == 83 and "--val-data" in split.source  # 80 photos + 3 bad files
     assert "83 of the --val-data photos are also training photos" in capsys.readouterr().out
 
 

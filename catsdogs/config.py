@@ -1,0 +1,70 @@
+"""A training run's settings: one list, from which `train.py`'s flags, their help and the resume check are built.
+
+Each field carries its flag's help text and group; fields marked `recipe` decide what is learnt, so a resumed
+run must repeat them exactly.
+"""
+
+import argparse
+import os
+from dataclasses import MISSING, dataclass, field, fields
+
+
+def setting(default, help: str, group: str, recipe: bool = False, choices: tuple | None = None):  # noqa: A002
+    return field(default=default, metadata={"help": help, "group": group, "recipe": recipe, "choices": choices})
+
+
+GROUPS = ("data", "recipe", "run")  # the headings of --help, in this order
+
+
+@dataclass
+class TrainConfig:
+    data: str = setting(MISSING, "folder of photos (Kaggle's cat.<id>.jpg files, or cat/ and dog/ sub-folders, "
+                        "optionally under train/), or a CSV of (image path, label)", "data")
+    val_data: str | None = setting(None, "a separate labelled folder or CSV to validate on (default: split --data)",
+                                   "data")
+    val_fraction: float = setting(0.1, "share of --data held out for validation", "data", recipe=True)
+    seed: int = setting(0, "seed of the split, the initial weights and the shuffling", "data", recipe=True)
+    workers: int = setting(min(8, os.cpu_count() or 1), "threads decoding photos", "data")
+
+    epochs: int = setting(40, "passes over the training photos", "recipe", recipe=True)
+    batch_size: int = setting(64, "photos per step, over all processes", "recipe", recipe=True)
+    lr: float = setting(2e-3, "(peak) learning rate", "recipe", recipe=True)
+    optimizer: str = setting("adamw", "optimiser", "recipe", recipe=True, choices=("adamw", "adam", "sgd"))
+    schedule: str = setting("onecycle", "learning-rate schedule", "recipe", recipe=True,
+                            choices=("onecycle", "constant"))
+    weight_decay: float = setting(0.05, "weight decay", "recipe", recipe=True)
+    label_smoothing: float = setting(0.1, "label smoothing of the loss", "recipe", recipe=True)
+    dropout: float = setting(0.0, "dropout after each 512-unit layer (adds no parameters)", "recipe", recipe=True)
+    augment: bool = setting(True, "random mirror, zoom, shift, rotation and colour jitter", "recipe", recipe=True)
+
+    device: str = setting("auto", "auto (CUDA if present), cpu, cuda or cuda:N", "run")
+    output: str = setting("weights", "where the best weights go", "run")
+    checkpoint: str = setting("checkpoints/last.safetensors", "written after every epoch", "run")
+    resume: bool = setting(False, "continue from --checkpoint; repeat the same settings", "run")
+
+    def recipe(self) -> dict:
+        """The settings a resumed run must repeat (and the card lists)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["recipe"]}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, in its group, with its default in the help."""
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
+    for f in fields(TrainConfig):
+        flag, group = "--" + f.name.replace("_", "-"), groups[f.metadata["group"]]
+        if f.default is MISSING:
+            group.add_argument(flag, required=True, help=f.metadata["help"])
+        elif f.default is True:
+            group.add_argument("--no-" + flag[2:], dest=f.name, action="store_false",
+                               help=f"turn off: {f.metadata['help']}")
+        elif f.default is False:
+            group.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            kind = str if f.default is None else type(f.default)
+            shown = "" if f.default is None else " (default %(default)s)"
+            group.add_argument(flag, type=kind, default=f.default, choices=f.metadata["choices"],
+                               help=f.metadata["help"] + shown)
