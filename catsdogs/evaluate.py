@@ -94,12 +94,6 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
 
     classes = len(CLASS_NAMES)
     confusion = torch.bincount(labels * classes + predicted, minlength=classes * classes).view(classes, classes)
-    per_class = {}
-    for c, name in enumerate(CLASS_NAMES):
-        hits, support, claimed = confusion[c, c].item(), confusion[c].sum().item(), confusion[:, c].sum().item()
-        per_class[name] = {"precision": hits / claimed if claimed else None,  # None: undefined, not 0
-                           "recall": hits / support if support else None,
-                           "f1": 2 * hits / (support + claimed) if support + claimed else None, "support": support}
     correct = confusion.trace().item()
     labels, predicted, confidence = labels.tolist(), predicted.tolist(), confidence.tolist()
     wrong = [i for i, (y, p) in enumerate(zip(labels, predicted, strict=True)) if y != p]
@@ -108,11 +102,22 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
         "model": f"{model}@{revision}" if revision else str(model), "weights": str(folder), "data": str(data),
         "split": split_info, "device": str(device), "n": len(labels), "correct": correct,
         "accuracy": correct / len(labels), "trained_val_accuracy": metrics.get("best_val_accuracy"),
-        "class_names": list(CLASS_NAMES), "per_class": per_class, "confusion_matrix": confusion.tolist(),
+        "class_names": list(CLASS_NAMES), "per_class": _per_class(confusion), "confusion_matrix": confusion.tolist(),
         "mistakes": [{"path": str(paths[i]), "true": CLASS_NAMES[labels[i]], "predicted": CLASS_NAMES[predicted[i]],
                       "probability": confidence[i]} for i in worst],
         "skipped": [{"path": str(path), "reason": reason} for path, reason in skipped], "warnings": warnings,
     }
+
+
+def _per_class(confusion: torch.Tensor) -> dict[str, dict]:
+    """Precision, recall, F1 and support of each class from `confusion[true][predicted]`; None where undefined."""
+    per_class = {}
+    for c, name in enumerate(CLASS_NAMES):
+        hits, support, claimed = confusion[c, c].item(), confusion[c].sum().item(), confusion[:, c].sum().item()
+        per_class[name] = {"precision": hits / claimed if claimed else None,  # None: undefined, not 0
+                           "recall": hits / support if support else None,
+                           "f1": 2 * hits / (support + claimed) if support + claimed else None, "support": support}
+    return per_class
 
 
 def _metrics(folder: Path) -> dict:
