@@ -1,6 +1,7 @@
 """Running the network: photos in, class probabilities out, in the precision catsdogs.device picks for predictions."""
 
 import ctypes
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 
 from catsdogs.device import Precision, pick_device
-from catsdogs.hub import card_accuracy, fetch_weights, load_model
+from catsdogs.hub import HubError, card_accuracy, fetch_weights, load_model
 from catsdogs.model import CatsDogsCNN
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, PhotoSource, load_photo, normalize
 
@@ -49,6 +50,7 @@ class Classifier:
 
     `source` is a weights folder or a Hub repo id; the input size, normalisation and class names all come from
     the weights' config.json. Photos are files, file objects or PIL images: the Classifier decodes them all.
+    Weights that cannot be fetched, loaded or run (a bad config.json, NaN weights) raise HubError, with the reason.
     """
 
     def __init__(self, source: str | Path, revision: str | None = None, device: torch.device | None = None) -> None:
@@ -57,7 +59,14 @@ class Classifier:
         self.device = device or pick_device()
         self.model = load_model(self.folder).to(self.device, memory_format=torch.channels_last)
         self.val_accuracy = card_accuracy(self.folder)
-        self.predict([Image.new("RGB", (self.model.image_size,) * 2)])  # warm-up: the first forward is slow
+        try:  # warm-up (the first forward is slow), and the proof that these weights can run at all
+            warm_up = self.predict([Image.new("RGB", (self.model.image_size,) * 2)])[0]
+        except (RuntimeError, ValueError, TypeError) as error:
+            raise HubError(f"the weights in {self.folder} load but cannot run "
+                           f"({type(error).__name__}: {error})") from error
+        if not all(math.isfinite(p) for p in warm_up.values()):
+            raise HubError(f"the weights in {self.folder} give no usable probabilities ({warm_up}): "
+                           "they hold NaN or inf")
         self.last_seconds: float | None = None  # of the last real prediction
 
     @property

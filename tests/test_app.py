@@ -1,5 +1,7 @@
 """The demo as its users reach it: `python app.py` on loopback, driven with gradio_client over real HTTP."""
 
+import json
+import shutil
 import struct
 import zlib
 
@@ -137,5 +139,21 @@ def test_a_model_that_cannot_be_fetched_falls_back_to_shipped_weights(hub, shipp
         pet_photo("dog", 6).save(photo)
         result = Client(app.url, verbose=False).predict(handle_file(photo), api_name="/predict")
         assert result["label"] in {"cat", "dog"}
+    finally:
+        app.stop()
+
+
+def test_a_config_the_network_cannot_run_with_falls_back_with_the_reason(shipped_weights, tmp_path):
+    bad = tmp_path / "bad-weights"
+    bad.mkdir()
+    shutil.copy(shipped_weights / "model.safetensors", bad)
+    config = json.loads((shipped_weights / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "std": [0, 0, 0]}))
+    app = App("--model", str(bad)).wait_ready()
+    try:
+        reason = "std must be three finite numbers above zero"
+        assert reason in app.log() and "Serving the shipped weights/ instead" in app.log()
+        assert "Traceback" not in app.log()
+        assert reason in str(app.config())  # the page shows it too
     finally:
         app.stop()
