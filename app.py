@@ -113,14 +113,15 @@ def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.B
         return probabilities, unsure_note(probabilities), info_markdown(classifier)
 
     def classify_many(files: list[str] | None):
-        """Several photo files -> one table row each; unreadable ones get a note, the rest one batched forward."""
+        """Several photo files -> one table row each; unreadable ones get a note, the rest run Classifier.chunk at a
+        time."""
         if classifier is None:
             raise gr.Error(startup_warning or "No model is loaded.")
         if not files:
             raise gr.Error("No photos given: choose one or more image files.")
         rows = []
         for path, p in zip(files, classifier.predict_readable(files), strict=True):
-            if p is None:
+            if isinstance(p, Exception):
                 rows.append([os.path.basename(path), "-", *[None] * len(classifier.class_names), NOT_A_PHOTO])
                 continue
             rows.append([os.path.basename(path), max(p, key=p.get),
