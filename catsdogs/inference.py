@@ -29,20 +29,32 @@ def predict_logits(model: CatsDogsCNN, images: torch.Tensor, batch_size: int = 2
     return torch.cat(outputs) if outputs else torch.empty((0, len(model.class_names)), device=device)
 
 
-def keep_freed_memory() -> None:
-    """Ask glibc to keep freed memory for reuse rather than hand it back to the kernel (process-wide: the app's
-    choice, not the Classifier's).
+# What keep_freed_memory lets glibc keep per heap (each thread that predicts has one): a batch-1 forward pass's
+# activations (~30 MB, the largest 12.6 MB) with room to spare; at 48 MB some already page-fault back in.
+KEEP_FREED_BYTES = 64 * 2**20
+MMAP_THRESHOLD = 32 * 2**20  # glibc's maximum: blocks at least this big are mmapped, and unmapped when freed
+PIL_BLOCK_BYTES = 64 * 2**20  # Pillow's image blocks (16 MB by default): made mmap-sized, see keep_freed_memory
+
+
+def keep_freed_memory(keep_bytes: int = KEEP_FREED_BYTES) -> None:
+    """Ask glibc to keep up to `keep_bytes` of freed memory per heap for reuse rather than hand it back to the
+    kernel, and make big decoded photos go back to it at once (process-wide: the app's choice, not the
+    Classifier's).
 
     One forward pass allocates and frees tens of MB of activations; by default glibc returns such blocks and the
-    next call page-faults them in again (README, "Performance", for what that costs).
+    next call page-faults them in again (README, "Performance", for what that costs). Raising the mmap threshold
+    keeps those blocks on the heap; Pillow's image blocks are then raised above it, or a big photo's 16 MB
+    blocks would stay on the heap too and the process would keep the size of its biggest request (README,
+    "Limits": the memory a server keeps after big requests).
     """
+    Image.core.set_block_size(PIL_BLOCK_BYTES)  # what Pillow's PILLOW_BLOCK_SIZE sets
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (macOS, Windows, musl): nothing to tune
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's maximum; the largest activation at batch 1 is 12.6 MB
-    libc.mallopt(m_trim_threshold, 2**30)
+    libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)  # the largest activation at batch 1 is 12.6 MB
+    libc.mallopt(m_trim_threshold, keep_bytes)
 
 
 class Classifier:
