@@ -149,8 +149,8 @@ def unsure_note(probabilities: dict[str, float]) -> str:
 
 
 def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.Blocks:
-    def classify(photo: str | Image.Image | UnreadablePhoto | None) -> dict[str, float]:
-        """One photo (a file path, or a frame) -> {class: probability}; the API's /predict."""
+    def classify(photo: str | io.BytesIO | UnreadablePhoto | None) -> dict[str, float]:
+        """One photo (a file, or a data: URL's bytes) -> {class: probability}; the API's /predict."""
         if classifier is None:
             raise gr.Error(startup_warning or "No model is loaded.")
         if photo is None:
