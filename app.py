@@ -7,7 +7,7 @@
 Weights from the Hub go through the Hub's cache; if the Hub cannot be reached or the
 repo is wrong, the page says so and serves the shipped weights/ instead.
 
-What one request may cost is bounded (README, "Limits"): photos over preprocess.MAX_PIXELS are refused
+What one request may cost is bounded (README, "Limits and memory"): photos over preprocess.MAX_PIXELS are refused
 before decoding however they arrive (upload, webcam, `data:` URL, link, live frame), a batch takes at most
 MAX_BATCH_FILES photos, run Classifier.chunk at a time, and request bodies are capped.
 """
@@ -37,7 +37,7 @@ from catsdogs.serving import LinkError, RequestSizeLimit, fetch_linked_photo  # 
 # (README, "Not sure"): it flags most of the model's mistakes on pets and some non-pet photos.
 UNSURE_BELOW = 0.80
 NOT_A_PHOTO = "This file is not a photo the app can read (is it a JPEG, PNG, WebP or GIF?)."
-# Limits per request (README, "Limits"): each bounds the memory or the time one request can take.
+# Limits per request (README, "Limits and memory"): each bounds the memory or the time one request can take.
 MAX_FILE_BYTES = 20 * 2**20  # one photo file, uploaded or linked
 MAX_BATCH_FILES = 100  # photos per "Several photos" batch: ~5-10 s of the 2 CPU cores, one queue slot
 MAX_REQUEST_BYTES = 8 * 2**20  # any other request body (JSON, parsed in memory): a phone photo as a data: URL fits

@@ -45,7 +45,7 @@ def keep_freed_memory(keep_bytes: int = KEEP_FREED_BYTES) -> None:
     next call page-faults them in again (README, "Performance", for what that costs). Raising the mmap threshold
     keeps those blocks on the heap; Pillow's image blocks are then raised above it, or a big photo's 16 MB
     blocks would stay on the heap too and the process would keep the size of its biggest request (README,
-    "Limits": the memory a server keeps after big requests).
+    "Limits and memory": the memory a server keeps after big requests).
     """
     Image.core.set_block_size(PIL_BLOCK_BYTES)  # what Pillow's PILLOW_BLOCK_SIZE sets
     try:
