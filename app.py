@@ -176,8 +176,11 @@ def main() -> None:
     parser.add_argument("--revision", default=os.environ.get("CATSDOGS_REVISION") or None,
                         help="branch, tag or commit of a Hub repo (default: $CATSDOGS_REVISION, else main)")
     # On Spaces, GRADIO_SERVER_NAME/PORT say where to listen; flags override them only when given.
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on; 0.0.0.0 for every interface (default: $GRADIO_SERVER_NAME, "
+                        "else %(default)s)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+                        help="port to listen on (default: $GRADIO_SERVER_PORT, else %(default)s)")
     args = parser.parse_args()
 
     keep_freed_memory()  # this process serves one model: keep its activations' memory between requests

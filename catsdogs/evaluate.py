@@ -5,8 +5,8 @@
     python -m catsdogs.evaluate --model runs/a --data ~/dogs-vs-cats/train --split training --mistakes 20
 
 `--split validation` re-creates the exact split train.py validated on (its --val-fraction and --seed are read
-from the weights' metrics.json), and the photos are decoded and scored along the same path as training's
-validation (decode_photos, then predict_logits), so the accuracy is the one training reported for the weights.
+from the weights' metrics.json), and the photos are decoded and scored exactly as training scored them after
+each epoch, so the accuracy is the one training reported for the weights.
 """
 
 import argparse

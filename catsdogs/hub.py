@@ -7,10 +7,10 @@ Hub's cache, never from anything but safetensors.
 """
 
 import contextlib
+import io
 import json
 import os
 import shlex
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,7 @@ def push_outputs(output_dir: str | Path, repo_id: str, private: bool = False, to
         api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.upload_folder(
             repo_id=repo_id, folder_path=output_dir, commit_message="Upload catsdogs weights",
-            ignore_patterns=[".saving-*/**", ".*"],
+            ignore_patterns=[".saving-*/**", ".*", "checkpoint/**"],  # a half save, hidden files, the checkpoint
         )
     except LocalTokenNotFoundError as error:
         raise HubError(f"no Hugging Face token found: {TOKEN_HELP}. Then retry the upload: {retry}") from error
@@ -149,7 +149,7 @@ def fetch_weights(source: str | Path, revision: str | None = None) -> Path:
 def load_model(folder: str | Path) -> CatsDogsCNN:
     """The model in a weights folder (see `fetch_weights`), on the CPU, in eval mode."""
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # the mixin prints "Loading weights..." on stdout
+        with contextlib.redirect_stdout(io.StringIO()):  # the mixin prints "Loading weights from local directory"
             return CatsDogsCNN.from_pretrained(folder).eval()
     except (OSError, ValueError, RuntimeError, SafetensorError, json.JSONDecodeError) as error:
         raise HubError(f"the weights in {folder} cannot be loaded ({type(error).__name__}: {error})") from error

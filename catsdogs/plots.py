@@ -9,14 +9,17 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def training_curves(history: list[dict]) -> Figure:
+    """Loss and accuracy (in %, as the console prints it) per epoch, training beside validation."""
     epochs = [row["epoch"] for row in history]
     figure = Figure(figsize=(10, 4))
     loss, accuracy = figure.subplots(1, 2)
-    for axes, key, title in ((loss, "loss", "Loss"), (accuracy, "accuracy", "Accuracy")):
-        axes.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label="train")
-        axes.plot(epochs, [row[f"val_{key}"] for row in history], "o-", label="validation")
+    for axes, key, title, scale in ((loss, "loss", "Loss", 1), (accuracy, "accuracy", "Accuracy (%)", 100)):
+        axes.plot(epochs, [row[f"train_{key}"] * scale for row in history], "o-", label="train")
+        axes.plot(epochs, [row[f"val_{key}"] * scale for row in history], "o-", label="validation")
         axes.set(title=title, xlabel="epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) < 3:  # too few points: the locator would still draw ticks between epochs
+            axes.set_xticks(epochs)
         axes.grid(alpha=0.3)
         axes.legend()
     return figure

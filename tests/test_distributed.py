@@ -118,3 +118,18 @@ def test_the_documented_multi_machine_command_on_loopback(easy_photos, tmp_path)
     assert sum(stdout.count("best validation accuracy") for stdout, _ in outputs) == 1
     metrics = json.loads((tmp_path / "weights" / "metrics.json").read_text())
     assert "x 2 processes" in metrics["device"] and "--nnodes 2" in metrics["command"]
+
+
+def test_a_refused_output_stops_every_process_at_once(easy_photos, tmp_path):
+    """Under torchrun the first process checks the output; its refusal ends the whole launch, said once."""
+    data, _ = easy_photos
+    out = tmp_path / "run"
+    (out / "weights").mkdir(parents=True)
+    (out / "weights" / "model.safetensors").write_bytes(b"an earlier run's weights")
+    started = time.monotonic()
+    result = subprocess.run([*TORCHRUN, "train.py", *train_args(data, out)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0 and time.monotonic() - started < 60
+    assert result.stderr.count("is from an earlier run and this run would replace it") == 1
+    assert (out / "weights" / "model.safetensors").read_bytes() == b"an earlier run's weights"
+    assert "epoch" not in result.stdout

@@ -1,7 +1,9 @@
 """Training learns, writes a complete output folder, and survives being interrupted."""
 
+import hashlib
 import json
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from PIL import Image
 
 import train as train_cli
 from catsdogs import CatsDogsCNN
+from catsdogs.allocator import find_jemalloc
 from catsdogs.checkpoint import load_checkpoint
 from catsdogs.config import TrainConfig
 from catsdogs.data import choose_split
@@ -86,7 +89,7 @@ def test_kill_then_resume_loses_at_most_the_current_epoch(tmp_path):
     process = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not (output / "model.safetensors").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)  # a kill in the middle of training
     _, stderr = process.communicate(timeout=60)
@@ -128,3 +131,51 @@ def test_schedule_survives_every_short_run(epochs, steps_per_epoch):
         optimizer.step()
         scheduler.step()
     assert 0 < optimizer.param_groups[0]["lr"] <= 2e-3
+
+
+def weights_digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_run_never_replaces_weights_it_did_not_write(tmp_path):
+    """The default output is a run folder; a second run there, or a run into other weights, is refused at once."""
+    data = write_kaggle_folder(tmp_path / "photos", per_class=6)
+    work = tmp_path / "work"
+    work.mkdir()
+    args = [sys.executable, str(ROOT / "train.py"), "--data", str(data), "--epochs", "1", "--batch-size", "6",
+            "--val-fraction", "0.25"]
+    run = lambda *extra: subprocess.run([*args, *extra], cwd=work, capture_output=True, text=True,  # noqa: E731
+                                        timeout=300)
+    first = run()
+    assert first.returncode == 0, first.stderr
+    # The allocator train.py restarted itself under (README, "Performance"), or how to get it.
+    assert ("memory allocator: jemalloc" if find_jemalloc() else "apt-get install libjemalloc2") in first.stdout
+    output = work / "runs" / "catsdogs"
+    assert (output / "checkpoint" / "last.safetensors").is_file() and (output / "model.safetensors").is_file()
+    before = weights_digest(output)
+
+    again = run()
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert f"{Path('runs/catsdogs/model.safetensors')} is from an earlier run" in again.stderr
+    assert "--output NEW_FOLDER" in again.stderr and "--overwrite" in again.stderr
+    assert "decoding" not in again.stderr  # refused before any photo was decoded
+    assert weights_digest(output) == before
+
+    shipped = tmp_path / "weights"
+    shutil.copytree(ROOT / "weights", shipped)
+    into_shipped = run("--output", str(shipped))
+    assert into_shipped.returncode == 2 and "is from an earlier run" in into_shipped.stderr
+    assert weights_digest(shipped) == weights_digest(ROOT / "weights")
+
+    replaced = run("--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert weights_digest(output) != before
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, easy_photos):
+    data, _ = easy_photos
+    (tmp_path / "a-file").write_text("not a folder")
+    result = run_cli("--data", str(data), "--output", str(tmp_path / "a-file" / "run"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot create {tmp_path / 'a-file' / 'run'}/: {tmp_path / 'a-file'} is a file" in result.stderr
+    assert "epoch" not in result.stdout
