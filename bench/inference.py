@@ -32,7 +32,7 @@ def single_photo(classifier: Classifier, photos: list[Path], runs: int) -> list[
     decode = timings(lambda: load_photo(next_photo(), model.image_size), runs, warmup=10, device=device)
     ready = normalize(load_photo(photos[0], model.image_size)[None], model.mean, model.std).to(device)
     with torch.inference_mode(), Precision.for_inference(device).autocast():  # the precision the app's path runs in
-        forward = timings(lambda: model(ready).softmax(dim=1), runs, warmup=10, device=device)
+        forward = timings(lambda: model.probabilities(model(ready)), runs, warmup=10, device=device)
     p50 = percentile(forward, 0.5)
     return [[f"{device.type}: {name}", percentile(t, 0.5) * 1000, percentile(t, 0.95) * 1000,
              f"{percentile(t, 0.5) / p50:.2f}x"]

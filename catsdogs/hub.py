@@ -29,6 +29,7 @@ from huggingface_hub.errors import (
 from matplotlib.figure import Figure
 from safetensors import SafetensorError
 
+from catsdogs.config import TrainConfig
 from catsdogs.model import CatsDogsCNN
 
 TOKEN_HELP = "run `hf auth login` or set HF_TOKEN to a token with write access (https://huggingface.co/settings/tokens)"
@@ -64,6 +65,28 @@ def save_outputs(
         for file in Path(tmp).iterdir():
             file.chmod(0o644)  # some writers create 0600 files; weights are meant to be shared
             os.replace(file, output_dir / file.name)
+
+
+def card_details(summary: dict) -> dict:
+    """What the model card template shows, from a run's summary (metrics.json): training and a re-calibration
+    (python -m catsdogs.calibrate) render the same card."""
+    if not summary.get("history"):  # weights that train.py did not write: only what is known
+        return {"calibration": summary.get("calibration")}
+    config = summary["config"]
+    return {
+        "val_accuracy": round(summary["best_val_accuracy"], 4),
+        "dataset_name": "/".join(Path(config["data"]).parts[-2:]),  # e.g. dogs-vs-cats/train, not just train
+        "summary": summary,
+        "recipe": {name: config[name] for name in TrainConfig(data=config["data"]).recipe() if name in config},
+        "training_time": human_duration(summary["training_seconds"]),
+        "calibration": summary.get("calibration"),
+    }
+
+
+def human_duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
 
 
 def check_write_access(repo_id: str, token: str | None = None) -> str:
@@ -155,10 +178,10 @@ def load_model(folder: str | Path) -> CatsDogsCNN:
         raise HubError(f"the weights in {folder} cannot be loaded ({type(error).__name__}: {error})") from error
 
 
-def card_accuracy(folder: str | Path) -> float | None:
-    """The validation accuracy that the folder's model card claims, if it states one."""
+def card_metric(folder: str | Path, metric: str) -> float | None:
+    """A validation figure the folder's model card states ("accuracy", "expected_calibration_error"), if it does."""
     try:
         results = ModelCard.load(Path(folder) / "README.md").data.eval_results or []
     except (OSError, ValueError, yaml.YAMLError):
         return None
-    return next((r.metric_value for r in results if r.metric_type == "accuracy"), None)
+    return next((r.metric_value for r in results if r.metric_type == metric), None)

@@ -40,3 +40,25 @@ def confusion_matrix(matrix: list[list[int]], class_names: list[str], title: str
             axes.text(predicted, true, str(count), ha="center", va="center",
                       color="white" if count > top / 2 else "black")
     return figure
+
+
+def reliability_diagram(before: list[tuple[float, float, int]], after: list[tuple[float, float, int]],
+                        title: str) -> Figure:
+    """Accuracy against confidence per bin (calibration.reliability), before and after the temperature.
+
+    On the diagonal, a confidence of p% is right p% of the time; bars above it mean under-confidence.
+    """
+    figure = Figure(figsize=(9, 4))
+    for axes, rows, name in zip(figure.subplots(1, 2, sharey=True), (before, after),
+                                ("without temperature", "with the fitted temperature"), strict=True):
+        confidence, accuracy, counts = zip(*rows) if rows else ((), (), ())
+        axes.plot([50, 100], [50, 100], "--", color="grey", label="honest")
+        axes.scatter([c * 100 for c in confidence], [a * 100 for a in accuracy],
+                     s=[20 + 200 * n / max(counts) for n in counts], alpha=0.7, label="bins (size: photos)")
+        bottom = min([40, *(a * 100 - 5 for a in accuracy)])  # room for the worst bin, not all of 0..100
+        axes.set(title=name, xlabel="confidence (%)", xlim=(48, 101), ylim=(bottom, 101))
+        axes.grid(alpha=0.3)
+        axes.legend(loc="lower right")
+    figure.axes[0].set_ylabel("accuracy (%)")
+    figure.suptitle(title)
+    return figure

@@ -29,7 +29,8 @@ from catsdogs.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from catsdogs.config import TrainConfig
 from catsdogs.data import CLASS_NAMES, DataError, Split, choose_split
 from catsdogs.device import Precision, Ranks, describe_device, pick_device
-from catsdogs.hub import save_outputs
+from catsdogs.calibrate import MIN_PHOTOS, Calibration, calibrate
+from catsdogs.hub import card_details, human_duration, save_outputs
 from catsdogs.inference import predict_logits
 from catsdogs.loader import DecodedPhotos, TrainingBatches, load_photos
 from catsdogs.model import CatsDogsCNN
@@ -97,6 +98,7 @@ class RunState:
     best_epoch: int = 0
     best_weights: dict[str, torch.Tensor] | None = None  # a CPU copy of the best epoch's weights
     seconds: float = 0.0  # training time of the finished epochs, over every launch of the run
+    calibration: Calibration | None = None  # of the best weights, fitted once the last epoch is done (not saved)
 
     @classmethod
     def start(cls, config: TrainConfig, model: CatsDogsCNN, precision: Precision, steps_per_epoch: int,
@@ -246,6 +248,14 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
         raise TrainingInterrupted(epoch, saved, reason) from None
     except dist.DistError as error:  # another process of the run died: its peers cannot go on
         raise TrainingInterrupted(epoch, saved, f"another process of the run failed ({error})") from None
+    if ranks.is_main and len(val_photos) < MIN_PHOTOS:
+        log(f"calibration: skipped, {len(val_photos)} validation photos are too few to fit a temperature "
+            f"(at least {MIN_PHOTOS}); the probabilities are the plain softmax")
+    elif ranks.is_main:  # the best epoch is chosen: make its probabilities honest (README, "Calibration")
+        run.calibration = _calibrate_best(run, val_photos)
+        log(f"calibration: temperature {run.calibration.temperature:.3f} brings the expected calibration error on "
+            f"the validation photos from {run.calibration.ece_before:.2%} to {run.calibration.ece_after:.2%}")
+        _write_outputs(config, run, describe())
     return TrainResult(model, describe())
 
 
@@ -276,8 +286,8 @@ def train_one_epoch(run: RunState, ddp_model: nn.Module, loader: TrainingBatches
             warm = time.perf_counter()
         if ranks.is_main and estimate_epochs and step == min(11, len(loader) - 1) and step > 1:
             per_epoch = (time.perf_counter() - warm) / (step - 1) * len(loader)
-            tqdm.write(f"estimate: about {_human_duration(per_epoch)} per epoch of training steps, "
-                       f"{_human_duration(per_epoch * estimate_epochs)} for the {estimate_epochs} epochs to go")
+            tqdm.write(f"estimate: about {human_duration(per_epoch)} per epoch of training steps, "
+                       f"{human_duration(per_epoch * estimate_epochs)} for the {estimate_epochs} epochs to go")
         bar.update()  # a manual count: tqdm's iterator shows a stale one when the bar is redrawn between refreshes
     bar.close()
     totals = torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)])
@@ -344,11 +354,13 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
         "skipped_files": [[str(p), r] for p, r in train_photos.skipped + val_photos.skipped],
         "epochs_completed": run.epoch, "best_epoch": run.best_epoch, "best_val_accuracy": run.best_accuracy,
         "training_seconds": run.seconds, "history": [asdict(r) for r in run.history],
+        **({"calibration": run.calibration.summary()} if run.calibration else {}),
     }
 
 
 def _write_outputs(config: TrainConfig, run: RunState, summary: dict) -> None:
-    model = CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout)
+    model = CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout,
+                        temperature=run.calibration.temperature if run.calibration else 1.0)
     model.load_state_dict(run.best_weights)
     best = next(r for r in run.history if r.epoch == run.best_epoch)
     figures = {
@@ -356,17 +368,15 @@ def _write_outputs(config: TrainConfig, run: RunState, summary: dict) -> None:
         "confusion_matrix.png": plots.confusion_matrix(
             best.val_confusion, model.class_names, f"Validation, epoch {best.epoch} ({run.best_accuracy:.2%})"),
     }
-    card = {
-        "val_accuracy": round(run.best_accuracy, 4),
-        "dataset_name": "/".join(Path(config.data).parts[-2:]),  # e.g. dogs-vs-cats/train, not just train
-        "summary": summary,
-        "recipe": config.recipe(),
-        "training_time": _human_duration(run.seconds),
-    }
-    save_outputs(model, config.output, card, summary, figures)
+    if run.calibration:
+        figures["reliability.png"] = plots.reliability_diagram(
+            run.calibration.bins_before, run.calibration.bins_after,
+            f"{run.calibration.photos} validation photos, epoch {best.epoch} (T = {run.calibration.temperature:.3f})")
+    save_outputs(model, config.output, card_details(summary), summary, figures)
 
 
-def _human_duration(seconds: float) -> str:
-    minutes, seconds = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
+def _calibrate_best(run: RunState, photos: DecodedPhotos) -> Calibration:
+    """Fit the temperature of the best epoch's weights on the validation photos (main process, after training)."""
+    model = CatsDogsCNN(class_names=CLASS_NAMES).to(photos.images.device, memory_format=torch.channels_last)
+    model.load_state_dict(run.best_weights)
+    return calibrate(predict_logits(model, photos.images), photos.labels)
