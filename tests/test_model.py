@@ -78,14 +78,14 @@ def test_only_the_documented_input_size():
 
 
 def test_config_round_trip_gives_identical_outputs(tmp_path):
-    model = CatsDogsCNN(dropout=0.3).eval()
+    model = CatsDogsCNN(dropout=0.3, temperature=0.75).eval()
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config == {"class_names": ["cat", "dog"], "image_size": 224, "mean": [0.485, 0.456, 0.406],
-                      "std": [0.229, 0.224, 0.225], "dropout": 0.3}
+                      "std": [0.229, 0.224, 0.225], "dropout": 0.3, "temperature": 0.75}
     loaded = CatsDogsCNN.from_pretrained(tmp_path)
-    assert (loaded.class_names, loaded.image_size, loaded.mean, loaded.std) == (
-        ["cat", "dog"], 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert (loaded.class_names, loaded.image_size, loaded.mean, loaded.std, loaded.temperature) == (
+        ["cat", "dog"], 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0.75)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
