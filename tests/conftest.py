@@ -177,6 +177,28 @@ def pytest_make_collect_report(collector):
 
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FULL_SIZE = "dogs-vs-cats-fullres-sample"
+
+# Photos of ../shared/data/dogs-vs-cats-fullres-sample that the shipped weights get right with a clear margin, for
+# tests that assert the right class through every user path. Chosen by running catsdogs.inference.Classifier (fp32,
+# CPU) on all 200 photos: the four most certain of each class whose probability also stays >= 0.96 on the fake
+# webcam's frame of them (resized to 640x480, 4:2:0 chroma, mirrored). The figure is the class probability measured.
+CLEAR_PHOTOS = {
+    "cat.85.jpg": ("cat", 0.987), "cat.77.jpg": ("cat", 0.978), "cat.82.jpg": ("cat", 0.977),
+    "cat.9.jpg": ("cat", 0.974), "dog.79.jpg": ("dog", 0.999), "dog.89.jpg": ("dog", 0.992),
+    "dog.94.jpg": ("dog", 0.992), "dog.37.jpg": ("dog", 0.990),
+}
+SURE = 0.9  # the tests ask for the right class with at least this probability
+# Random weights answer ~0.5 for everything and swapped class names answer the other class: both fail these tests.
+
+
+def clear_photos(shared_data: Path, label: str | None = None) -> list[Path]:
+    """The CLEAR_PHOTOS of one class (or of both), as paths."""
+    return [shared_data / FULL_SIZE / name for name, (true, _) in CLEAR_PHOTOS.items() if label in (None, true)]
+
+
+def true_class(photo: Path) -> str:
+    return CLEAR_PHOTOS[Path(photo).name][0]
 
 
 @pytest.fixture(scope="session")
