@@ -236,6 +236,30 @@ def trained(easy_photos, tmp_path_factory):
     return config, train(config, command="python train.py --test").summary, bad
 
 
+def assert_same_training(run: Path, reference: Path) -> None:
+    """Two training runs (each a folder with ck/last.safetensors and weights/) ended bit-identical: the checkpoint's
+    last and best weights, the output's model.safetensors, and every per-epoch figure but the timings."""
+    import torch
+    from safetensors.torch import load_file
+
+    from catsdogs.checkpoint import load_checkpoint
+
+    def differing(a: dict, b: dict) -> list[str]:
+        assert a.keys() == b.keys()
+        return [k for k in a if not torch.equal(a[k], b[k])]
+
+    ours, theirs = (load_checkpoint(folder / "ck" / "last.safetensors") for folder in (run, reference))
+    assert ours["epoch"] == theirs["epoch"]
+    assert not differing(ours["model"], theirs["model"]), "the final weights differ"
+    assert ours["best"]["epoch"] == theirs["best"]["epoch"]
+    assert not differing(ours["best"]["model"], theirs["best"]["model"]), "the best weights differ"
+    weights = [load_file(folder / "weights" / "model.safetensors") for folder in (run, reference)]
+    assert not differing(*weights), "weights/model.safetensors differ"
+    timings = {"seconds", "images_per_s"}
+    assert [{k: v for k, v in row.items() if k not in timings} for row in ours["history"]] == [
+        {k: v for k, v in row.items() if k not in timings} for row in theirs["history"]]
+
+
 class App:
     """`python app.py` running as a subprocess on a free loopback port, as a user would start it."""
 
