@@ -244,17 +244,17 @@ def assert_same_training(run: Path, reference: Path) -> None:
 
     from catsdogs.checkpoint import load_checkpoint
 
-    def differing(a: dict, b: dict) -> list[str]:
+    def assert_same(a: dict, b: dict, what: str) -> None:
         assert a.keys() == b.keys()
-        return [k for k in a if not torch.equal(a[k], b[k])]
+        differing = [k for k in a if not torch.equal(a[k], b[k])]
+        assert not differing, f"{what} differ in {len(differing)} of {len(a)} tensors, e.g. {differing[:3]}"
 
     ours, theirs = (load_checkpoint(folder / "ck" / "last.safetensors") for folder in (run, reference))
-    assert ours["epoch"] == theirs["epoch"]
-    assert not differing(ours["model"], theirs["model"]), "the final weights differ"
-    assert ours["best"]["epoch"] == theirs["best"]["epoch"]
-    assert not differing(ours["best"]["model"], theirs["best"]["model"]), "the best weights differ"
-    weights = [load_file(folder / "weights" / "model.safetensors") for folder in (run, reference)]
-    assert not differing(*weights), "weights/model.safetensors differ"
+    assert (ours["epoch"], ours["best"]["epoch"]) == (theirs["epoch"], theirs["best"]["epoch"])
+    assert_same(ours["model"], theirs["model"], "the checkpoint's last weights")
+    assert_same(ours["best"]["model"], theirs["best"]["model"], "the checkpoint's best weights")
+    assert_same(*(load_file(folder / "weights" / "model.safetensors") for folder in (run, reference)),
+                "weights/model.safetensors")
     timings = {"seconds", "images_per_s"}
     assert [{k: v for k, v in row.items() if k not in timings} for row in ours["history"]] == [
         {k: v for k, v in row.items() if k not in timings} for row in theirs["history"]]
