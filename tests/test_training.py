@@ -8,15 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import OUTPUT_FILES, ROOT
+from conftest import OUTPUT_FILES, ROOT, assert_same_training
 from imagegen import write_kaggle_folder
 from PIL import Image
 
-import train as train_cli
 from catsdogs import CatsDogsCNN
 from catsdogs.allocator import find_jemalloc
 from catsdogs.checkpoint import load_checkpoint
@@ -59,12 +59,32 @@ def test_output_holds_the_best_weights_and_loads_identically(trained):
         torch.testing.assert_close(loaded(x), reference.eval()(x), rtol=0, atol=0)
 
 
-def test_seed_project_recipe_is_reachable_with_flags():
-    args = train_cli.parse_args(["--data", "d", "--epochs", "40", "--batch-size", "20", "--lr", "0.001",
-                                 "--optimizer", "adam", "--schedule", "constant", "--weight-decay", "0",
-                                 "--label-smoothing", "0", "--no-augment"])
-    assert (args.epochs, args.batch_size, args.lr, args.optimizer, args.schedule, args.augment) == (
-        40, 20, 0.001, "adam", "constant", False)
+def test_every_flag_reaches_the_training_config(tmp_path):
+    """train.py with the seed project's recipe (but 30 epochs: its 40 is our default) and every other flag set away
+    from its default: metrics.json, written after the first epoch, records the config training ran with."""
+    data, val = write_kaggle_folder(tmp_path / "photos", per_class=4), write_kaggle_folder(tmp_path / "val", 2)
+    expected = {"data": str(data), "val_data": str(val), "val_fraction": 0.25, "seed": 3, "epochs": 30,
+                "batch_size": 20, "lr": 0.001, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
+                "label_smoothing": 0.0, "dropout": 0.2, "augment": False, "device": "cpu",
+                "output": str(tmp_path / "out"), "checkpoint": str(tmp_path / "ck" / "last.safetensors"),
+                "resume": False, "workers": 1}
+    defaults = asdict(TrainConfig(data=""))
+    assert set(expected) == set(defaults)  # every field of the config is set here...
+    assert [k for k in expected if k != "data" and expected[k] == defaults[k]] == ["resume"]  # ...away from its default
+    args = ["--data", str(data), "--val-data", str(val), "--val-fraction", "0.25", "--seed", "3", "--epochs", "30",
+            "--batch-size", "20", "--lr", "0.001", "--optimizer", "adam", "--schedule", "constant",
+            "--weight-decay", "0", "--label-smoothing", "0", "--dropout", "0.2", "--no-augment", "--device", "cpu",
+            "--output", expected["output"], "--checkpoint", expected["checkpoint"], "--workers", "1"]
+    metrics = Path(expected["output"]) / "metrics.json"
+    process = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not metrics.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)  # one epoch of 30 is enough to see the config
+    _, stderr = process.communicate(timeout=60)
+    assert metrics.exists(), stderr
+    assert json.loads(metrics.read_text())["config"] == expected
 
 
 def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -81,11 +101,16 @@ def test_cli_stops_at_once_on_unusable_data(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_kill_then_resume_loses_at_most_the_current_epoch(tmp_path):
+def test_kill_then_resume_ends_exactly_where_an_uninterrupted_run_ends(tmp_path):
     data = write_kaggle_folder(tmp_path / "photos", per_class=12)
-    output, checkpoint = tmp_path / "weights", tmp_path / "ck" / "last.safetensors"
-    args = ["--data", str(data), "--val-fraction", "0.25", "--epochs", "3", "--batch-size", "6",
-            "--output", str(output), "--checkpoint", str(checkpoint)]
+    recipe = ["--data", str(data), "--val-fraction", "0.25", "--epochs", "3", "--batch-size", "6"]
+    run, reference = tmp_path / "run", tmp_path / "reference"
+    output, checkpoint = run / "weights", run / "ck" / "last.safetensors"
+    args = [*recipe, "--output", str(output), "--checkpoint", str(checkpoint)]
+    uninterrupted = subprocess.Popen(  # meanwhile, to save time: the same run, not interrupted
+        [sys.executable, "train.py", *recipe, "--output", str(reference / "weights"), "--checkpoint",
+         str(reference / "ck" / "last.safetensors")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
     process = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -102,8 +127,8 @@ def test_kill_then_resume_loses_at_most_the_current_epoch(tmp_path):
     assert resume_command.endswith("--resume")
     assert CatsDogsCNN.from_pretrained(output) is not None  # the best weights so far are whole
 
-    changed = run_cli(*args[:-4], "--epochs", "5", "--output", str(output), "--checkpoint", str(checkpoint),
-                      "--resume")
+    changed = run_cli(*recipe[:-4], "--epochs", "5", "--batch-size", "6", "--output", str(output),
+                      "--checkpoint", str(checkpoint), "--resume")
     assert changed.returncode == 2 and "--epochs was 3, now 5" in changed.stderr
 
     program, *resume_args = shlex.split(resume_command)
@@ -113,7 +138,10 @@ def test_kill_then_resume_loses_at_most_the_current_epoch(tmp_path):
     assert f"resuming from {checkpoint} after epoch {completed}" in resumed.stdout
     history = json.loads((output / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2, 3]
-    assert load_checkpoint(checkpoint)["epoch"] == 3
+
+    _, stderr = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, stderr
+    assert_same_training(run, reference)  # bit for bit: the random streams are reseeded per seed and epoch
 
 
 def test_validation_photos_that_are_also_trained_on_are_flagged(easy_photos, capsys):
