@@ -33,9 +33,9 @@ from catsdogs.inference import Classifier, keep_freed_memory  # noqa: E402
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge  # noqa: E402
 from catsdogs.serving import LinkError, RequestSizeLimit, fetch_linked_photo  # noqa: E402
 
-# Below this top-class probability the page says it is not sure. Measured on the shipped weights
-# (README, "Not sure"): it flags most of the model's mistakes on pets and some non-pet photos.
-UNSURE_BELOW = 0.80
+# Below this top-class (calibrated) probability the page says it is not sure. Measured on the shipped weights
+# (README, "Not sure"): the highest threshold that puts the note on at most one pet photo in eight.
+UNSURE_BELOW = 0.85
 NOT_A_PHOTO = "This file is not a photo the app can read (is it a JPEG, PNG, WebP or GIF?)."
 # Limits per request (README, "Limits and memory"): each bounds the memory or the time one request can take.
 MAX_FILE_BYTES = 20 * 2**20  # one photo file, uploaded or linked
@@ -141,6 +141,20 @@ def info_markdown(classifier: Classifier | None) -> str:
             f"**last prediction:** {last}")
 
 
+def how_it_works(classifier: Classifier | None) -> str:
+    """What the percentages mean, and how honest they were measured to be (README, "Calibration")."""
+    if classifier is not None and classifier.val_calibration_error is not None:
+        honesty = (f"They are **calibrated**: on photos the model never trained on, answers shown at 90% were right "
+                   f"about 90 times in 100, and on average a shown percentage was "
+                   f"{classifier.val_calibration_error:.1%} points from how often answers that sure were right "
+                   "(expected calibration error).")
+    else:
+        honesty = "These weights carry no calibration: the percentages are the network's plain softmax."
+    return ("The network sees the whole photo squashed to 224×224 pixels and gives each class a probability. "
+            f"{honesty} Below {UNSURE_BELOW:.0%} for the top class the page says it is not sure. It only knows "
+            "cats and dogs: a photo of anything else still gets one of the two, often confidently.")
+
+
 def unsure_note(probabilities: dict[str, float]) -> str:
     if max(probabilities.values()) >= UNSURE_BELOW:
         return ""
@@ -200,6 +214,8 @@ def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.B
     with Demo(title="Cat or dog?", delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as demo:
         gr.Markdown("# Cat or dog?\nGive it a photo of a pet: upload it, paste it, or take a webcam "
                     "snapshot. A small CNN (786k parameters) answers with the probability of each class.")
+        with gr.Accordion("How it works: what the percentages mean", open=False):
+            gr.Markdown(how_it_works(classifier), elem_id="how-it-works")
         if startup_warning:
             gr.Markdown(f"⚠️ {startup_warning}", elem_id="startup-warning")
         with gr.Tab("Photo"):
@@ -245,8 +261,11 @@ def main() -> None:
     parser.add_argument("--revision", default=os.environ.get("CATSDOGS_REVISION") or None,
                         help="branch, tag or commit of a Hub repo (default: $CATSDOGS_REVISION, else main)")
     # On Spaces, GRADIO_SERVER_NAME/PORT say where to listen; flags override them only when given.
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on; 0.0.0.0 for every interface (default: $GRADIO_SERVER_NAME, "
+                        "else %(default)s)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+                        help="port to listen on (default: $GRADIO_SERVER_PORT, else %(default)s)")
     args = parser.parse_args()
 
     keep_freed_memory()  # this process serves one model: keep its activations' memory between requests

@@ -16,12 +16,17 @@ import shlex
 import signal
 import sys
 
-from catsdogs.checkpoint import CheckpointError
-from catsdogs.config import TrainConfig, add_arguments
-from catsdogs.data import DataError
-from catsdogs.device import DeviceError, Ranks
-from catsdogs.hub import HubError, check_write_access, push_outputs
-from catsdogs.training import TrainingInterrupted, train
+if __name__ == "__main__":  # here, before PyTorch loads: the restart under jemalloc then costs nothing
+    from catsdogs.allocator import use_jemalloc
+
+    use_jemalloc()
+
+from catsdogs.checkpoint import CheckpointError  # noqa: E402
+from catsdogs.config import TrainConfig, add_arguments  # noqa: E402
+from catsdogs.data import DataError  # noqa: E402
+from catsdogs.device import DeviceError, Ranks  # noqa: E402
+from catsdogs.hub import HubError, check_write_access, push_outputs  # noqa: E402
+from catsdogs.training import OutputError, TrainingInterrupted, train  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             user = check_write_access(args.repo_id)
             say(f"Hub: logged in as {user}; will push to {args.repo_id} after training")
         summary = train(config, command).summary
-    except (DataError, DeviceError, CheckpointError, HubError) as error:
+    except (DataError, DeviceError, CheckpointError, HubError, OutputError) as error:
         say(f"error: {error}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
@@ -67,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"\n{stop.reason} in epoch 1, before any epoch finished: nothing was saved.", file=sys.stderr)
             return 130
         resume = command if "--resume" in argv else command + " --resume"
+        weights = f", the best weights so far in {config.output}/" if os.path.exists(
+            os.path.join(config.output, "model.safetensors")) else ""
         say(f"\n{stop.reason} in epoch {stop.epoch}: {stop.completed} finished epochs are saved in "
-            f"{config.checkpoint}, the best weights so far in {config.output}/.\nresume with: {resume}",
-            file=sys.stderr)
+            f"{config.checkpoint}{weights}.\nresume with: {resume}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         say("\ninterrupted before training started: nothing was saved.", file=sys.stderr)

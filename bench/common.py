@@ -11,12 +11,13 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from catsdogs.allocator import describe_allocator
 from catsdogs.device import describe_device
 
 
 def environment() -> dict:
     return {
-        "cpu": f"{describe_device(torch.device('cpu'))}, {os.cpu_count()} cores",
+        "cpu": f"{describe_device(torch.device('cpu'))}, {os.cpu_count()} cores, allocator: {describe_allocator()}",
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -42,7 +42,7 @@ def single_photo(classifier: Classifier, photos: list[Path], runs: int) -> list[
     decode = timings_and_faults(lambda: load_photo(next_photo(), model.image_size), runs, device)
     ready = normalize(load_photo(photos[0], model.image_size)[None], model.mean, model.std).to(device)
     with torch.inference_mode(), Precision.for_inference(device).autocast():  # the precision the app's path runs in
-        forward = timings_and_faults(lambda: model(ready).softmax(dim=1), runs, device)
+        forward = timings_and_faults(lambda: model.probabilities(model(ready)), runs, device)
     p50 = percentile(forward[0], 0.5)
     return [[f"{device.type}: {name}", percentile(t, 0.5) * 1000, percentile(t, 0.95) * 1000,
              f"{percentile(t, 0.5) / p50:.2f}x", faults]

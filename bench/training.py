@@ -18,18 +18,23 @@ import os
 import time
 from pathlib import Path
 
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
+if __name__ == "__main__":  # the allocator train.py runs on (jemalloc where installed; CATSDOGS_ALLOCATOR=system: not)
+    from catsdogs.allocator import use_jemalloc
 
-from bench.common import compute_peak, flops_per_photo, report, synchronize
-from catsdogs.config import TrainConfig
-from catsdogs.data import CLASS_NAMES, Photos, find_photos
-from catsdogs.device import Precision, Ranks
-from catsdogs.loader import TrainingBatches, load_photos
-from catsdogs.model import CatsDogsCNN
-from catsdogs.training import RunState, optimization_step
+    use_jemalloc()
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torchvision.transforms import v2  # noqa: E402
+
+from bench.common import compute_peak, flops_per_photo, report, synchronize  # noqa: E402
+from catsdogs.config import TrainConfig  # noqa: E402
+from catsdogs.data import CLASS_NAMES, Photos, find_photos  # noqa: E402
+from catsdogs.device import Precision, Ranks  # noqa: E402
+from catsdogs.loader import TrainingBatches, load_photos  # noqa: E402
+from catsdogs.model import CatsDogsCNN  # noqa: E402
+from catsdogs.training import RunState, optimization_step  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-200" / "train"
 

@@ -44,12 +44,12 @@ def main() -> None:
     metrics = json.loads((folder / "metrics.json").read_text())["config"]
     photos, split = select_photos(args.data, "validation", metrics["val_fraction"], metrics["seed"])
     images, labels, _ = decode_photos(photos, model.image_size)
-    probabilities = predict_logits(model, images).softmax(dim=1)
+    probabilities = model.probabilities(predict_logits(model, images))  # calibrated, as the app shows them
     confidence, correct = probabilities.max(dim=1).values, probabilities.argmax(dim=1) == labels
 
     non_pet_files = args.non_pets if args.non_pets is not None else packaged_non_pets()
     non_pets = predict_logits(model, torch.stack([load_photo(p, model.image_size) for p in non_pet_files]))
-    non_pet_confidence = non_pets.softmax(dim=1).max(dim=1).values
+    non_pet_confidence = model.probabilities(non_pets).max(dim=1).values
 
     rows = []
     for threshold in args.thresholds:
@@ -61,7 +61,7 @@ def main() -> None:
                      f"{(non_pet_confidence < threshold).sum().item()}/{len(non_pet_files)}"])
     columns = ["not sure below", "pets flagged", "error rate of flagged pets", "error rate of the rest",
                "pet mistakes flagged", "non-pets flagged"]
-    report(f"'not sure' threshold on {split['description']}", columns, rows, {
+    report(f"'not sure' threshold on {split['description']}, temperature {model.temperature:.3f}", columns, rows, {
         "pets": len(labels), "accuracy": correct.float().mean().item(),
         "non_pets": {str(p.name): round(c, 4) for p, c in zip(non_pet_files, non_pet_confidence.tolist())}})
 

@@ -7,6 +7,9 @@ run must repeat them exactly.
 import argparse
 import os
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+
+CHECKPOINT_IN_OUTPUT = "checkpoint/last.safetensors"  # relative to --output; the push leaves checkpoint/ out
 
 
 def setting(default, help: str, group: str, recipe: bool = False, choices: tuple | None = None):  # noqa: A002
@@ -38,9 +41,16 @@ class TrainConfig:
     augment: bool = setting(True, "random mirror, zoom, shift, rotation and colour jitter", "recipe", recipe=True)
 
     device: str = setting("auto", "auto (CUDA if present), cpu, cuda or cuda:N", "run")
-    output: str = setting("weights", "where the best weights go", "run")
-    checkpoint: str = setting("checkpoints/last.safetensors", "written after every epoch", "run")
+    output: str = setting("runs/catsdogs", "where the best weights, their card, metrics and plots go", "run")
+    checkpoint: str | None = setting(None, "written after every epoch (default: OUTPUT/checkpoint/last.safetensors;"
+                                     " not uploaded by --push)", "run")
     resume: bool = setting(False, "continue from --checkpoint; repeat the same settings", "run")
+    overwrite: bool = setting(False, "replace the weights and checkpoint that an earlier run left in --output "
+                              "(without it, such a run is refused)", "run")
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is None:  # the checkpoint lives with the run it belongs to
+            self.checkpoint = str(Path(self.output) / CHECKPOINT_IN_OUTPUT)
 
     def recipe(self) -> dict:
         """The settings a resumed run must repeat (and the card lists)."""

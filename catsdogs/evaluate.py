@@ -5,8 +5,8 @@
     python -m catsdogs.evaluate --model runs/a --data ~/dogs-vs-cats/train --split training --mistakes 20
 
 `--split validation` re-creates the exact split train.py validated on (its --val-fraction and --seed are read
-from the weights' metrics.json), and the photos are decoded and scored along the same path as training's
-validation (decode_photos, then predict_logits), so the accuracy is the one training reported for the weights.
+from the weights' metrics.json), and the photos are decoded and scored exactly as training scored them after
+each epoch, so the accuracy is the one training reported for the weights.
 """
 
 import argparse
@@ -14,15 +14,21 @@ import contextlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
+
+from catsdogs import plots
+from catsdogs.calibrate import BINS, expected_calibration_error, reliability
 
 from catsdogs.data import CLASS_NAMES, DataError, Photos, choose_split, decode_photos, find_photos
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model
 from catsdogs.device import pick_device
 from catsdogs.inference import predict_logits
+from catsdogs.model import CatsDogsCNN
 
 SPLITS = ("all", "validation", "training")
 
@@ -54,10 +60,26 @@ def select_photos(data: str | Path, split: str, val_fraction: float, seed: int) 
     return photos, {"name": split, "description": description, "val_fraction": val_fraction, "seed": seed}
 
 
-def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: str | None = None,
-             val_fraction: float | None = None, seed: int | None = None, mistakes: int = 10,
-             workers: int = min(8, os.cpu_count() or 1), progress: bool = True) -> dict:
-    """Score the weights in `model` (folder or Hub repo id) on `split` of `data`; the report is plain JSON data.
+@dataclass
+class Scores:
+    """Weights scored on labelled photos: what the report and the calibration are computed from."""
+
+    network: CatsDogsCNN
+    folder: Path
+    metrics: dict  # what training recorded beside the weights (metrics.json)
+    split: dict  # which photos, and how they were chosen
+    warnings: list[str]
+    logits: torch.Tensor  # (N, classes), float32, on the CPU
+    labels: torch.Tensor
+    paths: list[Path]  # of the photos scored, in order
+    skipped: list[tuple[Path, str]]
+    device: torch.device
+
+
+def score(model: str | Path, data: str | Path, split: str = "all", revision: str | None = None,
+          val_fraction: float | None = None, seed: int | None = None,
+          workers: int = min(8, os.cpu_count() or 1), progress: bool = True) -> Scores:
+    """The logits of the weights in `model` (folder or Hub repo id) for the photos of `split` of `data`.
 
     Split settings not given are those the weights were trained with (metrics.json), so a split is re-created
     without the user having to remember them.
@@ -85,28 +107,57 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
     if not len(labels):
         raise DataError(f"none of the {len(photos)} photos could be read ({split_info['description']})")
     unreadable = {path for path, _ in skipped}
-    paths = [path for path in photos.paths if path not in unreadable]
     device = pick_device()
     network = network.to(device, memory_format=torch.channels_last)  # as trained and validated
     batches = tqdm(images.split(BATCH), desc="scoring", unit="batch", leave=False, disable=not progress)
     logits = torch.cat([predict_logits(network, batch, BATCH).cpu() for batch in batches])
-    predicted, confidence = logits.argmax(dim=1), logits.softmax(dim=1).max(dim=1).values
+    return Scores(network, folder, metrics, split_info, warnings, logits, labels,
+                  [path for path in photos.paths if path not in unreadable], skipped, device)
 
+
+def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: str | None = None,
+             val_fraction: float | None = None, seed: int | None = None, mistakes: int = 10,
+             workers: int = min(8, os.cpu_count() or 1), progress: bool = True,
+             reliability_png: str | Path | None = None) -> dict:
+    """Score the weights on `split` of `data` (see `score`); the report is plain JSON data.
+
+    With `reliability_png`, the reliability diagram (with and without the weights' temperature) is written there.
+    """
+    scores = score(model, data, split, revision, val_fraction, seed, workers, progress)
+    probabilities = scores.network.probabilities(scores.logits)  # calibrated, as the app shows them
+    labels = scores.labels
+    predicted, confidence = probabilities.argmax(dim=1), probabilities.max(dim=1).values
     classes = len(CLASS_NAMES)
     confusion = torch.bincount(labels * classes + predicted, minlength=classes * classes).view(classes, classes)
     correct = confusion.trace().item()
+    if reliability_png:
+        plots.reliability_diagram(reliability(scores.logits.softmax(dim=1), labels), reliability(probabilities, labels),
+                                  f"{scores.split['description']} (T = {scores.network.temperature:.3f})"
+                                  ).savefig(reliability_png, dpi=110, bbox_inches="tight")
     labels, predicted, confidence = labels.tolist(), predicted.tolist(), confidence.tolist()
     wrong = [i for i, (y, p) in enumerate(zip(labels, predicted, strict=True)) if y != p]
     worst = sorted(wrong, key=lambda i: confidence[i], reverse=True)[:mistakes]
     return {
-        "model": f"{model}@{revision}" if revision else str(model), "weights": str(folder), "data": str(data),
-        "split": split_info, "device": str(device), "n": len(labels), "correct": correct,
-        "accuracy": correct / len(labels), "trained_val_accuracy": metrics.get("best_val_accuracy"),
+        "model": f"{model}@{revision}" if revision else str(model), "weights": str(scores.folder), "data": str(data),
+        "split": scores.split, "device": str(scores.device), "n": len(labels), "correct": correct,
+        "accuracy": correct / len(labels), "trained_val_accuracy": scores.metrics.get("best_val_accuracy"),
         "class_names": list(CLASS_NAMES), "per_class": _per_class(confusion), "confusion_matrix": confusion.tolist(),
-        "mistakes": [{"path": str(paths[i]), "true": CLASS_NAMES[labels[i]], "predicted": CLASS_NAMES[predicted[i]],
-                      "probability": confidence[i]} for i in worst],
-        "skipped": [{"path": str(path), "reason": reason} for path, reason in skipped], "warnings": warnings,
+        "calibration": _calibration(scores), "mistakes": [
+            {"path": str(scores.paths[i]), "true": CLASS_NAMES[labels[i]], "predicted": CLASS_NAMES[predicted[i]],
+             "probability": confidence[i]} for i in worst],
+        "skipped": [{"path": str(path), "reason": reason} for path, reason in scores.skipped],
+        "warnings": scores.warnings,
     }
+
+
+def _calibration(scores: Scores) -> dict:
+    """How honest the percentages are on these photos, with the weights' temperature and without one."""
+    temperature, logits, labels = scores.network.temperature, scores.logits, scores.labels
+    return {"temperature": temperature, "bins": BINS,
+            "ece": expected_calibration_error(scores.network.probabilities(logits), labels),
+            "nll": F.cross_entropy(logits / temperature, labels).item(),
+            "ece_without_temperature": expected_calibration_error(logits.softmax(dim=1), labels),
+            "nll_without_temperature": F.cross_entropy(logits, labels).item()}
 
 
 def _per_class(confusion: torch.Tensor) -> dict[str, dict]:
@@ -147,6 +198,10 @@ def format_report(report: dict) -> str:
     lines.append(" " * 8 + "".join(f"{name:>{width}}" for name in report["class_names"]))
     for name, row in zip(report["class_names"], report["confusion_matrix"], strict=True):
         lines.append(f"{name:<8}" + "".join(f"{v:>{width}}" for v in row))
+    c = report["calibration"]
+    lines.append(f"\ncalibration ({c['bins']} bins): expected calibration error {c['ece']:.2%} with the weights' "
+                 f"temperature {c['temperature']:.3f}, {c['ece_without_temperature']:.2%} without; negative log "
+                 f"likelihood {c['nll']:.4f}, {c['nll_without_temperature']:.4f} without")
     if report["mistakes"]:
         lines.append(f"\n{len(report['mistakes'])} most confident mistakes:")
         lines += [f"  {m['probability']:7.2%} {m['predicted']} (true {m['true']})  {m['path']}"
@@ -167,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mistakes", type=int, default=10, help="how many confident mistakes to list (default 10)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="threads decoding photos")
     parser.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) to stdout")
+    parser.add_argument("--reliability", metavar="PNG",
+                        help="also write the reliability diagram (accuracy against confidence) to this file")
     args = parser.parse_args(argv)
     if args.mistakes < 0 or args.workers < 1:
         parser.error("--mistakes must be 0 or more and --workers 1 or more")
@@ -177,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.redirect_stdout(sys.stderr):  # libraries' notes and warnings must not mix into the report
             report = evaluate(args.model, args.data, args.split, args.revision, args.val_fraction, args.seed,
-                              args.mistakes, args.workers)
+                              args.mistakes, args.workers, reliability_png=args.reliability)
     except (DataError, HubError, IncompatibleModel) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

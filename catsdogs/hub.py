@@ -7,11 +7,11 @@ Hub's cache, never from anything but safetensors.
 """
 
 import contextlib
+import io
 import json
 import math
 import os
 import shlex
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from huggingface_hub.errors import (
 from matplotlib.figure import Figure
 from safetensors import SafetensorError
 
+from catsdogs.config import TrainConfig
 from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, CatsDogsCNN
 
 TOKEN_HELP = "run `hf auth login` or set HF_TOKEN to a token with write access (https://huggingface.co/settings/tokens)"
@@ -37,8 +38,9 @@ TOKEN_HELP = "run `hf auth login` or set HF_TOKEN to a token with write access (
 
 WEIGHTS_FILES = ("model.safetensors", "config.json")  # what a model needs; the card and metrics are optional
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
-# Never published: the temporary folder a save is written into (a killed run may leave one), and hidden files.
-UPLOAD_EXCLUDE = (".saving-*/**", ".*")
+# Never published: the temporary folder a save is written into (a killed run may leave one), hidden files, and
+# the run's checkpoint folder inside the output folder.
+UPLOAD_EXCLUDE = (".saving-*/**", ".*", "checkpoint/**")
 
 
 class HubError(RuntimeError):
@@ -67,6 +69,28 @@ def save_outputs(
         for file in Path(tmp).iterdir():
             file.chmod(0o644)  # some writers create 0600 files; weights are meant to be shared
             os.replace(file, output_dir / file.name)
+
+
+def card_details(summary: dict) -> dict:
+    """What the model card template shows, from a run's summary (metrics.json): training and a re-calibration
+    (python -m catsdogs.calibrate) render the same card."""
+    if not summary.get("history"):  # weights that train.py did not write: only what is known
+        return {"calibration": summary.get("calibration")}
+    config = summary["config"]
+    return {
+        "val_accuracy": round(summary["best_val_accuracy"], 4),
+        "dataset_name": "/".join(Path(config["data"]).parts[-2:]),  # e.g. dogs-vs-cats/train, not just train
+        "summary": summary,
+        "recipe": {name: config[name] for name in TrainConfig(data=config["data"]).recipe() if name in config},
+        "training_time": human_duration(summary["training_seconds"]),
+        "calibration": summary.get("calibration"),
+    }
+
+
+def human_duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
 
 
 def check_write_access(repo_id: str, token: str | None = None) -> str:
@@ -163,7 +187,7 @@ def load_model(folder: str | Path) -> CatsDogsCNN:
     if problem:
         raise HubError(f"the config.json in {folder} is not a catsdogs config: {problem}")
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # the mixin prints "Loading weights..." on stdout
+        with contextlib.redirect_stdout(io.StringIO()):  # the mixin prints "Loading weights from local directory"
             return CatsDogsCNN.from_pretrained(folder).eval()
     except (OSError, ValueError, TypeError, RuntimeError, SafetensorError, json.JSONDecodeError) as error:
         raise HubError(f"the weights in {folder} cannot be loaded ({type(error).__name__}: {error})") from error
@@ -192,13 +216,17 @@ def config_problem(config: Any) -> str | None:
     dropout = config.get("dropout", 0.0)
     if not (isinstance(dropout, int | float) and not isinstance(dropout, bool) and 0 <= dropout < 1):
         return f"dropout must be a number from 0 to below 1, not {dropout!r}"
+    temperature = config.get("temperature", 1.0)
+    if not (isinstance(temperature, int | float) and not isinstance(temperature, bool)
+            and math.isfinite(temperature) and temperature > 0):
+        return f"temperature must be a number above zero, not {temperature!r}"
     return None
 
 
-def card_accuracy(folder: str | Path) -> float | None:
-    """The validation accuracy that the folder's model card claims, if it states one."""
+def card_metric(folder: str | Path, metric: str) -> float | None:
+    """A validation figure the folder's model card states ("accuracy", "expected_calibration_error"), if it does."""
     try:
         results = ModelCard.load(Path(folder) / "README.md").data.eval_results or []
     except (OSError, ValueError, yaml.YAMLError):
         return None
-    return next((r.metric_value for r in results if r.metric_type == "accuracy"), None)
+    return next((r.metric_value for r in results if r.metric_type == metric), None)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from catsdogs.device import Precision, pick_device
-from catsdogs.hub import HubError, card_accuracy, fetch_weights, load_model
+from catsdogs.hub import HubError, card_metric, fetch_weights, load_model
 from catsdogs.model import CatsDogsCNN
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, PhotoSource, load_photo, normalize
 
@@ -75,7 +75,8 @@ class Classifier:
         self.source = f"{source}@{revision}" if revision else str(source)
         self.device = device or pick_device()
         self.model = load_model(self.folder).to(self.device, memory_format=torch.channels_last)
-        self.val_accuracy = card_accuracy(self.folder)
+        self.val_accuracy = card_metric(self.folder, "accuracy")
+        self.val_calibration_error = card_metric(self.folder, "expected_calibration_error")
         try:  # warm-up (the first forward is slow), and the proof that these weights can run at all
             warm_up = self.predict([Image.new("RGB", (self.model.image_size,) * 2)])[0]
         except (RuntimeError, ValueError, TypeError) as error:
@@ -119,5 +120,5 @@ class Classifier:
     def _probabilities(self, images: list[torch.Tensor]) -> list[dict[str, float]]:
         if not images:
             return []
-        probabilities = predict_logits(self.model, torch.stack(images), self.chunk).softmax(dim=1).tolist()
+        probabilities = self.model.probabilities(predict_logits(self.model, torch.stack(images), self.chunk)).tolist()
         return [dict(zip(self.class_names, row)) for row in probabilities]

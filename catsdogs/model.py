@@ -11,6 +11,7 @@ them to `config.json` beside the weights, so class names, input size and
 normalisation travel with the weights to every consumer.
 """
 
+import math
 from pathlib import Path
 
 import torch
@@ -41,10 +42,15 @@ class CatsDogsCNN(
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         dropout: float = 0.0,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         if image_size != INPUT_SIZE:
             raise ValueError(f"the documented layer table needs {INPUT_SIZE}x{INPUT_SIZE} inputs, not {image_size}")
+        if not (isinstance(temperature, int | float) and not isinstance(temperature, bool)
+                and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a number above zero, not {temperature!r}")
+        self.temperature = float(temperature)  # logits / temperature -> calibrated probabilities (catsdogs.calibrate)
         self.class_names = list(class_names)
         self.image_size = image_size
         self.mean = tuple(mean)
@@ -71,6 +77,11 @@ class CatsDogsCNN(
         """Normalised images (N, 3, 224, 224) -> class logits (N, classes)."""
         return self.head(self.fc(self.blocks(x)))
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> class probabilities, calibrated by the weights' temperature: the one way every consumer
+        (the app, the API, evaluate, the benchmarks) turns logits into the percentages people read."""
+        return (logits.float() / self.temperature).softmax(dim=1)
+
     @classmethod
     def _load_as_safetensor(cls, model, model_file, map_location, strict):
         # The mixin defaults to strict=False; weights that don't match the layer table must fail, not half-load.
@@ -80,6 +91,9 @@ class CatsDogsCNN(
         """The mixin's card, plus the validation accuracy as structured eval results."""
         card = super().generate_model_card(*args, **kwargs)
         card.data.model_name = kwargs.get("model_name", "catsdogs")
+        metrics = {"accuracy": kwargs.get("val_accuracy")}
+        if kwargs.get("calibration"):  # the expected calibration error, beside the accuracy it qualifies
+            metrics["expected_calibration_error"] = round(kwargs["calibration"]["ece_after"], 4)
         if kwargs.get("val_accuracy") is not None:
             card.data.eval_results = [
                 EvalResult(
@@ -87,8 +101,9 @@ class CatsDogsCNN(
                     dataset_type=kwargs.get("dataset_type", "imagefolder"),
                     dataset_name=kwargs.get("dataset_name", "Dogs vs. Cats"),
                     dataset_split="validation",
-                    metric_type="accuracy",
-                    metric_value=kwargs["val_accuracy"],
+                    metric_type=metric,
+                    metric_value=value,
                 )
+                for metric, value in metrics.items()
             ]
         return card

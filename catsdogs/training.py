@@ -9,6 +9,7 @@ stays the global batch, each process trains on its own shard of every epoch, val
 all processes, and only the first process writes files.
 """
 
+import os
 import shlex
 import sys
 import time
@@ -23,14 +24,20 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from catsdogs import plots
+from catsdogs.allocator import describe_allocator
 from catsdogs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from catsdogs.config import TrainConfig
 from catsdogs.data import CLASS_NAMES, DataError, Split, choose_split
 from catsdogs.device import Precision, Ranks, describe_device, pick_device
-from catsdogs.hub import save_outputs
+from catsdogs.calibrate import MIN_PHOTOS, Calibration, calibrate
+from catsdogs.hub import card_details, human_duration, save_outputs
 from catsdogs.inference import predict_logits
 from catsdogs.loader import DecodedPhotos, TrainingBatches, load_photos
 from catsdogs.model import CatsDogsCNN
+
+
+class OutputError(ValueError):
+    """The run could not write its results where asked, or would replace an earlier run's; checked before training."""
 
 
 class TrainingInterrupted(Exception):
@@ -91,6 +98,7 @@ class RunState:
     best_epoch: int = 0
     best_weights: dict[str, torch.Tensor] | None = None  # a CPU copy of the best epoch's weights
     seconds: float = 0.0  # training time of the finished epochs, over every launch of the run
+    calibration: Calibration | None = None  # of the best weights, fitted once the last epoch is done (not saved)
 
     @classmethod
     def start(cls, config: TrainConfig, model: CatsDogsCNN, precision: Precision, steps_per_epoch: int,
@@ -169,6 +177,8 @@ def train(config: TrainConfig, command: str | None = None) -> TrainResult:
     """Train, checkpointing every epoch, on one device or, under torchrun, on all of them."""
     ranks = Ranks.from_env()
     device = pick_device(config.device)
+    if ranks.is_main:  # the one writer; under torchrun, the launcher stops the others when it exits
+        check_outputs(config)
     if ranks.world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -196,7 +206,8 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
     loader = TrainingBatches(train_photos, config.batch_size, ranks, config.seed, config.augment, model.mean,
                              model.std)
     log(f"training on {describe_device(device, precision)}" + (
-        f", {ranks.world} processes of {loader.process_batch} photos per step" if ranks.world > 1 else ""))
+        f", {ranks.world} processes of {loader.process_batch} photos per step" if ranks.world > 1 else "")
+        + (f"; memory allocator: {describe_allocator()}" if device.type == "cpu" else ""))
 
     model = model.to(device, memory_format=torch.channels_last)
     ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
@@ -207,56 +218,78 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
         run.resume_from(config.checkpoint)  # every process resumes from the same file
         log(f"resuming from {config.checkpoint} after epoch {run.epoch} "
             f"(best validation accuracy so far {run.best_accuracy:.2%})")
-    else:
-        _warn_before_replacing(config, log)
     describe = lambda: _summary(config, command, describe_device(device, precision), ranks, split,  # noqa: E731
                                 train_photos, val_photos, run)
     if run.epoch >= config.epochs:
         log(f"the checkpoint already holds all {config.epochs} epochs; nothing to train")
         return TrainResult(model, describe())
 
-    seconds_before, started, epoch = run.seconds, time.perf_counter(), run.epoch + 1
+    seconds_before, started, epoch, saved = run.seconds, time.perf_counter(), run.epoch + 1, run.epoch
+    first_of_launch = epoch  # its first steps give the estimate of the run's time
     try:
         for epoch in range(run.epoch + 1, config.epochs + 1):
             # Reseeded from (seed, epoch, rank): a resumed run continues the exact random stream in every process.
             torch.manual_seed(config.seed * 1_000_003 + epoch * 1_009 + ranks.rank)
-            loss, accuracy, seconds, per_s = train_one_epoch(run, ddp_model, loader, epoch, precision, ranks)
+            loss, accuracy, seconds, per_s = train_one_epoch(
+                run, ddp_model, loader, epoch, precision, ranks,
+                estimate_epochs=config.epochs - epoch + 1 if epoch == first_of_launch else 0)
             val = validate(model, val_photos, ranks)
             record = EpochRecord(epoch, loss, accuracy, run.optimizer.param_groups[0]["lr"], seconds, per_s,
                                  val.loss, val.accuracy, val.confusion)
             improved = run.finish_epoch(record, seconds_before + time.perf_counter() - started)
             if ranks.is_main:
                 tqdm.write(record.line(config.epochs) + ("  (best)" if improved else ""))
+                save_checkpoint(run.state_dict(), config.checkpoint)  # first: what a resume needs
+                saved = epoch
                 _write_outputs(config, run, describe())
-                save_checkpoint(run.state_dict(), config.checkpoint)
     except KeyboardInterrupt:
         # Under torchrun a SIGTERM usually means the launcher is stopping the run because a peer failed.
         reason = "interrupted" if ranks.world == 1 else "the run was stopped (a process failed, or it was killed)"
-        raise TrainingInterrupted(epoch, epoch - 1, reason) from None
+        raise TrainingInterrupted(epoch, saved, reason) from None
     except dist.DistError as error:  # another process of the run died: its peers cannot go on
-        raise TrainingInterrupted(epoch, epoch - 1, f"another process of the run failed ({error})") from None
+        raise TrainingInterrupted(epoch, saved, f"another process of the run failed ({error})") from None
+    if ranks.is_main and len(val_photos) < MIN_PHOTOS:
+        log(f"calibration: skipped, {len(val_photos)} validation photos are too few to fit a temperature "
+            f"(at least {MIN_PHOTOS}); the probabilities are the plain softmax")
+    elif ranks.is_main:  # the best epoch is chosen: make its probabilities honest (README, "Calibration")
+        run.calibration = _calibrate_best(run, val_photos)
+        log(f"calibration: temperature {run.calibration.temperature:.3f} brings the expected calibration error on "
+            f"the validation photos from {run.calibration.ece_before:.2%} to {run.calibration.ece_after:.2%}")
+        _write_outputs(config, run, describe())
     return TrainResult(model, describe())
 
 
 def train_one_epoch(run: RunState, ddp_model: nn.Module, loader: TrainingBatches, epoch: int, precision: Precision,
-                    ranks: Ranks) -> tuple[float, float, float, float]:
-    """One pass over this process's shard. Returns loss, accuracy, seconds and images/s, over all processes."""
+                    ranks: Ranks, estimate_epochs: int = 0) -> tuple[float, float, float, float]:
+    """One pass over this process's shard. Returns loss, accuracy, seconds and images/s, over all processes.
+
+    With `estimate_epochs`, the main process says after a few steps how long that many epochs will take.
+    """
     criterion = nn.CrossEntropyLoss(label_smoothing=run.config.label_smoothing)
     run.model.train()
     device = loader.photos.labels.device
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
     started = time.perf_counter()
-    bar = tqdm(loader.epoch(epoch), total=len(loader), desc=f"epoch {epoch}/{run.config.epochs}", unit="batch",
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{run.config.epochs}", unit="batch",
                leave=False, dynamic_ncols=True, disable=not ranks.is_main,
                mininterval=0.1 if sys.stderr.isatty() else 30)  # log files: a line every 30 s
-    for step, (images, labels) in enumerate(bar):
+    for step, (images, labels) in enumerate(loader.epoch(epoch)):
         loss, logits = optimization_step(run, ddp_model, images, labels, criterion, precision)
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum()
         seen += len(labels)
         if ranks.is_main and (step % 10 == 0 or step == len(loader) - 1):  # .item() waits for the GPU
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.2%}",
-                            img_s=f"{seen * ranks.world / (time.perf_counter() - started):.1f}")
+                            img_s=f"{seen * ranks.world / (time.perf_counter() - started):.1f}",
+                            refresh=False)  # shown with the step's count, at the bar's next refresh
+        if step == 1:  # the first step warms up kernels: time from the end of it
+            warm = time.perf_counter()
+        if ranks.is_main and estimate_epochs and step == min(11, len(loader) - 1) and step > 1:
+            per_epoch = (time.perf_counter() - warm) / (step - 1) * len(loader)
+            tqdm.write(f"estimate: about {human_duration(per_epoch)} per epoch of training steps, "
+                       f"{human_duration(per_epoch * estimate_epochs)} for the {estimate_epochs} epochs to go")
+        bar.update()  # a manual count: tqdm's iterator shows a stale one when the bar is redrawn between refreshes
+    bar.close()
     totals = torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)])
     if ranks.world > 1:
         dist.all_reduce(totals)
@@ -295,13 +328,19 @@ def validate(model: CatsDogsCNN, photos: DecodedPhotos, ranks: Ranks) -> Validat
     return Validation(loss_sum.item() / n, correct.item() / n, confusion.view(classes, classes).long().tolist())
 
 
-def _warn_before_replacing(config: TrainConfig, log) -> None:
-    if Path(config.checkpoint).exists():
-        log(f"note: {config.checkpoint} from an earlier run will be replaced after the first epoch "
-            "(stop now and add --resume to continue that run instead)")
-    if (Path(config.output) / "model.safetensors").exists():
-        log(f"note: the weights in {config.output}/ will be replaced after the first epoch "
-            "(stop now and pass --output DIR to keep them)")
+def check_outputs(config: TrainConfig) -> None:
+    """Before any photo is decoded: the run can write where it will write, and replaces nothing it did not write."""
+    earlier = [path for path in (Path(config.output) / "model.safetensors", Path(config.checkpoint)) if path.exists()]
+    if earlier and not (config.resume or config.overwrite):
+        raise OutputError(f"{earlier[0]} is from an earlier run and this run would replace it. Pass --output "
+                          "NEW_FOLDER to keep it, --resume to continue that run, or --overwrite to replace it")
+    for folder in (Path(config.output), Path(config.checkpoint).parent):
+        existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())  # created when first written
+        if not existing.is_dir():
+            raise OutputError(f"cannot create {folder}/: {existing} is a file")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write to {existing}/ (read-only, or not yours): pass --output or "
+                              "--checkpoint a folder you can write to")
 
 
 def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split: Split,
@@ -315,11 +354,13 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
         "skipped_files": [[str(p), r] for p, r in train_photos.skipped + val_photos.skipped],
         "epochs_completed": run.epoch, "best_epoch": run.best_epoch, "best_val_accuracy": run.best_accuracy,
         "training_seconds": run.seconds, "history": [asdict(r) for r in run.history],
+        **({"calibration": run.calibration.summary()} if run.calibration else {}),
     }
 
 
 def _write_outputs(config: TrainConfig, run: RunState, summary: dict) -> None:
-    model = CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout)
+    model = CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout,
+                        temperature=run.calibration.temperature if run.calibration else 1.0)
     model.load_state_dict(run.best_weights)
     best = next(r for r in run.history if r.epoch == run.best_epoch)
     figures = {
@@ -327,17 +368,15 @@ def _write_outputs(config: TrainConfig, run: RunState, summary: dict) -> None:
         "confusion_matrix.png": plots.confusion_matrix(
             best.val_confusion, model.class_names, f"Validation, epoch {best.epoch} ({run.best_accuracy:.2%})"),
     }
-    card = {
-        "val_accuracy": round(run.best_accuracy, 4),
-        "dataset_name": "/".join(Path(config.data).parts[-2:]),  # e.g. dogs-vs-cats/train, not just train
-        "summary": summary,
-        "recipe": config.recipe(),
-        "training_time": _human_duration(run.seconds),
-    }
-    save_outputs(model, config.output, card, summary, figures)
+    if run.calibration:
+        figures["reliability.png"] = plots.reliability_diagram(
+            run.calibration.bins_before, run.calibration.bins_after,
+            f"{run.calibration.photos} validation photos, epoch {best.epoch} (T = {run.calibration.temperature:.3f})")
+    save_outputs(model, config.output, card_details(summary), summary, figures)
 
 
-def _human_duration(seconds: float) -> str:
-    minutes, seconds = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
+def _calibrate_best(run: RunState, photos: DecodedPhotos) -> Calibration:
+    """Fit the temperature of the best epoch's weights on the validation photos (main process, after training)."""
+    model = CatsDogsCNN(class_names=CLASS_NAMES).to(photos.images.device, memory_format=torch.channels_last)
+    model.load_state_dict(run.best_weights)
+    return calibrate(predict_logits(model, photos.images), photos.labels)

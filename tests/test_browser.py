@@ -1,4 +1,9 @@
-"""The page in a real browser: Debian's Chromium driven by Playwright, with a fake webcam fed from a real photo."""
+"""The page in a real browser: Debian's Chromium driven by Playwright, with a fake webcam fed from real photos.
+
+Everything runs twice, once per class: the fake camera shows two photos of that class (so every snapshot and every
+streamed frame is known to be that class), and the uploads are photos of that class too. Each answer must be the
+right class, at least conftest.SURE sure.
+"""
 
 import re
 import shutil
@@ -6,13 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FULL_SIZE, SURE
 from PIL import Image
-
-playwright = pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-dev.txt")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WEBCAM_READY = ("id => { const v = document.querySelector(`#${id} [data-testid=webcam-video]`);"
                 " return v && v.videoWidth > 0; }")
+# Per class, from conftest.CLEAR_PHOTOS: the camera's two photos (alternating, so the live label keeps changing),
+# the photo uploaded, and the photo uploaded after a bad file.
+CAMERA = {"cat": ["cat.85.jpg", "cat.77.jpg"], "dog": ["dog.79.jpg", "dog.37.jpg"]}
+UPLOAD = {"cat": "cat.82.jpg", "dog": "dog.89.jpg"}
+AFTER_A_BAD_FILE = {"cat": "cat.9.jpg", "dog": "dog.94.jpg"}
 
 
 def write_y4m(path: Path, photos: list[Path], width: int = 640, height: int = 480, frames_each: int = 15) -> Path:
@@ -26,13 +35,21 @@ def write_y4m(path: Path, photos: list[Path], width: int = 640, height: int = 48
     return path
 
 
+@pytest.fixture(scope="module", params=["cat", "dog"])
+def pet(request) -> str:
+    """The class of everything the browser is shown in this round: the camera's photos and the uploads."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def browser(shared_data, tmp_path_factory):
+def browser(pet, shared_data, tmp_path_factory):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: "
+                                   "pip install -r requirements-dev.txt")
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (see .ci/run)", pytrace=False)
-    sample = shared_data / "dogs-vs-cats-fullres-sample"
-    camera = write_y4m(tmp_path_factory.mktemp("webcam") / "pets.y4m", [sample / "dog.1.jpg", sample / "cat.1.jpg"])
-    with playwright.sync_playwright() as p:
+        pytest.skip(f"Chromium not found at {CHROMIUM}: apt-get install chromium (see .ci/run)")
+    camera = write_y4m(tmp_path_factory.mktemp("webcam") / f"{pet}s.y4m",
+                       [shared_data / FULL_SIZE / name for name in CAMERA[pet]])
+    with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
             "--disable-component-update",
@@ -51,48 +68,57 @@ def page(browser, app):
     page.close()
 
 
-def percent(page, component: str, class_name: str) -> float:
-    return float(page.locator(f"#{component} meter[aria-label={class_name}]").get_attribute("aria-valuenow"))
+def probability(page, component: str, class_name: str) -> float:
+    """The probability a Label shows for a class (its meter's value, unrounded)."""
+    return float(page.locator(f"#{component} meter[aria-label={class_name}]").get_attribute("value"))
 
 
-def test_upload_a_real_photo_shows_both_probabilities(page, shared_data):
-    page.locator("#photo input[type=file]").set_input_files(shared_data / "dogs-vs-cats-fullres-sample" / "dog.7.jpg")
-    top = page.locator("#prediction [data-testid=label-output-value]")
+def shown_answer(page, component: str) -> tuple[str, float]:
+    """The top class a Label shows, and its probability, once it shows one."""
+    top = page.locator(f"#{component} [data-testid=label-output-value]")
     top.wait_for(timeout=30_000)
-    assert top.inner_text() in {"cat", "dog"}
-    assert percent(page, "prediction", "cat") + percent(page, "prediction", "dog") == pytest.approx(100, abs=0.6)
+    label = top.inner_text()
+    return label, probability(page, component, label)
+
+
+def assert_right(answer: tuple[str, float], pet: str) -> None:
+    assert answer[0] == pet and answer[1] >= SURE, f"the page said {answer}, the photo is a {pet}"
+
+
+def test_upload_a_real_photo_shows_the_right_class(page, shared_data, pet):
+    page.locator("#photo input[type=file]").set_input_files(shared_data / FULL_SIZE / UPLOAD[pet])
+    assert_right(shown_answer(page, "prediction"), pet)
+    assert probability(page, "prediction", "cat") + probability(page, "prediction", "dog") == pytest.approx(1)
     assert re.search(r"last prediction: \d+ ms", page.locator("#info").inner_text())
 
 
-def test_webcam_snapshot_is_classified(page):
+def test_webcam_snapshot_shows_the_right_class(page, pet):
     page.locator("#photo").get_by_label("Capture from camera").click()
     page.locator("#photo").get_by_text("Click to Access Webcam").click()
     page.wait_for_function(WEBCAM_READY, arg="photo", timeout=30_000)
     page.locator("#photo").get_by_label("capture photo").click()
-    top = page.locator("#prediction [data-testid=label-output-value]")
-    top.wait_for(timeout=30_000)
-    assert top.inner_text() in {"cat", "dog"}
+    assert_right(shown_answer(page, "prediction"), pet)
 
 
-def test_live_stream_keeps_updating_the_label(page):
+def test_live_stream_keeps_updating_with_the_right_class(page, pet):
     page.get_by_role("tab", name="Live webcam").click()
     page.locator("#live").get_by_text("Click to Access Webcam").click()
     page.wait_for_function(WEBCAM_READY, arg="live", timeout=30_000)
     page.locator("#live").get_by_label("capture photo").click()  # the "Record" button starts the stream
-    page.locator("#live-prediction [data-testid=label-output-value]").wait_for(timeout=30_000)
-    readings = []  # the fake camera alternates a dog and a cat photo every half second
+    readings = [shown_answer(page, "live-prediction")]  # the camera alternates two photos every half second
     for _ in range(60):
-        readings.append(percent(page, "live-prediction", "dog"))
         if sum(a != b for a, b in zip(readings, readings[1:])) >= 2:
             break
         page.wait_for_timeout(250)
-    changes = sum(a != b for a, b in zip(readings, readings[1:]))
-    assert changes >= 2, f"the live label did not keep updating: {readings}"
+        readings.append(shown_answer(page, "live-prediction"))
+    assert sum(a != b for a, b in zip(readings, readings[1:])) >= 2, f"the live label did not keep updating: {readings}"
+    for answer in readings:
+        assert_right(answer, pet)
 
 
-def test_text_file_upload_shows_an_error_and_the_page_recovers(page, tmp_path, shared_data):
+def test_text_file_upload_shows_an_error_and_the_page_recovers(page, tmp_path, shared_data, pet):
     top = page.locator("#prediction [data-testid=label-output-value]")
-    page.locator("#photo input[type=file]").set_input_files(shared_data / "dogs-vs-cats-fullres-sample" / "cat.7.jpg")
+    page.locator("#photo input[type=file]").set_input_files(shared_data / FULL_SIZE / UPLOAD[pet])
     top.wait_for(timeout=30_000)
     text = tmp_path / "holiday.jpg"
     text.write_text("this is not a photo")
@@ -103,5 +129,5 @@ def test_text_file_upload_shows_an_error_and_the_page_recovers(page, tmp_path, s
     assert "not a photo the app can read" in toast.first.inner_text()
     top.wait_for(state="detached", timeout=10_000)  # no stale result from the photo before
     page.locator("#photo").get_by_label("Remove Image").click()
-    page.locator("#photo input[type=file]").set_input_files(shared_data / "dogs-vs-cats-fullres-sample" / "dog.8.jpg")
-    top.wait_for(timeout=30_000)
+    page.locator("#photo input[type=file]").set_input_files(shared_data / FULL_SIZE / AFTER_A_BAD_FILE[pet])
+    assert_right(shown_answer(page, "prediction"), pet)

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import EASY_TASK, OUTPUT_FILES, ROOT
+import pytest
+from conftest import EASY_TASK, OUTPUT_FILES, ROOT, assert_same_training
 
 from catsdogs.checkpoint import load_checkpoint
 
@@ -23,13 +24,21 @@ def train_args(data: Path, out: Path, **recipe) -> list[str]:
     return args
 
 
-def test_two_processes_train_in_sync_on_disjoint_shards(easy_photos, trained, tmp_path):
+@pytest.fixture(scope="module")
+def ddp_run(easy_photos, tmp_path_factory):
+    """One uninterrupted 2-process run of the easy task, recorded per process by tests/ddp_probe.py."""
     data, _ = easy_photos
-    out = tmp_path / "run"
-    result = subprocess.run([*TORCHRUN, "tests/ddp_probe.py", str(tmp_path), *train_args(data, out)],
+    records = tmp_path_factory.mktemp("ddp")
+    out = records / "run"
+    result = subprocess.run([*TORCHRUN, "tests/ddp_probe.py", str(records), *train_args(data, out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]  # both ranks ran
+    return records, out, result
+
+
+def test_two_processes_train_in_sync_on_disjoint_shards(ddp_run, trained):
+    records_dir, out, result = ddp_run
+    records = [json.loads((records_dir / f"rank{r}.json").read_text()) for r in (0, 1)]  # both ranks ran
 
     metrics = json.loads((out / "weights" / "metrics.json").read_text())
     n_train = metrics["n_train"]
@@ -47,8 +56,9 @@ def test_two_processes_train_in_sync_on_disjoint_shards(easy_photos, trained, tm
     assert sorted(p.name for p in out.iterdir()) == ["ck", "weights"]
     assert result.stdout.count("best validation accuracy") == 1
 
-    single = trained[1]["best_val_accuracy"]
-    assert single >= 0.9 and abs(metrics["best_val_accuracy"] - single) <= 0.1
+    # The same global batches, but each process augments with its own random stream, so the weights are not the
+    # single run's; the accuracy is, exactly (measured: 100% in both, 20 of 20).
+    assert metrics["best_val_accuracy"] == trained[1]["best_val_accuracy"] == 1.0
 
 
 def children_of(pid: int) -> list[int]:
@@ -74,9 +84,10 @@ def rank_pid(torchrun_pid: int, rank: int) -> int | None:
     return None
 
 
-def test_killing_one_process_fails_the_run_and_resume_continues(easy_photos, tmp_path):
+def test_killing_one_process_fails_the_run_and_resume_ends_exactly_where_the_uninterrupted_run_ends(
+        easy_photos, ddp_run, tmp_path):
     data, _ = easy_photos
-    args = train_args(data, tmp_path, epochs=4)
+    args = train_args(data, tmp_path)  # the same run as ddp_run's
     checkpoint = tmp_path / "ck" / "last.safetensors"
     run = subprocess.Popen([*TORCHRUN, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
@@ -90,7 +101,7 @@ def test_killing_one_process_fails_the_run_and_resume_continues(easy_photos, tmp
 
     assert run.returncode != 0
     completed = load_checkpoint(checkpoint)["epoch"]
-    assert 1 <= completed < 4
+    assert 1 <= completed < 3
     assert f"{completed} finished epochs are saved" in stderr
     assert f"resume with: torchrun --nproc-per-node 2 train.py {' '.join(args)} --resume" in stderr
 
@@ -99,7 +110,8 @@ def test_killing_one_process_fails_the_run_and_resume_continues(easy_photos, tmp
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"after epoch {completed}" in resumed.stdout
     history = json.loads((tmp_path / "weights" / "metrics.json").read_text())["history"]
-    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert_same_training(tmp_path, ddp_run[1])  # bit for bit, in both processes' random streams
 
 
 def test_the_documented_multi_machine_command_on_loopback(easy_photos, tmp_path):
@@ -118,3 +130,18 @@ def test_the_documented_multi_machine_command_on_loopback(easy_photos, tmp_path)
     assert sum(stdout.count("best validation accuracy") for stdout, _ in outputs) == 1
     metrics = json.loads((tmp_path / "weights" / "metrics.json").read_text())
     assert "x 2 processes" in metrics["device"] and "--nnodes 2" in metrics["command"]
+
+
+def test_a_refused_output_stops_every_process_at_once(easy_photos, tmp_path):
+    """Under torchrun the first process checks the output; its refusal ends the whole launch, said once."""
+    data, _ = easy_photos
+    out = tmp_path / "run"
+    (out / "weights").mkdir(parents=True)
+    (out / "weights" / "model.safetensors").write_bytes(b"an earlier run's weights")
+    started = time.monotonic()
+    result = subprocess.run([*TORCHRUN, "train.py", *train_args(data, out)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0 and time.monotonic() - started < 60
+    assert result.stderr.count("is from an earlier run and this run would replace it") == 1
+    assert (out / "weights" / "model.safetensors").read_bytes() == b"an earlier run's weights"
+    assert "epoch" not in result.stdout

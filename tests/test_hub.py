@@ -90,19 +90,21 @@ def test_hub_down_during_push_keeps_weights_and_the_retry_uploads_them(hub, phot
     CatsDogsCNN.from_pretrained(output)  # whole and loadable
 
     retry = result.stderr.split("retry only the upload with: ")[1].strip()
-    assert retry == f"hf upload tester/catsdogs {output} . --exclude '.saving-*/**' --exclude '.*'"
-    leftover = output / ".saving-killed"  # what a save killed mid-way leaves behind
-    leftover.mkdir()
-    (leftover / "model.safetensors").write_bytes(b"half written")
+    assert retry == (f"hf upload tester/catsdogs {output} . "
+                     "--exclude '.saving-*/**' --exclude '.*' --exclude 'checkpoint/**'")
+    leftover, checkpoint = output / ".saving-killed", output / "checkpoint"  # a save killed mid-way; a run's state
+    for folder in (leftover, checkpoint):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"not for the Hub")
     hub.start()  # the Hub is back
     hf = shlex.split(retry)
     hf[0] = shutil.which("hf", path=str(Path(sys.executable).parent)) or "hf"  # the CLI of this interpreter
     rerun = subprocess.run(hf, cwd=ROOT, env={**os.environ, "HF_TOKEN": WRITE_TOKEN},
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
-    assert not list(hub.repo_dir("tester/catsdogs").rglob(".saving-*"))  # the leftover stayed local
-    leftover.joinpath("model.safetensors").unlink()
-    leftover.rmdir()
+    assert not {".saving-killed", "checkpoint"} & {p.name for p in hub.repo_dir("tester/catsdogs").iterdir()}
+    for folder in (leftover, checkpoint):
+        shutil.rmtree(folder)
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in output.iterdir()} == saved
     assert_same_outputs(CatsDogsCNN.from_pretrained("tester/catsdogs"), CatsDogsCNN.from_pretrained(output))
 

@@ -1,13 +1,16 @@
 """The network is the published layer table, exactly."""
 
 import json
+import math
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
 from catsdogs import CatsDogsCNN
+from catsdogs.inference import Classifier
 
 # Every row of ../shared/seeds/003_*.txt: (layer type, output shape, parameters).
 SEED_TABLE = [
@@ -65,11 +68,22 @@ def test_parameter_counts_and_multiply_adds():
     assert round(sum(macs) / 1e9, 2) == 2.36  # the published table
 
 
-def test_probabilities_sum_to_one():
-    model = CatsDogsCNN().eval()
-    logits = model(torch.randn(4, 3, 224, 224))
-    assert logits.shape == (4, 2)
-    torch.testing.assert_close(logits.softmax(dim=1).sum(dim=1), torch.ones(4))
+def test_each_probability_goes_to_its_class_name(tmp_path):
+    """With a head whose logits are known (cat 0, dog ln 3), Classifier.predict must answer softmax = (1/4, 3/4),
+    under the class names of config.json, in their order."""
+    model = CatsDogsCNN()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0.0, math.log(3)]))
+    model.save_pretrained(tmp_path / "cat-dog")
+    reordered = CatsDogsCNN(class_names=("dog", "cat"))  # the same weights, the classes named the other way round
+    reordered.load_state_dict(model.state_dict())
+    reordered.save_pretrained(tmp_path / "dog-cat")
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (50, 40), (90, 60, 30)).save(photo)
+    cpu = torch.device("cpu")
+    assert Classifier(tmp_path / "cat-dog", device=cpu).predict([photo]) == [pytest.approx({"cat": 0.25, "dog": 0.75})]
+    assert Classifier(tmp_path / "dog-cat", device=cpu).predict([photo]) == [pytest.approx({"dog": 0.25, "cat": 0.75})]
 
 
 def test_only_the_documented_input_size():
@@ -78,14 +92,14 @@ def test_only_the_documented_input_size():
 
 
 def test_config_round_trip_gives_identical_outputs(tmp_path):
-    model = CatsDogsCNN(dropout=0.3).eval()
+    model = CatsDogsCNN(dropout=0.3, temperature=0.75).eval()
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config == {"class_names": ["cat", "dog"], "image_size": 224, "mean": [0.485, 0.456, 0.406],
-                      "std": [0.229, 0.224, 0.225], "dropout": 0.3}
+                      "std": [0.229, 0.224, 0.225], "dropout": 0.3, "temperature": 0.75}
     loaded = CatsDogsCNN.from_pretrained(tmp_path)
-    assert (loaded.class_names, loaded.image_size, loaded.mean, loaded.std) == (
-        ["cat", "dog"], 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert (loaded.class_names, loaded.image_size, loaded.mean, loaded.std, loaded.temperature) == (
+        ["cat", "dog"], 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0.75)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)

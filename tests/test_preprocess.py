@@ -31,25 +31,116 @@ def test_whole_photo_is_squashed_not_cropped():
     assert tensor[:, :, :100].min() == 255 and tensor[:, :, 124:].max() == 0
 
 
-def test_exif_orientation_is_applied():
-    tall = Image.new("RGB", (60, 120), "red")
+# An upright picture that no rotation or mirror leaves unchanged: four colours, one a quadrant, wider than tall.
+QUADRANTS = {"top left": (255, 0, 0), "top right": (0, 255, 0), "bottom left": (0, 0, 255),
+             "bottom right": (255, 255, 255)}
+
+
+def upright_picture(width: int = 64, height: int = 48) -> np.ndarray:
+    pixels = np.empty((height, width, 3), np.uint8)
+    for name, colour in QUADRANTS.items():
+        rows = slice(0, height // 2) if name.startswith("top") else slice(height // 2, height)
+        columns = slice(0, width // 2) if name.endswith("left") else slice(width // 2, width)
+        pixels[rows, columns] = colour
+    return pixels
+
+
+def stored_as(upright: np.ndarray, orientation: int) -> np.ndarray:
+    """The pixels a camera stores for an upright scene, by the EXIF definition of each orientation value (where
+    the stored picture's first row and first column lie in the scene), written out here rather than taken from PIL."""
+    height, width = upright.shape[:2]
+    rows, columns = np.indices((width, height) if orientation >= 5 else (height, width))
+    scene = {  # stored pixel (row, column) shows the scene's pixel (y, x):
+        1: (rows, columns),  # row 0 at the top, column 0 on the left
+        2: (rows, width - 1 - columns),  # row 0 at the top, column 0 on the right
+        3: (height - 1 - rows, width - 1 - columns),  # row 0 at the bottom, column 0 on the right
+        4: (height - 1 - rows, columns),  # row 0 at the bottom, column 0 on the left
+        5: (columns, rows),  # row 0 is the scene's left side, column 0 its top
+        6: (columns, width - 1 - rows),  # row 0 is the right side, column 0 the top ("rotate 90° clockwise")
+        7: (height - 1 - columns, width - 1 - rows),  # row 0 is the right side, column 0 the bottom
+        8: (height - 1 - columns, rows),  # row 0 is the left side, column 0 the bottom ("rotate 90° anticlockwise")
+    }[orientation]
+    return upright[scene]
+
+
+def quadrant_colours(pixels: np.ndarray) -> dict[str, tuple[int, ...]]:
+    """The colour at the centre of each quadrant of an (H, W, 3) picture."""
+    height, width = pixels.shape[:2]
+    return {name: tuple(int(v) for v in pixels[height // 4 if name.startswith("top") else 3 * height // 4,
+                                               width // 4 if name.endswith("left") else 3 * width // 4])
+            for name in QUADRANTS}
+
+
+def assert_quadrants(pixels: np.ndarray, tolerance: int) -> None:
+    found = quadrant_colours(pixels)
+    assert all(np.abs(np.subtract(found[k], QUADRANTS[k])).max() <= tolerance for k in QUADRANTS), found
+
+
+def test_each_orientation_stores_a_different_picture():
+    """The test below proves something only if no two orientations store the same pixels."""
+    assert len({stored_as(upright_picture(), o).tobytes() for o in range(1, 9)}) == 8
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_comes_out_upright(orientation):
+    stored = stored_as(upright_picture(), orientation)
+    assert stored.shape[:2] == ((48, 64) if orientation < 5 else (64, 48))
     exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
-    assert open_rgb(encoded(tall, "JPEG", exif=exif)).size == (120, 60)
+    exif[0x0112] = orientation
+    photo = encoded(Image.fromarray(stored), "JPEG", quality=95, exif=exif)  # as a phone writes it
+    upright = open_rgb(photo)
+    assert upright.size == (64, 48)
+    assert_quadrants(np.asarray(upright), tolerance=40)  # JPEG is lossy, most at the colour edges
+    photo.seek(0)
+    assert_quadrants(load_photo(photo, 224).permute(1, 2, 0).numpy(), tolerance=40)  # the network's input too
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "P", "L", "LA", "CMYK", "I;16", "1"])
-def test_every_image_mode_becomes_rgb(mode):
-    image = Image.new("RGB", (32, 24), (200, 120, 40)).convert(mode)
-    fmt = "JPEG" if mode == "CMYK" else "PNG"
-    assert open_rgb(encoded(image, fmt)).mode == "RGB"
+def columns(dtype, *values) -> np.ndarray:
+    """A 16-pixel-high array of 16-pixel-wide columns, one a value (a scalar, or one value per channel)."""
+    return np.concatenate([np.broadcast_to(np.asarray(v, dtype), (16, 16, *np.shape(v))) for v in values], axis=1)
 
 
-def test_transparent_pixels_become_white_and_16_bit_keeps_its_range():
-    clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
-    assert open_rgb(encoded(clear, "PNG")).getpixel((0, 0)) == (255, 255, 255)
-    grey16 = Image.fromarray(np.full((8, 8), 32768, np.uint16))
-    assert open_rgb(encoded(grey16, "PNG")).getpixel((0, 0)) == (128, 128, 128)
+def image_in_mode(mode: str) -> tuple[Image.Image, list[tuple[int, int, int]]]:
+    """A 48x16 image in `mode` of three columns of known values, and the RGB each column must come out as."""
+    u8 = np.uint8
+    if mode == "RGB":
+        colours = [(200, 120, 40), (0, 0, 255), (9, 9, 9)]
+        return Image.fromarray(columns(u8, *colours)), colours
+    if mode == "RGBA":  # opaque; half-transparent black; fully transparent: all over white
+        image = Image.fromarray(columns(u8, (200, 120, 40, 255), (0, 0, 0, 128), (10, 20, 30, 0)))
+        return image, [(200, 120, 40), (127, 127, 127), (255, 255, 255)]
+    if mode == "P":  # three palette entries, the third one transparent
+        image = Image.fromarray(columns(u8, 0, 1, 2)).convert("P")
+        image.putpalette([200, 120, 40, 0, 0, 255, 10, 20, 30])
+        image.info["transparency"] = 2
+        return image, [(200, 120, 40), (0, 0, 255), (255, 255, 255)]
+    if mode == "L":
+        return Image.fromarray(columns(u8, 30, 128, 220)), [(30, 30, 30), (128, 128, 128), (220, 220, 220)]
+    if mode == "LA":  # grey with alpha: opaque; half-transparent black; fully transparent
+        image = Image.fromarray(columns(u8, (100, 255), (0, 128), (100, 0)))
+        return image, [(100, 100, 100), (127, 127, 127), (255, 255, 255)]
+    if mode == "CMYK":  # magenta + yellow ink is red, cyan + yellow green, black ink black
+        image = Image.frombytes("CMYK", (48, 16), columns(u8, (0, 255, 255, 0), (255, 0, 255, 0),
+                                                          (0, 0, 0, 255)).tobytes())
+        return image, [(255, 0, 0), (0, 255, 0), (0, 0, 0)]
+    if mode == "I;16":  # 16-bit greyscale: scaled to 8 bits, not clipped
+        return Image.fromarray(columns(np.uint16, 0, 32768, 65535)), [(0, 0, 0), (128, 128, 128), (255, 255, 255)]
+    if mode == "1":
+        return Image.fromarray(columns(bool, False, True, False)), [(0, 0, 0), (255, 255, 255), (0, 0, 0)]
+    raise ValueError(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "L", "LA", "CMYK", "I;16", "1"])
+def test_every_image_mode_gives_the_right_rgb_values(mode):
+    image, expected = image_in_mode(mode)
+    file = encoded(image, "JPEG", quality=95) if mode == "CMYK" else encoded(image, "PNG")
+    assert Image.open(file).mode == mode  # the file really holds this mode
+    file.seek(0)
+    rgb = open_rgb(file)
+    assert rgb.mode == "RGB" and rgb.size == (48, 16)
+    found = [rgb.getpixel((x, 8)) for x in (8, 24, 40)]
+    tolerance = 6 if mode == "CMYK" else 1  # JPEG is lossy; alpha blending rounds
+    assert np.abs(np.subtract(found, expected)).max() <= tolerance, (found, expected)
 
 
 def test_animated_gif_uses_its_first_frame():

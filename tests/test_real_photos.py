@@ -8,8 +8,7 @@ import torch
 from conftest import ROOT
 
 from catsdogs.data import decode_photos, find_photos, split_photos
-from catsdogs.inference import predict_logits
-from catsdogs.model import CatsDogsCNN
+from catsdogs.preprocess import load_photo
 
 
 def test_the_kaggle_training_set_is_found_and_split(shared_data):
@@ -22,14 +21,16 @@ def test_the_kaggle_training_set_is_found_and_split(shared_data):
     assert [p.name for p in split_photos(photos, 0.1, seed=0)[1].paths] == [p.name for p in val.paths]
 
 
-def test_full_size_photos_decode_and_classify(shared_data):
+def test_full_size_photos_decode_for_training_exactly_as_for_the_app(shared_data):
+    """Training and evaluation decode with decode_photos, the app with load_photo: the same tensor, every photo."""
     photos, _ = find_photos(shared_data / "dogs-vs-cats-fullres-sample")
     assert photos.counts() == {"cat": 100, "dog": 100}
-    images, labels, skipped = decode_photos(photos, 224)
-    assert skipped == [] and images.shape == (200, 3, 224, 224)
+    images, labels, skipped = decode_photos(photos, 224, progress=False)
+    assert skipped == [] and images.shape == (200, 3, 224, 224) and images.dtype == torch.uint8
+    assert labels.tolist() == [0 if p.name.startswith("cat") else 1 for p in photos.paths]
     assert images.float().std() > 30  # real photos, not blank tensors
-    probabilities = predict_logits(CatsDogsCNN(), images[:8]).softmax(dim=1)
-    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(8))
+    for path, image in zip(photos.paths, images, strict=True):
+        assert torch.equal(image, load_photo(path, 224)), path
 
 
 def test_train_py_on_real_photos_listed_in_a_csv(shared_data, tmp_path):

@@ -1,21 +1,24 @@
 """Training learns, writes a complete output folder, and survives being interrupted."""
 
+import hashlib
 import json
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import OUTPUT_FILES, ROOT
+from conftest import OUTPUT_FILES, ROOT, assert_same_training
 from imagegen import write_kaggle_folder
 from PIL import Image
 
-import train as train_cli
 from catsdogs import CatsDogsCNN
+from catsdogs.allocator import find_jemalloc
 from catsdogs.checkpoint import load_checkpoint
 from catsdogs.config import TrainConfig
 from catsdogs.data import choose_split
@@ -56,12 +59,32 @@ def test_output_holds_the_best_weights_and_loads_identically(trained):
         torch.testing.assert_close(loaded(x), reference.eval()(x), rtol=0, atol=0)
 
 
-def test_seed_project_recipe_is_reachable_with_flags():
-    args = train_cli.parse_args(["--data", "d", "--epochs", "40", "--batch-size", "20", "--lr", "0.001",
-                                 "--optimizer", "adam", "--schedule", "constant", "--weight-decay", "0",
-                                 "--label-smoothing", "0", "--no-augment"])
-    assert (args.epochs, args.batch_size, args.lr, args.optimizer, args.schedule, args.augment) == (
-        40, 20, 0.001, "adam", "constant", False)
+def test_every_flag_reaches_the_training_config(tmp_path):
+    """train.py with the seed project's recipe (but 30 epochs: its 40 is our default) and every other flag set away
+    from its default: metrics.json, written after the first epoch, records the config training ran with."""
+    data, val = write_kaggle_folder(tmp_path / "photos", per_class=4), write_kaggle_folder(tmp_path / "val", 2)
+    expected = {"data": str(data), "val_data": str(val), "val_fraction": 0.25, "seed": 3, "epochs": 30,
+                "batch_size": 20, "lr": 0.001, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
+                "label_smoothing": 0.0, "dropout": 0.2, "augment": False, "device": "cpu",
+                "output": str(tmp_path / "out"), "checkpoint": str(tmp_path / "ck" / "last.safetensors"),
+                "resume": False, "overwrite": True, "workers": 1}
+    defaults = asdict(TrainConfig(data=""))
+    assert set(expected) == set(defaults)  # every field of the config is set here...
+    assert [k for k in expected if k != "data" and expected[k] == defaults[k]] == ["resume"]  # ...away from its default
+    args = ["--data", str(data), "--val-data", str(val), "--val-fraction", "0.25", "--seed", "3", "--epochs", "30",
+            "--batch-size", "20", "--lr", "0.001", "--optimizer", "adam", "--schedule", "constant",
+            "--weight-decay", "0", "--label-smoothing", "0", "--dropout", "0.2", "--no-augment", "--device", "cpu",
+            "--output", expected["output"], "--checkpoint", expected["checkpoint"], "--overwrite", "--workers", "1"]
+    metrics = Path(expected["output"]) / "metrics.json"
+    process = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not metrics.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)  # one epoch of 30 is enough to see the config
+    _, stderr = process.communicate(timeout=60)
+    assert metrics.exists(), stderr
+    assert json.loads(metrics.read_text())["config"] == expected
 
 
 def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -78,15 +101,20 @@ def test_cli_stops_at_once_on_unusable_data(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_kill_then_resume_loses_at_most_the_current_epoch(tmp_path):
+def test_kill_then_resume_ends_exactly_where_an_uninterrupted_run_ends(tmp_path):
     data = write_kaggle_folder(tmp_path / "photos", per_class=12)
-    output, checkpoint = tmp_path / "weights", tmp_path / "ck" / "last.safetensors"
-    args = ["--data", str(data), "--val-fraction", "0.25", "--epochs", "3", "--batch-size", "6",
-            "--output", str(output), "--checkpoint", str(checkpoint)]
+    recipe = ["--data", str(data), "--val-fraction", "0.25", "--epochs", "3", "--batch-size", "6"]
+    run, reference = tmp_path / "run", tmp_path / "reference"
+    output, checkpoint = run / "weights", run / "ck" / "last.safetensors"
+    args = [*recipe, "--output", str(output), "--checkpoint", str(checkpoint)]
+    uninterrupted = subprocess.Popen(  # meanwhile, to save time: the same run, not interrupted
+        [sys.executable, "train.py", *recipe, "--output", str(reference / "weights"), "--checkpoint",
+         str(reference / "ck" / "last.safetensors")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
     process = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not (output / "model.safetensors").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)  # a kill in the middle of training
     _, stderr = process.communicate(timeout=60)
@@ -99,8 +127,8 @@ def test_kill_then_resume_loses_at_most_the_current_epoch(tmp_path):
     assert resume_command.endswith("--resume")
     assert CatsDogsCNN.from_pretrained(output) is not None  # the best weights so far are whole
 
-    changed = run_cli(*args[:-4], "--epochs", "5", "--output", str(output), "--checkpoint", str(checkpoint),
-                      "--resume")
+    changed = run_cli(*recipe[:-4], "--epochs", "5", "--batch-size", "6", "--output", str(output),
+                      "--checkpoint", str(checkpoint), "--resume")
     assert changed.returncode == 2 and "--epochs was 3, now 5" in changed.stderr
 
     program, *resume_args = shlex.split(resume_command)
@@ -110,7 +138,10 @@ def test_kill_then_resume_loses_at_most_the_current_epoch(tmp_path):
     assert f"resuming from {checkpoint} after epoch {completed}" in resumed.stdout
     history = json.loads((output / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2, 3]
-    assert load_checkpoint(checkpoint)["epoch"] == 3
+
+    _, stderr = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, stderr
+    assert_same_training(run, reference)  # bit for bit: the random streams are reseeded per seed and epoch
 
 
 def test_validation_photos_that_are_also_trained_on_are_flagged(easy_photos, capsys):
@@ -128,3 +159,51 @@ def test_schedule_survives_every_short_run(epochs, steps_per_epoch):
         optimizer.step()
         scheduler.step()
     assert 0 < optimizer.param_groups[0]["lr"] <= 2e-3
+
+
+def weights_digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_run_never_replaces_weights_it_did_not_write(tmp_path):
+    """The default output is a run folder; a second run there, or a run into other weights, is refused at once."""
+    data = write_kaggle_folder(tmp_path / "photos", per_class=6)
+    work = tmp_path / "work"
+    work.mkdir()
+    args = [sys.executable, str(ROOT / "train.py"), "--data", str(data), "--epochs", "1", "--batch-size", "6",
+            "--val-fraction", "0.25"]
+    run = lambda *extra: subprocess.run([*args, *extra], cwd=work, capture_output=True, text=True,  # noqa: E731
+                                        timeout=300)
+    first = run()
+    assert first.returncode == 0, first.stderr
+    # The allocator train.py restarted itself under (README, "Performance"), or how to get it.
+    assert ("memory allocator: jemalloc" if find_jemalloc() else "apt-get install libjemalloc2") in first.stdout
+    output = work / "runs" / "catsdogs"
+    assert (output / "checkpoint" / "last.safetensors").is_file() and (output / "model.safetensors").is_file()
+    before = weights_digest(output)
+
+    again = run()
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert f"{Path('runs/catsdogs/model.safetensors')} is from an earlier run" in again.stderr
+    assert "--output NEW_FOLDER" in again.stderr and "--overwrite" in again.stderr
+    assert "decoding" not in again.stderr  # refused before any photo was decoded
+    assert weights_digest(output) == before
+
+    shipped = tmp_path / "weights"
+    shutil.copytree(ROOT / "weights", shipped)
+    into_shipped = run("--output", str(shipped))
+    assert into_shipped.returncode == 2 and "is from an earlier run" in into_shipped.stderr
+    assert weights_digest(shipped) == weights_digest(ROOT / "weights")
+
+    replaced = run("--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert weights_digest(output) != before
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, easy_photos):
+    data, _ = easy_photos
+    (tmp_path / "a-file").write_text("not a folder")
+    result = run_cli("--data", str(data), "--output", str(tmp_path / "a-file" / "run"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot create {tmp_path / 'a-file' / 'run'}/: {tmp_path / 'a-file'} is a file" in result.stderr
+    assert "epoch" not in result.stdout

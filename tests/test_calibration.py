@@ -1,0 +1,112 @@
+"""Calibration: the fitted temperature, the expected calibration error and the reliability bins are right."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from imagegen import write_kaggle_folder
+
+from catsdogs import CatsDogsCNN
+from catsdogs.calibrate import BOUNDS, MIN_PHOTOS, calibrate, expected_calibration_error, fit_temperature, reliability
+from catsdogs.calibrate import main as calibrate_cli
+from catsdogs.config import TrainConfig
+from catsdogs.evaluate import main as evaluate_cli
+from catsdogs.evaluate import score
+from catsdogs.hub import HubError, load_model
+from catsdogs.inference import Classifier
+from catsdogs.training import train
+
+
+def sampled(temperature: float, n: int = 20_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits whose labels are drawn from softmax(logits / temperature): that temperature is the honest one."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, 2, generator=generator) * 3
+    labels = torch.multinomial((logits / temperature).softmax(dim=1), 1, generator=generator).squeeze(1)
+    return logits, labels
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 1.0, 2.5])
+def test_fitting_recovers_a_known_temperature(true_temperature):
+    logits, labels = sampled(true_temperature)
+    assert fit_temperature(logits, labels) == pytest.approx(true_temperature, rel=0.05)
+
+
+def test_the_fitted_temperature_makes_probabilities_honest():
+    logits, labels = sampled(0.5)  # the network is under-confident: its logits need sharpening
+    result = calibrate(logits, labels)
+    assert result.ece_before > 0.05 and result.ece_after < result.ece_before / 3
+    assert result.nll_after < result.nll_before and result.photos == 20_000
+
+
+def test_a_temperature_of_one_changes_nothing():
+    logits, _ = sampled(1.0, n=100)
+    torch.testing.assert_close((logits / 1.0).softmax(dim=1), logits.softmax(dim=1), rtol=0, atol=0)
+
+
+def test_ece_and_bins_by_hand():
+    probabilities = torch.tensor([[0.95, 0.05], [0.04, 0.96], [0.3, 0.7], [0.4, 0.6]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # Bins of 1/15: 0.95 and 0.96 fall in bin 14, 0.7 in bin 10, 0.6 in bin 9.
+    bins = reliability(probabilities, labels)
+    assert [count for _, _, count in bins] == [1, 1, 2]
+    assert [pytest.approx((c, a)) for c, a, _ in bins] == [(0.6, 1.0), (0.7, 1.0), (0.955, 0.5)]
+    expected = (1 * 0.4 + 1 * 0.3 + 2 * abs(0.5 - 0.955)) / 4
+    assert expected_calibration_error(probabilities, labels) == pytest.approx(expected)
+
+
+def test_training_ends_with_a_fitted_temperature_that_every_consumer_applies(tmp_path, capsys):
+    """A run whose validation photos are enough (and not all easy: some labels are wrong) writes a temperature;
+    evaluate re-creates the split and measures the same calibration with it."""
+    data = write_kaggle_folder(tmp_path / "photos", per_class=150)
+    for i in range(25):  # warm "cats" labelled dog: no network gets these right, so the fit has something to do
+        (data / f"cat.{i}.jpg").rename(data / f"dog.{1000 + i}.jpg")
+    config = TrainConfig(data=str(data), val_fraction=0.7, epochs=1, batch_size=30, output=str(tmp_path / "out"))
+    summary = train(config, command="python train.py --test").summary
+    calibration = summary["calibration"]
+    assert calibration["photos"] == summary["n_val"] >= MIN_PHOTOS
+    assert BOUNDS[0] < calibration["temperature"] < BOUNDS[1]
+    assert calibration["nll_after"] < calibration["nll_before"]
+    output = Path(config.output)
+    assert json.loads((output / "config.json").read_text())["temperature"] == pytest.approx(calibration["temperature"],
+                                                                                            abs=1e-4)
+    assert (output / "reliability.png").is_file() and "## Calibration" in (output / "README.md").read_text()
+
+    capsys.readouterr()
+    assert evaluate_cli(["--model", str(output), "--data", str(data), "--split", "validation", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == calibration["photos"]
+    assert report["calibration"]["ece"] == pytest.approx(calibration["ece_after"], abs=1e-4)
+    assert report["calibration"]["ece_without_temperature"] == pytest.approx(calibration["ece_before"], abs=1e-4)
+
+
+def test_calibrate_refuses_too_few_photos_and_a_hub_id(tmp_path, capsys):
+    data = write_kaggle_folder(tmp_path / "photos", per_class=10)
+    weights = tmp_path / "weights"
+    CatsDogsCNN().save_pretrained(weights)
+    assert calibrate_cli(["--model", str(weights), "--data", str(data), "--split", "all"]) == 2
+    assert f"a temperature needs at least {MIN_PHOTOS}" in capsys.readouterr().err
+    assert calibrate_cli(["--model", "someone/catsdogs", "--data", str(data)]) == 2
+    assert "is not a weights folder" in capsys.readouterr().err
+
+
+def test_shipped_weights_are_calibrated_and_the_app_shows_evaluates_percentages(shipped_weights, shared_data):
+    sample = shared_data / "dogs-vs-cats-fullres-sample"
+    scores = score(shipped_weights, sample, progress=False)
+    calibrated = scores.network.probabilities(scores.logits)
+    assert scores.network.temperature < 1  # label smoothing left the network under-confident
+    assert (expected_calibration_error(calibrated, scores.labels)
+            < expected_calibration_error(scores.logits.softmax(dim=1), scores.labels))
+    classifier = Classifier(shipped_weights)
+    for i in (0, 57, 150):  # a few photos through the app's own path
+        shown = classifier.predict([scores.paths[i]])[0]
+        assert [shown[name] for name in classifier.class_names] == pytest.approx(calibrated[i].tolist(), abs=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [0, -1.5, "hot", None])
+def test_a_bad_temperature_is_a_clear_error_when_loading(tmp_path, temperature):
+    CatsDogsCNN().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "temperature": temperature}))
+    with pytest.raises(HubError, match="temperature must be a number above zero"):
+        load_model(tmp_path)
