@@ -23,7 +23,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
 os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
 
 import gradio as gr  # noqa: E402
-from gradio_client.utils import is_http_url_like  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
@@ -84,7 +83,7 @@ class PetPhoto(gr.Image):
 
     async def async_move_resource_to_block_cache(self, url_or_file_path):
         """A linked photo (gradio_client.handle_file(url)) is fetched with a size limit, not read whole."""
-        if isinstance(url_or_file_path, str) and is_http_url_like(url_or_file_path):
+        if isinstance(url_or_file_path, str) and url_or_file_path.startswith(("http://", "https://")):
             try:
                 path = str(await fetch_linked_photo(url_or_file_path, self.GRADIO_CACHE, MAX_FILE_BYTES))
             except LinkError as error:
