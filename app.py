@@ -6,9 +6,15 @@
 
 Weights from the Hub go through the Hub's cache; if the Hub cannot be reached or the
 repo is wrong, the page says so and serves the shipped weights/ instead.
+
+What one request may cost is bounded (README, "Limits and memory"): photos over preprocess.MAX_PIXELS are refused
+before decoding however they arrive (upload, webcam, `data:` URL, link, live frame), a batch takes at most
+MAX_BATCH_FILES photos, run Classifier.chunk at a time, and request bodies are capped.
 """
 
 import argparse
+import base64
+import io
 import os
 from dataclasses import dataclass
 
@@ -18,16 +24,24 @@ os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127
 
 import gradio as gr  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError  # noqa: E402
 from catsdogs.inference import Classifier, keep_freed_memory  # noqa: E402
-from catsdogs.preprocess import BAD_IMAGE_ERRORS  # noqa: E402
+from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge  # noqa: E402
+from catsdogs.serving import LinkError, RequestSizeLimit, fetch_linked_photo  # noqa: E402
 
 # Below this top-class (calibrated) probability the page says it is not sure. Measured on the shipped weights
 # (README, "Not sure"): the highest threshold that puts the note on at most one pet photo in eight.
 UNSURE_BELOW = 0.85
-MAX_FILE_SIZE = "20mb"
 NOT_A_PHOTO = "This file is not a photo the app can read (is it a JPEG, PNG, WebP or GIF?)."
+# Limits per request (README, "Limits and memory"): each bounds the memory or the time one request can take.
+MAX_FILE_BYTES = 20 * 2**20  # one photo file, uploaded or linked
+MAX_BATCH_FILES = 100  # photos per "Several photos" batch: ~5-10 s of the 2 CPU cores, one queue slot
+MAX_REQUEST_BYTES = 8 * 2**20  # any other request body (JSON, parsed in memory): a phone photo as a data: URL fits
+MAX_UPLOAD_BYTES = MAX_BATCH_FILES * MAX_FILE_BYTES + 2**20  # one upload request (streamed to disk, not memory)
+CACHE_SECONDS = 600  # uploads and linked photos are deleted from Gradio's cache after 10 minutes
 
 
 @dataclass
@@ -37,21 +51,67 @@ class UnreadablePhoto:
     reason: str
 
 
-class PetPhoto(gr.Image):
-    """gr.Image opens every upload with PIL before any handler runs; its failures become UnreadablePhoto values.
+def too_large(error: Exception) -> str:
+    return f"This image is too large: {error}. Send a smaller copy of it."
 
-    Without this, a text file renamed .jpg fails inside Gradio and the user sees a bare "Error".
+
+class PetPhoto(gr.Image):
+    """gr.Image that never decodes a photo itself: every input reaches the handler as a file (or the bytes of a
+    `data:` URL), for Classifier to decode under its pixel limit; what cannot be read becomes an UnreadablePhoto.
+
+    Without this, gr.Image decodes a `data:` URL (an API call, a live frame) in full before any check, Gradio
+    downloads a link whole into memory, and a text file renamed .jpg fails inside Gradio with a bare "Error".
     """
 
     is_template = True  # rendered by gr.Image's own frontend, not looked up as a custom component
 
     def preprocess(self, payload):
+        if payload is not None and payload.url and payload.url.startswith("data:"):
+            header, _, data = payload.url.partition(",")
+            try:
+                if not header.endswith(";base64"):
+                    raise ValueError("not base64")
+                return io.BytesIO(base64.b64decode(data, validate=True))
+            except ValueError:  # binascii.Error is one
+                return UnreadablePhoto(NOT_A_PHOTO)
         try:
-            return super().preprocess(payload)
-        except Image.DecompressionBombError as error:
-            return UnreadablePhoto(f"This image is too large to process ({error}).")
+            return super().preprocess(payload)  # type="filepath": opens the file's header only
+        except Image.DecompressionBombError:
+            return UnreadablePhoto(too_large(f"it has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"))
         except (UnidentifiedImageError, OSError, ValueError):
             return UnreadablePhoto(NOT_A_PHOTO)
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path):
+        """A linked photo (gradio_client.handle_file(url)) is fetched with a size limit, not read whole."""
+        if isinstance(url_or_file_path, str) and url_or_file_path.startswith(("http://", "https://")):
+            try:
+                path = str(await fetch_linked_photo(url_or_file_path, self.GRADIO_CACHE, MAX_FILE_BYTES))
+            except LinkError as error:
+                raise gr.Error(f"The linked photo cannot be used: {error}.", print_exception=False) from None
+            self.temp_files.add(path)
+            return path
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+
+class Demo(gr.Blocks):
+    """gr.Blocks whose API calls with inputs of the wrong kind get the reason, not Gradio's bare {"error": null}."""
+
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except gr.Error:  # already a message for the user (gr.Error is a ValueError too)
+            raise
+        except ValidationError as error:  # the value is not what the component takes (e.g. a string for a photo)
+            problems = "; ".join(f"{problem['msg']} (got {problem['input']!r:.60})" for problem in error.errors()[:3])
+            raise gr.Error(bad_input(block_fn, problems), print_exception=False) from None
+        except ValueError as error:  # too few values, a file path that was never uploaded, ...
+            raise gr.Error(bad_input(block_fn, str(error).splitlines()[0].rstrip(".")), print_exception=False) from None
+
+
+def bad_input(block_fn, problem: str) -> str:
+    name = f"/{block_fn.api_name}" if block_fn.api_name else "this event"
+    return (f"The input of {name} is not what it takes: {problem}. Send photos as files with "
+            "gradio_client.handle_file(path_or_url) (see the page's \"Use via API\" link).")
 
 
 def load_classifier(model: str, revision: str | None) -> tuple[Classifier | None, str]:
@@ -102,8 +162,8 @@ def unsure_note(probabilities: dict[str, float]) -> str:
 
 
 def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.Blocks:
-    def classify(photo: str | Image.Image | UnreadablePhoto | None) -> dict[str, float]:
-        """One photo (a file path, or a frame) -> {class: probability}; the API's /predict."""
+    def classify(photo: str | io.BytesIO | UnreadablePhoto | None) -> dict[str, float]:
+        """One photo (a file, or a data: URL's bytes) -> {class: probability}; the API's /predict."""
         if classifier is None:
             raise gr.Error(startup_warning or "No model is loaded.")
         if photo is None:
@@ -112,6 +172,8 @@ def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.B
             raise gr.Error(photo.reason)
         try:
             return classifier.predict([photo])[0]
+        except ImageTooLarge as error:
+            raise gr.Error(too_large(error)) from None
         except BAD_IMAGE_ERRORS:
             raise gr.Error(NOT_A_PHOTO + " It may be damaged or cut short.") from None
 
@@ -127,15 +189,19 @@ def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.B
         return probabilities, unsure_note(probabilities), info_markdown(classifier)
 
     def classify_many(files: list[str] | None):
-        """Several photo files -> one table row each; unreadable ones get a note, the rest one batched forward."""
+        """Several photo files -> one table row each; unreadable ones get a note. At most MAX_BATCH_FILES."""
         if classifier is None:
             raise gr.Error(startup_warning or "No model is loaded.")
         if not files:
             raise gr.Error("No photos given: choose one or more image files.")
+        if len(files) > MAX_BATCH_FILES:
+            raise gr.Error(f"Too many photos: {len(files)} at once, and a batch takes at most {MAX_BATCH_FILES}. "
+                           f"Classify them in batches of {MAX_BATCH_FILES}.")
         rows = []
         for path, p in zip(files, classifier.predict_readable(files), strict=True):
-            if p is None:
-                rows.append([os.path.basename(path), "-", *[None] * len(classifier.class_names), NOT_A_PHOTO])
+            if isinstance(p, Exception):
+                note = too_large(p) if isinstance(p, ImageTooLarge) else NOT_A_PHOTO
+                rows.append([os.path.basename(path), "-", *[None] * len(classifier.class_names), note])
                 continue
             rows.append([os.path.basename(path), max(p, key=p.get),
                          *(round(p[c] * 100, 1) for c in classifier.class_names),
@@ -143,7 +209,8 @@ def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.B
         return rows, info_markdown(classifier)
 
     class_names = classifier.class_names if classifier else ["cat", "dog"]
-    with gr.Blocks(title="Cat or dog?") as demo:
+    # Uploads and linked photos live in Gradio's cache: every CACHE_SECONDS, files older than that are deleted.
+    with Demo(title="Cat or dog?", delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as demo:
         gr.Markdown("# Cat or dog?\nGive it a photo of a pet: upload it, paste it, or take a webcam "
                     "snapshot. A small CNN (786k parameters) answers with the probability of each class.")
         with gr.Accordion("How it works: what the percentages mean", open=False):
@@ -160,15 +227,16 @@ def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.B
                     note = gr.Markdown(elem_id="unsure")
         with gr.Tab("Live webcam"):
             with gr.Row():
-                live = gr.Image(sources=["webcam"], streaming=True, type="pil", label="Webcam (live)",
-                                elem_id="live", webcam_options=gr.WebcamOptions(
+                live = PetPhoto(sources=["webcam"], streaming=True, type="filepath", label="Webcam (live)",
+                                elem_id="live", image_mode=None, webcam_options=gr.WebcamOptions(
                                     constraints={"video": {"width": {"ideal": 640}}}))
                 with gr.Column():
                     live_label = gr.Label(num_top_classes=len(class_names), elem_id="live-prediction",
                                           label="Live prediction (updates twice a second, for up to a minute)")
                     live_note = gr.Markdown(elem_id="live-unsure")
         with gr.Tab("Several photos"):
-            files = gr.File(file_count="multiple", file_types=["image"], label="Photos", elem_id="batch")
+            files = gr.File(file_count="multiple", file_types=["image"], label=f"Photos (up to {MAX_BATCH_FILES})",
+                            elem_id="batch")
             run_batch = gr.Button("Classify all", variant="primary", elem_id="batch-run")
             table = gr.Dataframe(headers=["photo", "prediction", *(f"{c} %" for c in class_names), "note"],
                                  elem_id="batch-results", interactive=False)
@@ -205,7 +273,9 @@ def main() -> None:
         print(f"serving {classifier.source} on {classifier.device.type}", flush=True)
     demo = build_demo(classifier, warning)
     demo.queue(default_concurrency_limit=2, max_size=64)
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE)
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_BYTES,
+                app_kwargs={"middleware": [Middleware(RequestSizeLimit, max_bytes=MAX_REQUEST_BYTES,
+                                                      upload_bytes=MAX_UPLOAD_BYTES)]})
 
 
 if __name__ == "__main__":

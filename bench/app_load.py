@@ -27,12 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "data" / "dogs-vs-cats-fullres-sample"
 
 
-def start_app(**popen_kwargs) -> tuple[subprocess.Popen, str]:
-    """`python app.py` on a free loopback port, once it answers; its process and URL."""
+def start_app(app_file: Path = ROOT / "app.py", **popen_kwargs) -> tuple[subprocess.Popen, str]:
+    """`python app.py` (this checkout's, or another's `app_file`) on a free loopback port, once it answers; its
+    process and URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT, **popen_kwargs)
+    app = subprocess.Popen([sys.executable, str(app_file), "--port", str(port)], cwd=app_file.parent, **popen_kwargs)
     url = f"http://127.0.0.1:{port}/"
     no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     for _ in range(600):

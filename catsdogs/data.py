@@ -8,10 +8,14 @@ Layouts `find_photos` understands (`PATH` is what the user passes as `--data`):
 - a CSV of (image path, label), label 0/1 (0 = cat, 1 = dog) or cat/dog:
   `PATH` is the CSV file; relative image paths are resolved against the CSV's
   folder, or the folder named like the CSV beside it (`cat_dog.csv` + `cat_dog/`).
+  UTF-8, with or without Excel's byte-order mark. Rows with a bad label or a
+  missing image are skipped and listed by line on stderr; a file that is not
+  UTF-8 or not well-formed CSV (an unclosed quote) is refused with the line.
 """
 
 import csv
 import hashlib
+import io
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +36,7 @@ _TRAIN_FOLDERS = {"train", "training", "training_set", "train_set"}
 _VAL_FOLDERS = {"val", "valid", "validation", "test", "testing", "test_set", "val_set"}
 _CSV_PATH_COLUMNS = ("image", "images", "path", "image_path", "filepath", "file", "filename", "img")
 _CSV_LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "y")
+_LISTED_ROWS = 20  # skipped CSV rows listed one by one; beyond that, only counted
 
 
 class DataError(ValueError):
@@ -177,37 +182,74 @@ def _photos_in_folder(folder: Path) -> Photos:
     return photos
 
 
+def _read_csv_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the (line number, fields) rows of a CSV; a file that is not well-formed is a DataError.
+
+    UTF-8 with or without Excel's byte-order mark is read; other encodings are refused rather than guessed, because
+    the paths in the file must match the file names on disk exactly and a wrong guess would only show up later as
+    "not found". Quotes are read strictly: an unclosed quote would otherwise swallow the rest of the file.
+    """
+    raw = csv_path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise DataError(
+            f"{csv_path} is not UTF-8 text (byte {raw[error.start]:#04x} on line {line}). Save it as UTF-8 (Excel: "
+            "'CSV UTF-8'), or convert it, e.g. `iconv -f cp1252 -t utf-8 old.csv > new.csv`"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows, start = [], 1
+    try:
+        for fields in reader:
+            if any("\n" in f or "\r" in f for f in fields):
+                raise DataError(f"{csv_path}, line {start}: a quoted field runs over lines {start}-{reader.line_num}; "
+                                "is a closing quote missing?")
+            rows.append((start, fields))
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise DataError(f"{csv_path}, line {start}: not a well-formed CSV ({error}); "
+                        "is a quote unclosed or misplaced?") from None
+    rows = [(line, fields) for line, fields in rows if any(f.strip() for f in fields)]  # blank lines
+    if not rows:
+        raise DataError(f"{csv_path} is empty")
+    return rows[0][1], rows[1:]
+
+
 def _photos_from_csv(csv_path: Path) -> Photos:
-    with csv_path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    header, rows = _read_csv_rows(csv_path)
     if not rows:
         raise DataError(f"{csv_path} has no rows")
-    columns = {name.strip().lower(): name for name in rows[0].keys() if name}
+    columns = {name.strip().lower(): i for i, name in enumerate(header) if name}
     path_col = next((columns[c] for c in _CSV_PATH_COLUMNS if c in columns), None)
     label_col = next((columns[c] for c in _CSV_LABEL_COLUMNS if c in columns), None)
     if path_col is None or label_col is None:
         raise DataError(
             f"{csv_path}: cannot tell which columns hold the image path and the label; found columns "
-            f"{list(rows[0].keys())}, expected one of {_CSV_PATH_COLUMNS} and one of {_CSV_LABEL_COLUMNS}"
+            f"{header}, expected one of {_CSV_PATH_COLUMNS} and one of {_CSV_LABEL_COLUMNS}"
         )
     image_roots = [csv_path.parent, csv_path.parent / csv_path.stem]
-    photos, bad_labels, missing = Photos(), [], []
-    for row in rows:
-        label = _CSV_LABELS.get((row[label_col] or "").strip().lower())
+    photos, skipped = Photos(), []
+    for line, fields in rows:
+        value, label_text = (fields[i].strip() if i < len(fields) else "" for i in (path_col, label_col))
+        label = _CSV_LABELS.get(label_text.lower())
+        file = next((root / value for root in image_roots if value and (root / value).is_file()), None)
         if label is None:
-            bad_labels.append(row[label_col])
-            continue
-        relative = Path(row[path_col].strip())
-        file = next((root / relative for root in image_roots if (root / relative).is_file()), None)
-        if file is None:
-            missing.append(str(relative))
-            continue
-        photos.add(file, label)
-    if bad_labels:
-        raise DataError(f"{csv_path}: {len(bad_labels)} labels are not 0/1 or cat/dog, e.g. {bad_labels[:3]}")
-    if missing:
-        print(f"warning: {len(missing)} images listed in {csv_path} were not found (e.g. {missing[:3]}); looked in "
-              + " and ".join(str(r) for r in image_roots), file=sys.stderr)
+            skipped.append(f"line {line}: label {label_text!r} is not 0/1 or cat/dog")
+        elif file is None:
+            skipped.append(f"line {line}: image {value!r} not found" if value else f"line {line}: no image path")
+        else:
+            photos.add(file, label)
+    if skipped:
+        where = "image paths are looked up in " + " and ".join(str(r) for r in image_roots)
+        if not photos:
+            raise DataError(f"{csv_path}: none of its {len(rows)} rows is usable ({where}): "
+                            + "; ".join(skipped[:5]) + ("; ..." if len(skipped) > 5 else ""))
+        print(f"warning: skipped {len(skipped)} of the {len(rows)} rows of {csv_path} ({where}):", file=sys.stderr)
+        for reason in skipped[:_LISTED_ROWS]:
+            print(f"  {reason}", file=sys.stderr)
+        if len(skipped) > _LISTED_ROWS:
+            print(f"  ... and {len(skipped) - _LISTED_ROWS} more", file=sys.stderr)
     return photos
 
 

@@ -9,6 +9,7 @@ Hub's cache, never from anything but safetensors.
 import contextlib
 import io
 import json
+import math
 import os
 import shlex
 import tempfile
@@ -30,13 +31,16 @@ from matplotlib.figure import Figure
 from safetensors import SafetensorError
 
 from catsdogs.config import TrainConfig
-from catsdogs.model import CatsDogsCNN
+from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, CatsDogsCNN
 
 TOKEN_HELP = "run `hf auth login` or set HF_TOKEN to a token with write access (https://huggingface.co/settings/tokens)"
 
 
 WEIGHTS_FILES = ("model.safetensors", "config.json")  # what a model needs; the card and metrics are optional
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+# Never published: the temporary folder a save is written into (a killed run may leave one), hidden files, and
+# the run's checkpoint folder inside the output folder.
+UPLOAD_EXCLUDE = (".saving-*/**", ".*", "checkpoint/**")
 
 
 class HubError(RuntimeError):
@@ -118,7 +122,7 @@ def push_outputs(output_dir: str | Path, repo_id: str, private: bool = False, to
         api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.upload_folder(
             repo_id=repo_id, folder_path=output_dir, commit_message="Upload catsdogs weights",
-            ignore_patterns=[".saving-*/**", ".*", "checkpoint/**"],  # a half save, hidden files, the checkpoint
+            ignore_patterns=list(UPLOAD_EXCLUDE),
         )
     except LocalTokenNotFoundError as error:
         raise HubError(f"no Hugging Face token found: {TOKEN_HELP}. Then retry the upload: {retry}") from error
@@ -131,8 +135,9 @@ def push_outputs(output_dir: str | Path, repo_id: str, private: bool = False, to
 
 
 def retry_command(output_dir: str | Path, repo_id: str, private: bool) -> str:
-    """The `hf` CLI command that uploads the output folder again, without retraining."""
-    return shlex.join(["hf", "upload", repo_id, str(output_dir), ".", *(["--private"] if private else [])])
+    """The `hf` CLI command that uploads the output folder again, without retraining (and without leftovers)."""
+    excludes = [arg for pattern in UPLOAD_EXCLUDE for arg in ("--exclude", pattern)]
+    return shlex.join(["hf", "upload", repo_id, str(output_dir), ".", *excludes, *(["--private"] if private else [])])
 
 
 def fetch_weights(source: str | Path, revision: str | None = None) -> Path:
@@ -170,12 +175,52 @@ def fetch_weights(source: str | Path, revision: str | None = None) -> Path:
 
 
 def load_model(folder: str | Path) -> CatsDogsCNN:
-    """The model in a weights folder (see `fetch_weights`), on the CPU, in eval mode."""
+    """The model in a weights folder (see `fetch_weights`), on the CPU, in eval mode.
+
+    Every way the folder can be wrong (unreadable files, a config.json with values the network cannot run with,
+    weights of another shape) is a HubError that says what is wrong.
+    """
+    try:
+        problem = config_problem(json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        problem = f"it cannot be read ({type(error).__name__}: {error})"
+    if problem:
+        raise HubError(f"the config.json in {folder} is not a catsdogs config: {problem}")
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the mixin prints "Loading weights from local directory"
             return CatsDogsCNN.from_pretrained(folder).eval()
-    except (OSError, ValueError, RuntimeError, SafetensorError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, TypeError, RuntimeError, SafetensorError, json.JSONDecodeError) as error:
         raise HubError(f"the weights in {folder} cannot be loaded ({type(error).__name__}: {error})") from error
+
+
+def config_problem(config: Any) -> str | None:
+    """What is wrong with a model's config.json (see CatsDogsCNN's arguments), or None when nothing is."""
+    def numbers(value: Any, count: int) -> bool:
+        return (isinstance(value, list) and len(value) == count
+                and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+    if not isinstance(config, dict):
+        return f"it holds a {type(config).__name__}, not an object of settings"
+    names = config.get("class_names", ["cat", "dog"])
+    if not (isinstance(names, list) and len(names) >= 2 and len(set(names)) == len(names)
+            and all(isinstance(n, str) and n.strip() for n in names)):
+        return f"class_names must be a list of at least two different names, not {names!r}"
+    size = config.get("image_size", INPUT_SIZE)
+    if not isinstance(size, int) or isinstance(size, bool) or size != INPUT_SIZE:
+        return f"image_size must be {INPUT_SIZE} (the network's input size), not {size!r}"
+    mean, std = config.get("mean", list(IMAGENET_MEAN)), config.get("std", list(IMAGENET_STD))
+    if not numbers(mean, 3):
+        return f"mean must be three finite numbers (one per colour channel), not {mean!r}"
+    if not numbers(std, 3) or min(std) <= 0:
+        return f"std must be three finite numbers above zero (one per colour channel), not {std!r}"
+    dropout = config.get("dropout", 0.0)
+    if not (isinstance(dropout, int | float) and not isinstance(dropout, bool) and 0 <= dropout < 1):
+        return f"dropout must be a number from 0 to below 1, not {dropout!r}"
+    temperature = config.get("temperature", 1.0)
+    if not (isinstance(temperature, int | float) and not isinstance(temperature, bool)
+            and math.isfinite(temperature) and temperature > 0):
+        return f"temperature must be a number above zero, not {temperature!r}"
+    return None
 
 
 def card_metric(folder: str | Path, metric: str) -> float | None:

@@ -1,6 +1,7 @@
 """Running the network: photos in, class probabilities out, in the precision catsdogs.device picks for predictions."""
 
 import ctypes
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 
 from catsdogs.device import Precision, pick_device
-from catsdogs.hub import card_metric, fetch_weights, load_model
+from catsdogs.hub import HubError, card_metric, fetch_weights, load_model
 from catsdogs.model import CatsDogsCNN
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, PhotoSource, load_photo, normalize
 
@@ -28,28 +29,46 @@ def predict_logits(model: CatsDogsCNN, images: torch.Tensor, batch_size: int = 2
     return torch.cat(outputs) if outputs else torch.empty((0, len(model.class_names)), device=device)
 
 
-def keep_freed_memory() -> None:
-    """Ask glibc to keep freed memory for reuse rather than hand it back to the kernel (process-wide: the app's
-    choice, not the Classifier's).
+# What keep_freed_memory lets glibc keep per heap (each thread that predicts has one): a batch-1 forward pass's
+# activations (~30 MB, the largest 12.6 MB) with room to spare; at 48 MB some already page-fault back in.
+KEEP_FREED_BYTES = 64 * 2**20
+MMAP_THRESHOLD = 32 * 2**20  # glibc's maximum: blocks at least this big are mmapped, and unmapped when freed
+PIL_BLOCK_BYTES = 64 * 2**20  # Pillow's image blocks (16 MB by default): made mmap-sized, see keep_freed_memory
+
+
+def keep_freed_memory(keep_bytes: int = KEEP_FREED_BYTES) -> None:
+    """Ask glibc to keep up to `keep_bytes` of freed memory per heap for reuse rather than hand it back to the
+    kernel, and make big decoded photos go back to it at once (process-wide: the app's choice, not the
+    Classifier's).
 
     One forward pass allocates and frees tens of MB of activations; by default glibc returns such blocks and the
-    next call page-faults them in again (README, "Performance", for what that costs).
+    next call page-faults them in again (README, "Performance", for what that costs). Raising the mmap threshold
+    keeps those blocks on the heap; Pillow's image blocks are then raised above it, or a big photo's 16 MB
+    blocks would stay on the heap too and the process would keep the size of its biggest request (README,
+    "Limits and memory": the memory a server keeps after big requests).
     """
+    Image.core.set_block_size(PIL_BLOCK_BYTES)  # what Pillow's PILLOW_BLOCK_SIZE sets
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (macOS, Windows, musl): nothing to tune
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's maximum; the largest activation at batch 1 is 12.6 MB
-    libc.mallopt(m_trim_threshold, 2**30)
+    libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)  # the largest activation at batch 1 is 12.6 MB
+    libc.mallopt(m_trim_threshold, keep_bytes)
 
 
 class Classifier:
     """A model loaded once and kept on its device: the app's (and the benchmarks') path from photo to probabilities.
 
+    Memory per call is bounded: photos are decoded one at a time (preprocess.MAX_PIXELS) and run through the
+    network `chunk` at a time (~25 MB of activations per photo on the CPU).
+
     `source` is a weights folder or a Hub repo id; the input size, normalisation and class names all come from
     the weights' config.json. Photos are files, file objects or PIL images: the Classifier decodes them all.
+    Weights that cannot be fetched, loaded or run (a bad config.json, NaN weights) raise HubError, with the reason.
     """
+
+    chunk = 8  # photos per forward pass: ~190 MB of activations on the CPU (1.5 GB at batch 64)
 
     def __init__(self, source: str | Path, revision: str | None = None, device: torch.device | None = None) -> None:
         self.folder = fetch_weights(source, revision)
@@ -58,7 +77,14 @@ class Classifier:
         self.model = load_model(self.folder).to(self.device, memory_format=torch.channels_last)
         self.val_accuracy = card_metric(self.folder, "accuracy")
         self.val_calibration_error = card_metric(self.folder, "expected_calibration_error")
-        self.predict([Image.new("RGB", (self.model.image_size,) * 2)])  # warm-up: the first forward is slow
+        try:  # warm-up (the first forward is slow), and the proof that these weights can run at all
+            warm_up = self.predict([Image.new("RGB", (self.model.image_size,) * 2)])[0]
+        except (RuntimeError, ValueError, TypeError) as error:
+            raise HubError(f"the weights in {self.folder} load but cannot run "
+                           f"({type(error).__name__}: {error})") from error
+        if not all(math.isfinite(p) for p in warm_up.values()):
+            raise HubError(f"the weights in {self.folder} give no usable probabilities ({warm_up}): "
+                           "they hold NaN or inf")
         self.last_seconds: float | None = None  # of the last real prediction
 
     @property
@@ -66,30 +92,33 @@ class Classifier:
         return self.model.class_names
 
     def predict(self, photos: Sequence[PhotoSource]) -> list[dict[str, float]]:
-        """Photos -> {class name: probability} each, in one forward pass.
+        """Photos -> {class name: probability} each, in forward passes of at most `chunk` photos.
 
-        Raises one of preprocess.BAD_IMAGE_ERRORS for a file that is not a usable photo.
+        Raises one of preprocess.BAD_IMAGE_ERRORS for a file that is not a usable photo
+        (preprocess.ImageTooLarge for one over preprocess.MAX_PIXELS).
         """
         started = time.perf_counter()
         results = self._probabilities([load_photo(photo, self.model.image_size) for photo in photos])
         self.last_seconds = time.perf_counter() - started
         return results
 
-    def predict_readable(self, photos: Sequence[PhotoSource]) -> list[dict[str, float] | None]:
-        """Like `predict`, but an unreadable photo gets None instead of failing the others."""
+    def predict_readable(self, photos: Sequence[PhotoSource]) -> list[dict[str, float] | Exception]:
+        """Like `predict`, but a photo that cannot be used gets its error (one of BAD_IMAGE_ERRORS) instead of
+        failing the others. Photos are decoded one at a time and kept only at the network's input size."""
         started = time.perf_counter()
         readable: dict[int, torch.Tensor] = {}
+        errors: dict[int, Exception] = {}
         for i, photo in enumerate(photos):
             try:
                 readable[i] = load_photo(photo, self.model.image_size)
-            except BAD_IMAGE_ERRORS:
-                continue
+            except BAD_IMAGE_ERRORS as error:
+                errors[i] = error
         results = dict(zip(readable, self._probabilities(list(readable.values()))))
         self.last_seconds = time.perf_counter() - started
-        return [results.get(i) for i in range(len(photos))]
+        return [results[i] if i in results else errors[i] for i in range(len(photos))]
 
     def _probabilities(self, images: list[torch.Tensor]) -> list[dict[str, float]]:
         if not images:
             return []
-        probabilities = self.model.probabilities(predict_logits(self.model, torch.stack(images))).tolist()
+        probabilities = self.model.probabilities(predict_logits(self.model, torch.stack(images), self.chunk)).tolist()
         return [dict(zip(self.class_names, row)) for row in probabilities]

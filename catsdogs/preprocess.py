@@ -9,33 +9,75 @@ from pathlib import Path
 from typing import BinaryIO
 
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 from torchvision.transforms import v2
+
+# The most pixels a photo may have once decoded (after a JPEG's reduction while decoding): a 48/50-megapixel
+# camera's PNG or WebP still fits. Decoding one at this size costs +0.2 GB (RGB PNG) to +0.4 GB (RGBA PNG): the
+# decoded image, reduced before anything else is copied (see `upright_rgb`); +0.77 GB for a WebP, whose decoder
+# needs ~15 bytes a pixel. README, "Limits and memory", has the measured figures.
+MAX_PIXELS = 50_000_000
+REDUCING_GAP = 3.0  # photo_to_uint8 reduces by whole factors down to 3x the network's input, then resamples
+
+
+class ImageTooLarge(ValueError):
+    """A photo with more pixels than MAX_PIXELS (or than PIL's own decompression-bomb limit): refused undecoded."""
+
 
 # What a decode can raise for a file that is not a usable photo: PIL's
 # UnidentifiedImageError and "image file is truncated" are OSErrors, a
-# decompression bomb is its own error, odd headers give ValueError/SyntaxError.
+# decompression bomb is its own error, odd headers give ValueError/SyntaxError,
+# a photo over MAX_PIXELS is an ImageTooLarge (a ValueError).
 BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 PhotoSource = str | Path | BinaryIO | Image.Image  # a file, a file object, or an image already open
 
+_TRANSPOSE = {  # EXIF orientation -> the transposition that makes the photo upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
-def open_rgb(source: str | Path | BinaryIO, draft_size: int | None = None) -> Image.Image:
-    """Open any photo file as upright RGB (see `upright_rgb`).
+
+def check_size(image: Image.Image, max_pixels: int = MAX_PIXELS) -> None:
+    """Raise ImageTooLarge for an image over `max_pixels`; reads only the header's size, decodes nothing."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{width}×{height} pixels ({width * height / 1e6:.0f} megapixels) is more than the "
+                            f"{max_pixels / 1e6:.0f} megapixels a photo may have")
+
+
+def open_rgb(source: str | Path | BinaryIO, draft_size: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open any photo file as upright RGB (see `upright_rgb`); ImageTooLarge before decoding one over `max_pixels`.
 
     `draft_size` lets the JPEG decoder downscale by a power of two while decoding,
     never below that size: a 12-megapixel phone photo decodes several times faster.
+    Other formats are decoded whole and then reduced at once to what that size needs.
     """
-    with Image.open(source) as image:
+    try:
+        image = Image.open(source)
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"it has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, PIL's limit "
+                            "against decompression bombs") from None
+    with image:
         if draft_size:
             image.draft("RGB", (draft_size, draft_size))
-        return upright_rgb(image)
+        check_size(image, max_pixels)
+        return upright_rgb(image, at_least=round(draft_size * REDUCING_GAP) if draft_size else None)
 
 
-def upright_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image as upright RGB: EXIF rotation applied, first frame, alpha on white."""
-    image = ImageOps.exif_transpose(image)  # loads the first frame of animations too
+def upright_rgb(image: Image.Image, at_least: int | None = None) -> Image.Image:
+    """Any PIL image as upright RGB: EXIF rotation applied, first frame, alpha on white.
+
+    With `at_least`, an image more than twice that size on a side is first reduced by whole factors (each side
+    staying at least that size, as resizing with REDUCING_GAP would), so nothing is copied or converted at full size.
+    """
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)  # before reducing: TIFF keeps it outside .info
+    if at_least:
+        image = _reduced(image, at_least)
+    if orientation in _TRANSPOSE:
+        image = image.transpose(_TRANSPOSE[orientation])  # loads the first frame of animations too
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: scale to 8 bits, don't clip
         image = image.point(lambda value: value / 256).convert("L")
     if image.mode == "P":
@@ -46,14 +88,31 @@ def upright_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _reduced(image: Image.Image, at_least: int) -> Image.Image:
+    """The image reduced by whole factors (box average, alpha-weighted) with each side staying >= at_least."""
+    factors = (max(1, image.width // at_least), max(1, image.height // at_least))
+    if max(factors) < 2:
+        return image
+    if image.mode in ("P", "PA"):  # Image.reduce averages pixel values, not palette indices
+        image = image.convert("RGBA")
+    elif image.mode == "1" or image.mode.startswith("I;16"):
+        image = image.convert("L" if image.mode == "1" else "I")
+    return image.reduce(factors)
+
+
 def photo_to_uint8(image: Image.Image, size: int) -> torch.Tensor:
     """An RGB photo -> (3, size, size) uint8, squashed (not cropped) to the square."""
-    return v2.functional.pil_to_tensor(image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0))
+    return v2.functional.pil_to_tensor(image.resize((size, size), Image.Resampling.BILINEAR,
+                                                    reducing_gap=REDUCING_GAP))
 
 
-def load_photo(source: PhotoSource, size: int) -> torch.Tensor:
+def load_photo(source: PhotoSource, size: int, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """A photo (file, file object or open image) -> (3, size, size) uint8 tensor. Raises one of BAD_IMAGE_ERRORS."""
-    image = upright_rgb(source) if isinstance(source, Image.Image) else open_rgb(source, draft_size=size)
+    if isinstance(source, Image.Image):
+        check_size(source, max_pixels)
+        image = upright_rgb(source, at_least=round(size * REDUCING_GAP))
+    else:
+        image = open_rgb(source, draft_size=size, max_pixels=max_pixels)
     return photo_to_uint8(image, size)
 
 

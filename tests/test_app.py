@@ -1,6 +1,10 @@
 """The demo as its users reach it: `python app.py` on loopback, driven with gradio_client over real HTTP."""
 
+import json
+import re
+import shutil
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -13,6 +17,7 @@ from gradio_client.exceptions import AppError
 from imagegen import pet_photo
 from PIL import Image
 
+from bench.app_memory import Server, status_mb
 from catsdogs.hub import push_outputs
 
 
@@ -171,3 +176,84 @@ def test_a_model_that_cannot_be_fetched_falls_back_to_shipped_weights(hub, shipp
         assert_right_answers(Client(app.url, verbose=False), clear_photos(shared_data)[1::3])  # a cat, 2 dogs
     finally:
         app.stop()
+
+
+def test_a_config_the_network_cannot_run_with_falls_back_with_the_reason(shipped_weights, tmp_path):
+    bad = tmp_path / "bad-weights"
+    bad.mkdir()
+    shutil.copy(shipped_weights / "model.safetensors", bad)
+    config = json.loads((shipped_weights / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "std": [0, 0, 0]}))
+    app = App("--model", str(bad)).wait_ready()
+    try:
+        reason = "std must be three finite numbers above zero"
+        assert reason in app.log() and "Serving the shipped weights/ instead" in app.log()
+        assert "Traceback" not in app.log()
+        assert reason in str(app.config())  # the page shows it too
+    finally:
+        app.stop()
+
+
+@pytest.fixture(scope="module")
+def server(app) -> Server:
+    """Plain-HTTP calls to the app, as any client can make them: data: URLs, the private live endpoint, raw JSON."""
+    return Server(app.url, timeout=120)
+
+
+def reset_peak(app: App) -> float:
+    """Set the app's peak RSS (VmHWM) to its RSS now, and return that, in MB."""
+    Path(f"/proc/{app.proc.pid}/clear_refs").write_text("5")
+    return status_mb(app.proc.pid, "VmRSS")
+
+
+pytestmark_linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
+
+
+@pytestmark_linux
+def test_an_image_over_the_pixel_limit_is_refused_undecoded_however_it_arrives(app, client, server, tmp_path):
+    huge = bomb_png(tmp_path / "huge.png", 13000, 13000)  # 169 megapixels, a few bytes of pixel data
+    start = reset_peak(app)
+    with pytest.raises(AppError, match=r"too large: 13000×13000 pixels \(169 megapixels\) is more than the 50"):
+        client.predict(handle_file(huge), api_name="/predict")  # an upload, as the page and webcam send them
+    assert "too large: 13000×13000" in server.data_url_call("predict", huge)  # a data: URL in the JSON
+    assert "too large: 13000×13000" in server.data_url_call("stream", huge)  # a live frame, private endpoint
+    assert "too large: 13000×13000" in server.upload_call("predict_many", [huge], as_list=True, shown=1000)
+    assert status_mb(app.proc.pid, "VmHWM") - start < 50  # decoding it took +1.9 GB (upload) to +3.2 GB
+
+
+@pytestmark_linux
+def test_a_batch_runs_in_chunks_and_its_size_is_capped(app, server, tmp_path):
+    photos = []
+    for i in range(101):
+        photos.append(tmp_path / f"p{i}.jpg")
+        pet_photo("cat" if i % 2 else "dog", i, size=(64, 48)).save(photos[-1])
+    start = reset_peak(app)
+    answer = server.upload_call("predict_many", photos[:40], as_list=True)
+    assert answer.startswith("ok") and status_mb(app.proc.pid, "VmHWM") - start < 400  # one forward: +1 GB
+    answer = server.upload_call("predict_many", photos, as_list=True)
+    assert "Too many photos: 101 at once, and a batch takes at most 100" in answer
+
+
+def test_request_bodies_are_capped(server, tmp_path):
+    photo = tmp_path / "big.png"
+    photo.write_bytes(np.random.default_rng(0).bytes(7 * 2**20))  # 9.3 MB as a data: URL
+    assert server.data_url_call("predict", photo).startswith("HTTP 413: Request too large: this app takes at most 8")
+
+
+@pytest.mark.parametrize("endpoint, value, message", [
+    ("predict", 123, r"/predict is not what it takes: Input should be a valid dictionary .*\(got 123\)"),
+    ("predict", "hello.jpg", r"/predict is not what it takes: .*\(got 'hello.jpg'\)"),
+    ("predict_many", "x", r"/predict_many is not what it takes: Input should be a valid list"),
+    ("predict", {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, "was not uploaded by a user"),
+    ("predict", {"path": "http://127.0.0.1:1/cat.jpg", "meta": {"_type": "gradio.FileData"}},
+     "The linked photo cannot be used: .*only public web addresses"),
+])
+def test_api_calls_with_the_wrong_input_get_the_reason(server, endpoint, value, message):
+    assert re.search(message, server.call(endpoint, [value]))
+
+
+def test_the_upload_cache_is_cleaned():
+    import app as demo_app
+
+    demo = demo_app.build_demo(None, "no model in this test")
+    assert demo.delete_cache == (demo_app.CACHE_SECONDS, demo_app.CACHE_SECONDS) and demo_app.CACHE_SECONDS <= 3600

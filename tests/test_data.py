@@ -64,14 +64,54 @@ def test_csv_of_paths_and_labels(tmp_path, labels):
     assert all(p.is_file() for p in photos.paths)
 
 
-def test_csv_with_unknown_columns_or_labels(tmp_path):
+def test_csv_with_unknown_columns(tmp_path):
     (tmp_path / "a.csv").write_text("name,kind\nx.jpg,cat\n")
     with pytest.raises(DataError, match="columns"):
         find_photos(tmp_path / "a.csv")
+
+
+def test_csv_rows_with_a_bad_label_or_a_missing_image_are_skipped_and_listed_by_line(tmp_path, capsys):
+    write_kaggle_folder(tmp_path, per_class=2)
+    (tmp_path / "b.csv").write_text("path,label\ncat.0.jpg,cat\ndog.0.jpg,horse\n\ngone.jpg,dog\n"
+                                    "cat.1.jpg\n,dog\ndog.1.jpg,1\n")
+    photos, _ = find_photos(tmp_path / "b.csv")
+    assert names(photos) == [("cat.0.jpg", 0), ("dog.1.jpg", 1)]
+    warning = capsys.readouterr().err
+    assert "skipped 4 of the 6 rows" in warning
+    for line in ("line 3: label 'horse'", "line 5: image 'gone.jpg' not found", "line 6: label ''",
+                 "line 7: no image path"):
+        assert line in warning
+
+
+def test_csv_with_no_usable_row_says_why(tmp_path):
+    (tmp_path / "c.csv").write_text("image,label\nnope.jpg,cat\nnope2.jpg,dog\n")
+    with pytest.raises(DataError, match=r"none of its 2 rows is usable .*line 2: image 'nope.jpg' not found"):
+        find_photos(tmp_path / "c.csv")
+
+
+def test_csv_saved_by_excel_with_a_byte_order_mark(tmp_path):
     write_kaggle_folder(tmp_path, per_class=1)
-    (tmp_path / "b.csv").write_text("path,label\ncat.0.jpg,cat\ndog.0.jpg,horse\n")
-    with pytest.raises(DataError, match="horse"):
-        find_photos(tmp_path / "b.csv")
+    (tmp_path / "excel.csv").write_bytes("image,label\r\ncat.0.jpg,cat\r\ndog.0.jpg,dog\r\n".encode("utf-8-sig"))
+    assert find_photos(tmp_path / "excel.csv")[0].counts() == {"cat": 1, "dog": 1}
+
+
+def test_csv_that_is_not_utf8_is_refused_with_the_line(tmp_path):
+    write_kaggle_folder(tmp_path, per_class=1)
+    (tmp_path / "latin.csv").write_bytes("image,label\ncat.0.jpg,cat\nchâton.jpg,cat\n".encode("cp1252"))
+    with pytest.raises(DataError, match=r"not UTF-8 text \(byte 0xe2 on line 3\).*CSV UTF-8"):
+        find_photos(tmp_path / "latin.csv")
+
+
+@pytest.mark.parametrize("body, message", [
+    ('cat.0.jpg,cat\n"dog.0.jpg,dog\ncat.1.jpg,cat\n', r"line 3: not a well-formed CSV \(unexpected end of data\)"),
+    ('cat.0.jpg,cat\n"dog.0.jpg,dog\ncat.1.jpg",cat\n', r"line 3: a quoted field runs over lines 3-4"),
+    ('cat.0.jpg,cat\n"dog.0.jpg"x,dog\n', r"line 3: not a well-formed CSV"),
+])
+def test_malformed_csv_is_refused_with_the_line(tmp_path, body, message):
+    write_kaggle_folder(tmp_path, per_class=2)
+    (tmp_path / "bad.csv").write_text("image,label\n" + body)
+    with pytest.raises(DataError, match=message):
+        find_photos(tmp_path / "bad.csv")
 
 
 def test_empty_folder_says_what_it_found(tmp_path):

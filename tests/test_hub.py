@@ -90,13 +90,21 @@ def test_hub_down_during_push_keeps_weights_and_the_retry_uploads_them(hub, phot
     CatsDogsCNN.from_pretrained(output)  # whole and loadable
 
     retry = result.stderr.split("retry only the upload with: ")[1].strip()
-    assert retry == f"hf upload tester/catsdogs {output} ."
+    assert retry == (f"hf upload tester/catsdogs {output} . "
+                     "--exclude '.saving-*/**' --exclude '.*' --exclude 'checkpoint/**'")
+    leftover, checkpoint = output / ".saving-killed", output / "checkpoint"  # a save killed mid-way; a run's state
+    for folder in (leftover, checkpoint):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"not for the Hub")
     hub.start()  # the Hub is back
     hf = shlex.split(retry)
     hf[0] = shutil.which("hf", path=str(Path(sys.executable).parent)) or "hf"  # the CLI of this interpreter
     rerun = subprocess.run(hf, cwd=ROOT, env={**os.environ, "HF_TOKEN": WRITE_TOKEN},
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
+    assert not {".saving-killed", "checkpoint"} & {p.name for p in hub.repo_dir("tester/catsdogs").iterdir()}
+    for folder in (leftover, checkpoint):
+        shutil.rmtree(folder)
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in output.iterdir()} == saved
     assert_same_outputs(CatsDogsCNN.from_pretrained("tester/catsdogs"), CatsDogsCNN.from_pretrained(output))
 
@@ -127,3 +135,43 @@ def test_a_fetched_repo_keeps_working_offline(hub, tmp_path):
     hub.kill()
     again = load_model(fetch_weights("tester/offline"))  # from the Hub's cache
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+
+
+BAD_CONFIGS = {  # config.json values -> what the error must say
+    "zero std": ({"std": [0, 0, 0]}, "std must be three finite numbers above zero"),
+    "text mean": ({"mean": "abc"}, "mean must be three finite numbers"),
+    "two means": ({"mean": [0.5, 0.5]}, "mean must be three finite numbers"),
+    "wrong image size": ({"image_size": 100}, "image_size must be 224"),
+    "one class": ({"class_names": ["cat"]}, "class_names must be a list of at least two"),
+    "text dropout": ({"dropout": "x"}, "dropout must be a number"),
+    "zero temperature": ({"temperature": 0}, "temperature must be a number above zero"),
+    "not an object": ([1, 2], "it holds a list"),
+    "three classes for two-class weights": ({"class_names": ["a", "b", "c"]}, "(?s)cannot be loaded .*size mismatch"),
+}
+
+
+@pytest.mark.parametrize("problem", BAD_CONFIGS)
+def test_a_bad_config_is_a_hub_error_that_says_what_is_wrong(shipped_weights, tmp_path, problem):
+    import json
+
+    from catsdogs.hub import HubError
+    from catsdogs.inference import Classifier
+
+    change, message = BAD_CONFIGS[problem]
+    shutil.copy(shipped_weights / "model.safetensors", tmp_path)
+    config = json.loads((shipped_weights / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change} if isinstance(change, dict) else change))
+    with pytest.raises(HubError, match=message):
+        Classifier(tmp_path)
+
+
+def test_weights_that_load_but_give_nan_are_a_hub_error(tmp_path):
+    from catsdogs.hub import HubError
+    from catsdogs.inference import Classifier
+
+    model = CatsDogsCNN()
+    with torch.no_grad():
+        model.head.bias.fill_(float("nan"))
+    model.save_pretrained(tmp_path)
+    with pytest.raises(HubError, match="NaN"):
+        Classifier(tmp_path)
