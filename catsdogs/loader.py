@@ -96,7 +96,7 @@ class TrainingBatches:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         shard = epoch_shard(len(self.photos), epoch, self.seed, self.ranks).to(self.photos.labels.device)
         for indices in shard.split(self.process_batch):
-            yield self.prepare(self.photos.images[indices]), self.photos.labels[indices]
+            yield self.prepare(gather(self.photos.images, indices)), self.photos.labels[indices]
 
     def prepare(self, photos: torch.Tensor) -> torch.Tensor:
         """Decoded uint8 photos -> the network's normalised float input, augmented when training asks for it."""
@@ -104,6 +104,14 @@ class TrainingBatches:
         if self.augment:
             images = augment(images)
         return normalize(images, self.mean, self.std)
+
+
+def gather(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """images[indices], a copy of just those photos. On the CPU through NumPy: its `take` copies whole photos,
+    12x faster than PyTorch's element-wise index kernel for uint8 (bench/cache.py), with the same bytes."""
+    if images.device.type == "cpu":
+        return torch.from_numpy(images.numpy()[indices.numpy()])
+    return images[indices]
 
 
 def augment(images: torch.Tensor) -> torch.Tensor:
