@@ -17,6 +17,7 @@ from catsdogs import cache
 from catsdogs.cache import cache_key, decoded_photos
 from catsdogs.config import TrainConfig
 from catsdogs.data import find_photos, decode_photos
+from catsdogs.evaluate import score
 from catsdogs.preprocess import load_photo
 from catsdogs.training import train
 
@@ -143,6 +144,14 @@ def test_the_same_seed_gives_the_same_weights_with_and_without_the_cache(tmp_pat
     assert runs["off"][1] == "training photos: decoded now, not cached (--no-cache)"
     assert_same_training(tmp_path / "hit", tmp_path / "off")
     assert_same_training(tmp_path / "miss", tmp_path / "off")
+
+
+def test_evaluate_reads_the_photos_training_cached(trained, capsys):
+    config, summary, _ = trained
+    capsys.readouterr()
+    scores = score(config.output, config.data, split="validation", progress=True)
+    assert len(scores.labels) == summary["n_val"]
+    assert f"validation photos: read from cache {cache.default_dir()}/" in capsys.readouterr().err
 
 
 def test_the_cli_lists_and_removes_caches(tmp_path, capsys):
