@@ -134,15 +134,15 @@ def _read(array: Path, meta: Path, size: int) -> tuple[torch.Tensor, torch.Tenso
     try:
         info = json.loads(meta.read_text())
         images = np.load(array, mmap_mode="c")
-    except (OSError, ValueError):
-        return None
-    if images.dtype != np.uint8 or images.shape != (len(info["labels"]), 3, size, size):
+        if images.dtype != np.uint8 or images.shape != (len(info["labels"]), 3, size, size):
+            return None
+        skipped = [(Path(path), reason) for path, reason in info["skipped"]]
+    except (OSError, ValueError, KeyError, TypeError):  # no file, half a file, or not ours
         return None
     try:
         os.utime(meta)  # "last used", for --older-than
     except OSError:
         pass
-    skipped = [(Path(path), reason) for path, reason in info["skipped"]]
     return torch.from_numpy(images), torch.tensor(info["labels"], dtype=torch.long), skipped
 
 
@@ -168,7 +168,8 @@ def _write(photos: Photos, size: int, workers: int, name: str, progress: bool, f
             del out
             os.replace(squeezed, temporary[0])
         else:
-            target.flush()
+            if isinstance(target, np.memmap):  # not for an empty photo list
+                target.flush()
             del target
         temporary[1].write_text(json.dumps({
             "key": key, "size": size, "decoder_version": DECODER_VERSION, "pillow": PIL.__version__,
