@@ -28,6 +28,11 @@ class TrainConfig:
     val_fraction: float = setting(0.1, "share of --data held out for validation", "data", recipe=True)
     seed: int = setting(0, "seed of the split, the initial weights and the shuffling", "data", recipe=True)
     workers: int = setting(min(8, os.cpu_count() or 1), "threads decoding photos", "data")
+    cache: bool = setting(True, "keep the decoded photos in a file under --cache-dir that later runs and every "
+                          "torchrun process map instead of decoding again", "data")
+    cache_dir: str | None = setting(None, "where the decoded-photo cache lives (default: $CATSDOGS_CACHE_DIR, else "
+                                    "$XDG_CACHE_HOME/catsdogs or ~/.cache/catsdogs); python -m catsdogs.cache lists "
+                                    "and clears it", "data")
 
     epochs: int = setting(40, "passes over the training photos", "recipe", recipe=True)
     batch_size: int = setting(64, "photos per step, over all processes", "recipe", recipe=True)

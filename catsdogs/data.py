@@ -143,9 +143,23 @@ def decode_photos(photos: Photos, size: int, workers: int = 8, desc: str = "deco
     """Decode every photo once to (N, 3, size, size) uint8, skipping unreadable files.
 
     Returns the images, their labels, and (path, reason) for every skipped file.
-    Threads suffice: PIL releases the GIL while it decodes and resizes.
     """
     images = torch.empty((len(photos), 3, size, size), dtype=torch.uint8)
+    ok, skipped = decode_into(photos, images, workers, desc, progress)
+    labels = torch.tensor(photos.labels, dtype=torch.long)
+    if ok.all():  # the usual case: don't copy gigabytes of photos
+        return images, labels, []
+    return images[ok], labels[ok], skipped
+
+
+def decode_into(photos: Photos, images: torch.Tensor, workers: int = 8, desc: str = "decoding",
+                progress: bool = True) -> tuple[torch.Tensor, list[tuple[Path, str]]]:
+    """Decode photo i into images[i] (uint8 (N, 3, S, S), in memory or a mapped file), skipping unreadable files.
+
+    Returns which photos were read, and (path, reason) for every skipped file, sorted.
+    Threads suffice: PIL releases the GIL while it decodes and resizes.
+    """
+    size = images.shape[-1]
     ok = torch.zeros(len(photos), dtype=torch.bool)
     skipped = []
 
@@ -159,10 +173,7 @@ def decode_photos(photos: Photos, size: int, workers: int = 8, desc: str = "deco
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(tqdm(pool.map(decode, range(len(photos))), total=len(photos), desc=desc, unit="photo", leave=False,
                   disable=not progress))
-    labels = torch.tensor(photos.labels, dtype=torch.long)
-    if ok.all():  # the usual case: don't copy gigabytes of photos
-        return images, labels, []
-    return images[ok], labels[ok], sorted(skipped)
+    return ok, sorted(skipped)
 
 
 def _label_of(word: str) -> int | None:

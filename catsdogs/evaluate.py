@@ -24,7 +24,8 @@ from tqdm import tqdm
 from catsdogs import plots
 from catsdogs.calibrate import BINS, expected_calibration_error, reliability
 
-from catsdogs.data import CLASS_NAMES, DataError, Photos, choose_split, decode_photos, find_photos
+from catsdogs.cache import decoded_photos
+from catsdogs.data import CLASS_NAMES, DataError, Photos, choose_split, find_photos
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model
 from catsdogs.device import pick_device
 from catsdogs.inference import predict_logits
@@ -78,11 +79,13 @@ class Scores:
 
 def score(model: str | Path, data: str | Path, split: str = "all", revision: str | None = None,
           val_fraction: float | None = None, seed: int | None = None,
-          workers: int = min(8, os.cpu_count() or 1), progress: bool = True) -> Scores:
+          workers: int = min(8, os.cpu_count() or 1), progress: bool = True, cache: bool = True,
+          cache_dir: str | Path | None = None) -> Scores:
     """The logits of the weights in `model` (folder or Hub repo id) for the photos of `split` of `data`.
 
     Split settings not given are those the weights were trained with (metrics.json), so a split is re-created
-    without the user having to remember them.
+    without the user having to remember them. The photos come from the photo cache training uses
+    (`catsdogs.cache`) unless `cache` is False.
     """
     folder = fetch_weights(model, revision)
     network = load_model(folder)
@@ -102,8 +105,10 @@ def score(model: str | Path, data: str | Path, split: str = "all", revision: str
                         f"with (its --data {trained_with.get('data')}, --val-data {trained_with.get('val_data')}); "
                         "the accuracy will differ from the one training reported")
 
-    images, labels, skipped = decode_photos(photos, network.image_size, workers, desc=f"decoding {split} photos",
-                                            progress=progress)
+    decoded = decoded_photos(photos, network.image_size, workers, split, progress, cache, cache_dir)
+    images, labels, skipped = decoded.images, decoded.labels, decoded.skipped
+    if progress:
+        print(f"{split} photos: {decoded.source}", file=sys.stderr)
     if not len(labels):
         raise DataError(f"none of the {len(photos)} photos could be read ({split_info['description']})")
     unreadable = {path for path, _ in skipped}
@@ -118,12 +123,13 @@ def score(model: str | Path, data: str | Path, split: str = "all", revision: str
 def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: str | None = None,
              val_fraction: float | None = None, seed: int | None = None, mistakes: int = 10,
              workers: int = min(8, os.cpu_count() or 1), progress: bool = True,
-             reliability_png: str | Path | None = None) -> dict:
+             reliability_png: str | Path | None = None, cache: bool = True,
+             cache_dir: str | Path | None = None) -> dict:
     """Score the weights on `split` of `data` (see `score`); the report is plain JSON data.
 
     With `reliability_png`, the reliability diagram (with and without the weights' temperature) is written there.
     """
-    scores = score(model, data, split, revision, val_fraction, seed, workers, progress)
+    scores = score(model, data, split, revision, val_fraction, seed, workers, progress, cache, cache_dir)
     probabilities = scores.network.probabilities(scores.logits)  # calibrated, as the app shows them
     labels = scores.labels
     predicted, confidence = probabilities.argmax(dim=1), probabilities.max(dim=1).values
@@ -221,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="of the split (default: the weights' metrics.json, or 0)")
     parser.add_argument("--mistakes", type=int, default=10, help="how many confident mistakes to list (default 10)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="threads decoding photos")
+    parser.add_argument("--no-cache", dest="cache", action="store_false",
+                        help="decode the photos without reading or writing the photo cache that train.py uses")
+    parser.add_argument("--cache-dir", help="the photo cache's folder (default: as train.py's --cache-dir)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) to stdout")
     parser.add_argument("--reliability", metavar="PNG",
                         help="also write the reliability diagram (accuracy against confidence) to this file")
@@ -234,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.redirect_stdout(sys.stderr):  # libraries' notes and warnings must not mix into the report
             report = evaluate(args.model, args.data, args.split, args.revision, args.val_fraction, args.seed,
-                              args.mistakes, args.workers, reliability_png=args.reliability)
+                              args.mistakes, args.workers, reliability_png=args.reliability, cache=args.cache,
+                              cache_dir=args.cache_dir)
     except (DataError, HubError, IncompatibleModel) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

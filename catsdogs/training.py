@@ -201,8 +201,9 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
     model = CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout)
     split = choose_split(config.data, config.val_fraction, config.seed, config.val_data)
     log(f"training photos: {split.train.counts()}; validation photos: {split.val.counts()} ({split.source})")
-    train_photos = load_photos(split.train, model.image_size, device, config.workers, "training", ranks.is_main)
-    val_photos = load_photos(split.val, model.image_size, device, config.workers, "validation", ranks.is_main)
+    train_photos, val_photos = (load_photos(photos, model.image_size, device, config.workers, name, ranks.is_main,
+                                            config.cache, config.cache_dir)
+                                for photos, name in ((split.train, "training"), (split.val, "validation")))
     loader = TrainingBatches(train_photos, config.batch_size, ranks, config.seed, config.augment, model.mean,
                              model.std)
     log(f"training on {describe_device(device, precision)}" + (

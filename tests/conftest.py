@@ -23,6 +23,8 @@ PORT = _free_port()
 HUB_URL = f"http://127.0.0.1:{PORT}"
 HF_HOME = tempfile.mkdtemp(prefix="test-hf-home-")  # no real token file, no real cache
 atexit.register(shutil.rmtree, HF_HOME, ignore_errors=True)
+CACHE_DIR = tempfile.mkdtemp(prefix="test-photo-cache-")  # the decoded-photo cache: never the real ~/.cache
+atexit.register(shutil.rmtree, CACHE_DIR, ignore_errors=True)
 
 for _var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE",
              "HF_XET_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HUGGINGFACE_CO_STAGING",
@@ -35,6 +37,7 @@ os.environ.update(
     HF_HUB_DISABLE_TELEMETRY="1",
     HF_HUB_DISABLE_PROGRESS_BARS="1",
     HF_HUB_DISABLE_UPDATE_CHECK="1",
+    CATSDOGS_CACHE_DIR=CACHE_DIR,  # subprocesses (train.py, torchrun) inherit it
 )
 for _var in ("NO_PROXY", "no_proxy"):
     _hosts = [h for h in os.environ.get(_var, "").split(",") if h]

@@ -67,14 +67,16 @@ def test_every_flag_reaches_the_training_config(tmp_path):
                 "batch_size": 20, "lr": 0.001, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
                 "label_smoothing": 0.0, "dropout": 0.2, "augment": False, "device": "cpu",
                 "output": str(tmp_path / "out"), "checkpoint": str(tmp_path / "ck" / "last.safetensors"),
-                "resume": False, "overwrite": True, "workers": 1}
+                "resume": False, "overwrite": True, "workers": 1,
+                "cache": False, "cache_dir": str(tmp_path / "cache")}
     defaults = asdict(TrainConfig(data=""))
     assert set(expected) == set(defaults)  # every field of the config is set here...
     assert [k for k in expected if k != "data" and expected[k] == defaults[k]] == ["resume"]  # ...away from its default
     args = ["--data", str(data), "--val-data", str(val), "--val-fraction", "0.25", "--seed", "3", "--epochs", "30",
             "--batch-size", "20", "--lr", "0.001", "--optimizer", "adam", "--schedule", "constant",
             "--weight-decay", "0", "--label-smoothing", "0", "--dropout", "0.2", "--no-augment", "--device", "cpu",
-            "--output", expected["output"], "--checkpoint", expected["checkpoint"], "--overwrite", "--workers", "1"]
+            "--output", expected["output"], "--checkpoint", expected["checkpoint"], "--overwrite", "--workers", "1",
+            "--no-cache", "--cache-dir", expected["cache_dir"]]
     metrics = Path(expected["output"]) / "metrics.json"
     process = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
