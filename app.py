@@ -145,8 +145,8 @@ def how_it_works(classifier: Classifier | None) -> str:
     if classifier is not None and classifier.val_calibration_error is not None:
         honesty = (f"They are **calibrated**: on photos the model never trained on, answers shown at 90% were right "
                    f"about 90 times in 100, and on average a shown percentage was "
-                   f"{classifier.val_calibration_error:.1%} points from how often answers that sure were right "
-                   "(expected calibration error).")
+                   f"{classifier.val_calibration_error * 100:.1f} percentage points from how often answers that sure "
+                   "were right (expected calibration error).")
     else:
         honesty = "These weights carry no calibration: the percentages are the network's plain softmax."
     return ("The network sees the whole photo squashed to 224×224 pixels and gives each class a probability. "
