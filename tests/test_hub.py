@@ -175,3 +175,13 @@ def test_weights_that_load_but_give_nan_are_a_hub_error(tmp_path):
     model.save_pretrained(tmp_path)
     with pytest.raises(HubError, match="NaN"):
         Classifier(tmp_path)
+
+
+def test_loading_weights_prints_nothing(tmp_path, capfd):
+    """The app's and evaluate's output stays theirs: the Hub mixin's "Loading weights from local directory" is not."""
+    from catsdogs.hub import load_model
+
+    CatsDogsCNN().save_pretrained(tmp_path)
+    capfd.readouterr()
+    load_model(tmp_path)
+    assert capfd.readouterr() == ("", "")

@@ -17,7 +17,7 @@ from conftest import OUTPUT_FILES, ROOT, assert_same_training
 from imagegen import write_kaggle_folder
 from PIL import Image
 
-from catsdogs import CatsDogsCNN
+from catsdogs import CatsDogsCNN, plots
 from catsdogs.allocator import find_jemalloc
 from catsdogs.checkpoint import load_checkpoint
 from catsdogs.config import TrainConfig
@@ -209,3 +209,11 @@ def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, e
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"cannot create {tmp_path / 'a-file' / 'run'}/: {tmp_path / 'a-file'} is a file" in result.stderr
     assert "epoch" not in result.stdout
+
+
+def test_curves_of_a_short_run_have_whole_epochs_and_percentages():
+    history = [{"epoch": 1, "train_loss": 0.6, "val_loss": 0.5, "train_accuracy": 0.62, "val_accuracy": 0.71}]
+    loss, accuracy = plots.training_curves(history).axes
+    assert list(accuracy.get_xticks()) == [1] and list(loss.get_xticks()) == [1]
+    assert accuracy.get_title() == "Accuracy (%)"
+    assert sorted(line.get_ydata()[0] for line in accuracy.get_lines()) == pytest.approx([62, 71])
