@@ -87,7 +87,11 @@ def reliability(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = B
 
 def calibrate(logits: torch.Tensor, labels: torch.Tensor) -> Calibration:
     """Fit the temperature on these logits and measure the calibration before and after."""
-    temperature = fit_temperature(logits, labels)
+    return measure(logits, labels, fit_temperature(logits, labels))
+
+
+def measure(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> Calibration:
+    """How honest softmax(logits / temperature) is for `labels`, against the plain softmax."""
     logits = logits.detach().float().cpu()
     labels = labels.cpu()
     before, after = logits.softmax(dim=1), (logits / temperature).softmax(dim=1)

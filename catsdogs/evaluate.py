@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from catsdogs import plots
-from catsdogs.calibrate import BINS, expected_calibration_error, reliability
+from catsdogs.calibrate import BINS, measure
 
 from catsdogs.cache import decoded_photos
 from catsdogs.data import CLASS_NAMES, DataError, Photos, choose_split, find_photos
@@ -136,9 +135,10 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
     classes = len(CLASS_NAMES)
     confusion = torch.bincount(labels * classes + predicted, minlength=classes * classes).view(classes, classes)
     correct = confusion.trace().item()
+    calibration = measure(scores.logits, labels, scores.network.temperature)  # the weights' own temperature
     if reliability_png:
-        plots.reliability_diagram(reliability(scores.logits.softmax(dim=1), labels), reliability(probabilities, labels),
-                                  f"{scores.split['description']} (T = {scores.network.temperature:.3f})"
+        plots.reliability_diagram(calibration.bins_before, calibration.bins_after,
+                                  f"{scores.split['description']} (T = {calibration.temperature:.3f})"
                                   ).savefig(reliability_png, dpi=110, bbox_inches="tight")
     labels, predicted, confidence = labels.tolist(), predicted.tolist(), confidence.tolist()
     wrong = [i for i, (y, p) in enumerate(zip(labels, predicted, strict=True)) if y != p]
@@ -148,22 +148,14 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
         "split": scores.split, "device": str(scores.device), "n": len(labels), "correct": correct,
         "accuracy": correct / len(labels), "trained_val_accuracy": scores.metrics.get("best_val_accuracy"),
         "class_names": list(CLASS_NAMES), "per_class": _per_class(confusion), "confusion_matrix": confusion.tolist(),
-        "calibration": _calibration(scores), "mistakes": [
+        "calibration": {"temperature": calibration.temperature, "bins": BINS, "ece": calibration.ece_after,
+                        "nll": calibration.nll_after, "ece_without_temperature": calibration.ece_before,
+                        "nll_without_temperature": calibration.nll_before}, "mistakes": [
             {"path": str(scores.paths[i]), "true": CLASS_NAMES[labels[i]], "predicted": CLASS_NAMES[predicted[i]],
              "probability": confidence[i]} for i in worst],
         "skipped": [{"path": str(path), "reason": reason} for path, reason in scores.skipped],
         "warnings": scores.warnings,
     }
-
-
-def _calibration(scores: Scores) -> dict:
-    """How honest the percentages are on these photos, with the weights' temperature and without one."""
-    temperature, logits, labels = scores.network.temperature, scores.logits, scores.labels
-    return {"temperature": temperature, "bins": BINS,
-            "ece": expected_calibration_error(scores.network.probabilities(logits), labels),
-            "nll": F.cross_entropy(logits / temperature, labels).item(),
-            "ece_without_temperature": expected_calibration_error(logits.softmax(dim=1), labels),
-            "nll_without_temperature": F.cross_entropy(logits, labels).item()}
 
 
 def _per_class(confusion: torch.Tensor) -> dict[str, dict]:

@@ -18,8 +18,8 @@ from torch.utils.data import DistributedSampler
 
 from catsdogs.cache import decoded_photos
 from catsdogs.data import DataError, Photos
-from catsdogs.preprocess import normalize
 from catsdogs.device import Ranks
+from catsdogs.preprocess import normalize
 
 
 @dataclass

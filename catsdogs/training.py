@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 from catsdogs import plots
 from catsdogs.allocator import describe_allocator
+from catsdogs.calibrate import MIN_PHOTOS, Calibration, calibrate
 from catsdogs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from catsdogs.config import TrainConfig
 from catsdogs.data import CLASS_NAMES, DataError, Split, choose_split
 from catsdogs.device import Precision, Ranks, describe_device, pick_device
-from catsdogs.calibrate import MIN_PHOTOS, Calibration, calibrate
 from catsdogs.hub import card_details, human_duration, save_outputs
 from catsdogs.inference import predict_logits
 from catsdogs.loader import DecodedPhotos, TrainingBatches, load_photos
@@ -223,7 +223,6 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
                                 train_photos, val_photos, run)
     if run.epoch >= config.epochs:
         log(f"the checkpoint already holds all {config.epochs} epochs; nothing to train")
-        return TrainResult(model, describe())
 
     seconds_before, started, epoch, saved = run.seconds, time.perf_counter(), run.epoch + 1, run.epoch
     first_of_launch = epoch  # its first steps give the estimate of the run's time
@@ -243,20 +242,14 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
                 save_checkpoint(run.state_dict(), config.checkpoint)  # first: what a resume needs
                 saved = epoch
                 _write_outputs(config, run, describe())
+        if ranks.is_main:  # inside the try: a Ctrl-C here says what is saved, and --resume calibrates again
+            _calibrate_outputs(config, run, val_photos, log, describe)
     except KeyboardInterrupt:
         # Under torchrun a SIGTERM usually means the launcher is stopping the run because a peer failed.
         reason = "interrupted" if ranks.world == 1 else "the run was stopped (a process failed, or it was killed)"
         raise TrainingInterrupted(epoch, saved, reason) from None
     except dist.DistError as error:  # another process of the run died: its peers cannot go on
         raise TrainingInterrupted(epoch, saved, f"another process of the run failed ({error})") from None
-    if ranks.is_main and len(val_photos) < MIN_PHOTOS:
-        log(f"calibration: skipped, {len(val_photos)} validation photos are too few to fit a temperature "
-            f"(at least {MIN_PHOTOS}); the probabilities are the plain softmax")
-    elif ranks.is_main:  # the best epoch is chosen: make its probabilities honest (README, "Calibration")
-        run.calibration = _calibrate_best(run, val_photos)
-        log(f"calibration: temperature {run.calibration.temperature:.3f} brings the expected calibration error on "
-            f"the validation photos from {run.calibration.ece_before:.2%} to {run.calibration.ece_after:.2%}")
-        _write_outputs(config, run, describe())
     return TrainResult(model, describe())
 
 
@@ -374,6 +367,18 @@ def _write_outputs(config: TrainConfig, run: RunState, summary: dict) -> None:
             run.calibration.bins_before, run.calibration.bins_after,
             f"{run.calibration.photos} validation photos, epoch {best.epoch} (T = {run.calibration.temperature:.3f})")
     save_outputs(model, config.output, card_details(summary), summary, figures)
+
+
+def _calibrate_outputs(config: TrainConfig, run: RunState, val_photos: DecodedPhotos, log, describe) -> None:
+    """The best epoch is chosen: make its probabilities honest (README, "Calibration") and write them out."""
+    if len(val_photos) < MIN_PHOTOS:
+        log(f"calibration: skipped, {len(val_photos)} validation photos are too few to fit a temperature "
+            f"(at least {MIN_PHOTOS}); the probabilities are the plain softmax")
+        return
+    run.calibration = _calibrate_best(run, val_photos)
+    log(f"calibration: temperature {run.calibration.temperature:.3f} brings the expected calibration error on "
+        f"the validation photos from {run.calibration.ece_before:.2%} to {run.calibration.ece_after:.2%}")
+    _write_outputs(config, run, describe())
 
 
 def _calibrate_best(run: RunState, photos: DecodedPhotos) -> Calibration:

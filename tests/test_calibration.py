@@ -39,9 +39,16 @@ def test_the_fitted_temperature_makes_probabilities_honest():
     assert result.nll_after < result.nll_before and result.photos == 20_000
 
 
-def test_a_temperature_of_one_changes_nothing():
+def test_weights_without_a_temperature_give_the_plain_softmax(tmp_path):
+    """Weights saved before calibration existed (no `temperature` in config.json) behave exactly as they did."""
+    CatsDogsCNN().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["temperature"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = load_model(tmp_path)
     logits, _ = sampled(1.0, n=100)
-    torch.testing.assert_close((logits / 1.0).softmax(dim=1), logits.softmax(dim=1), rtol=0, atol=0)
+    assert model.temperature == 1.0
+    torch.testing.assert_close(model.probabilities(logits), logits.softmax(dim=1), rtol=0, atol=0)
 
 
 def test_ece_and_bins_by_hand():
