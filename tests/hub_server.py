@@ -1,4 +1,4 @@
-"""A tiny Hugging Face Hub look-alike for tests (stdlib only, model repos only).
+"""A tiny Hugging Face Hub look-alike for tests (stdlib only, model and dataset repos).
 
 Speaks just enough of the Hub's HTTP API for the real `huggingface_hub` client
 (2.4.0) to create repos, push commits and download files without internet:
@@ -9,14 +9,17 @@ Speaks just enough of the Hub's HTTP API for the real `huggingface_hub` client
 Prints ``READY http://127.0.0.1:PORT`` once listening. Routes served:
 
     GET  /api/whoami-v2
-    POST /api/repos/create                          {name, organization?, private?|visibility?}
+    POST /api/repos/create                          {name, organization?, type?, private?|visibility?}
     POST /api/validate-yaml                         always valid
-    POST /api/models/{ns}/{name}/preupload/{rev}    uploadMode "regular", oid of the remote file
-    POST /api/models/{ns}/{name}/commit/{rev}       NDJSON: header, file (base64), deletedFile/Folder
-    GET  /api/models/{ns}/{name}[/revision/{rev}]   model_info: id, sha, private, siblings
-    GET  /api/models/{ns}/{name}/tree/{rev}[/{path}][?recursive=true]
-    HEAD/GET /{ns}/{name}/resolve/{rev}/{path}      X-Repo-Commit, ETag, Content-Length
+    POST /api/KIND/{ns}/{name}/preupload/{rev}      uploadMode "regular", oid of the remote file
+    POST /api/KIND/{ns}/{name}/commit/{rev}         NDJSON: header, file (base64), deletedFile/Folder
+    GET  /api/KIND/{ns}/{name}[/revision/{rev}]     model_info/dataset_info: id, sha, private, siblings
+    GET  /api/KIND/{ns}/{name}/tree/{rev}[/{path}][?recursive=true]
+    HEAD/GET /{ns}/{name}/resolve/{rev}/{path}      X-Repo-Commit, ETag, Content-Length (a model's file)
+    HEAD/GET /datasets/{ns}/{name}/resolve/{rev}/{path}   (a dataset's file)
     POST /_admin/die-on-next-commit                 no auth; the next commit request kills the server
+
+KIND is `models` or `datasets`, as on the real Hub.
 
 Like the real Hub: a request with an unknown token gets 401 "Invalid credentials in
 Authorization header", even on a public repo; a missing repo, or a private one asked
@@ -24,8 +27,8 @@ for without a token, gets X-Error-Code RepoNotFound (401 without a token, 404 wi
 one); read tokens get 403 on writes; `rev` is a branch ("main") or a commit id; a new
 repo starts with one commit holding `.gitattributes`.
 
-On disk, under --root: models/<ns>/<name>/ = current files on main (for tests to look
-at); .hub/models/<ns>/<name>.json = branches and commits; .hub/blobs/<git sha1> = data.
+On disk, under --root: KIND/<ns>/<name>/ = current files on main (for tests to look
+at); .hub/KIND/<ns>/<name>.json = branches and commits; .hub/blobs/<git sha1> = data.
 """
 
 import argparse
@@ -43,6 +46,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
+KINDS = {"model": "models", "dataset": "datasets"}  # repo type -> its URL and folder prefix
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 LOCK = threading.Lock()  # one lock around every request's use of the repo state
 DIE_ON_NEXT_COMMIT = threading.Event()
@@ -65,15 +69,15 @@ class Store:
         self.root, self.blobs = root, root / ".hub" / "blobs"
         self.blobs.mkdir(parents=True, exist_ok=True)
 
-    def load(self, repo_id):
-        path = self.root / ".hub" / "models" / f"{repo_id}.json"
+    def load(self, kind, repo_id):
+        path = self.root / ".hub" / kind / f"{repo_id}.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def create(self, repo_id, private):
+    def create(self, kind, repo_id, private):
         state = {"private": private, "branches": {}, "commits": {}}
-        self.commit(repo_id, state, "main", "initial commit", {".gitattributes": GITATTRIBUTES}, [])
+        self.commit(kind, repo_id, state, "main", "initial commit", {".gitattributes": GITATTRIBUTES}, [])
 
-    def commit(self, repo_id, state, branch, title, added, deleted):
+    def commit(self, kind, repo_id, state, branch, title, added, deleted):
         parent = state["branches"].get(branch)
         files = dict(state["commits"][parent]["files"]) if parent else {}
         for gone in deleted:  # a file, or a folder (ends with "/")
@@ -85,12 +89,12 @@ class Store:
         state["commits"][oid] = {"parent": parent, "title": title, "files": files,
                                  "date": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())}
         state["branches"][branch] = oid
-        path = self.root / ".hub" / "models" / f"{repo_id}.json"
+        path = self.root / ".hub" / kind / f"{repo_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".tmp").write_text(json.dumps(state))
         os.replace(path.with_suffix(".tmp"), path)  # the commit is durable from here on
         if branch == "main":  # mirror the current files, for tests to look at
-            mirror = self.root / "models" / repo_id
+            mirror = self.root / kind / repo_id
             shutil.rmtree(mirror, ignore_errors=True)
             for p, blob in files.items():
                 (mirror / p).parent.mkdir(parents=True, exist_ok=True)
@@ -146,18 +150,23 @@ class Handler(BaseHTTPRequestHandler):
             return self.create_repo()
         if method == "POST" and segs == ["api", "validate-yaml"]:
             return 200, {"errors": [], "warnings": []}, {}
-        if len(segs) >= 4 and segs[:2] == ["api", "models"]:
+        if len(segs) >= 4 and segs[0] == "api" and segs[1] in KINDS.values():
+            self.kind = segs[1]
             repo_id, state = self.repo(segs[2], segs[3])
             action, rest = (segs[4] if len(segs) > 4 else None), segs[5:]
             if method == "GET" and (action is None or (action == "revision" and len(rest) == 1)):
-                return self.model_info(repo_id, state, rest[0] if rest else "main")
+                return self.repo_info(repo_id, state, rest[0] if rest else "main")
             if method == "GET" and action == "tree" and rest:
                 return self.tree(state, rest[0], "/".join(rest[1:]))
             if method == "POST" and action == "preupload" and len(rest) == 1:
                 return self.preupload(state, rest[0])
             if method == "POST" and action == "commit" and len(rest) == 1:
                 return self.commit(repo_id, state, rest[0])
+        if method in ("GET", "HEAD") and len(segs) >= 6 and segs[0] == "datasets" and segs[3] == "resolve":
+            self.kind = "datasets"
+            return self.download(self.repo(segs[1], segs[2])[1], segs[4], "/".join(segs[5:]))
         if method in ("GET", "HEAD") and len(segs) >= 5 and segs[2] == "resolve":
+            self.kind = "models"
             return self.download(self.repo(segs[0], segs[1])[1], segs[3], "/".join(segs[4:]))
         raise HubError(404, f"Not served by the test hub: {method} {self.path}")
 
@@ -171,7 +180,7 @@ class Handler(BaseHTTPRequestHandler):
     def repo(self, ns, name):
         """(repo_id, state); RepoNotFound if it is missing, or private and no token was sent."""
         repo_id = f"{ns}/{name}"
-        state = self.server.store.load(repo_id) if REPO_ID.fullmatch(repo_id) else None
+        state = self.server.store.load(self.kind, repo_id) if REPO_ID.fullmatch(repo_id) else None
         if state is None or (state["private"] and self.role is None):
             raise HubError(404 if self.role else 401, "Repository not found", "RepoNotFound")
         return repo_id, state
@@ -199,21 +208,24 @@ class Handler(BaseHTTPRequestHandler):
     def create_repo(self):
         payload = json.loads(self.body or b"{}")
         repo_id = f"{payload.get('organization') or self.server.cfg.user}/{payload.get('name')}"
-        self.need_write(f"create a model under the namespace {repo_id.split('/')[0]}")
-        if not REPO_ID.fullmatch(repo_id) or payload.get("type", "model") != "model":
-            raise HubError(400, f"The test hub only makes model repos with plain names, not {repo_id}")
-        url = f"http://{self.headers.get('Host')}/{repo_id}"
-        if self.server.store.load(repo_id) is not None:
-            return 409, {"error": "You already created this model repo", "url": url}, {}
+        repo_type = payload.get("type", "model")
+        self.need_write(f"create a {repo_type} under the namespace {repo_id.split('/')[0]}")
+        if not REPO_ID.fullmatch(repo_id) or repo_type not in KINDS:
+            raise HubError(400, f"The test hub only makes model and dataset repos with plain names, not {repo_id}")
+        kind = KINDS[repo_type]
+        url = f"http://{self.headers.get('Host')}/{'' if kind == 'models' else 'datasets/'}{repo_id}"
+        if self.server.store.load(kind, repo_id) is not None:
+            return 409, {"error": f"You already created this {repo_type} repo", "url": url}, {}
         private = bool(payload.get("private")) or payload.get("visibility") == "private"
-        self.server.store.create(repo_id, private)
+        self.server.store.create(kind, repo_id, private)
         return 200, {"url": url, "name": repo_id, "id": repo_id}, {}
 
-    def model_info(self, repo_id, state, rev):
+    def repo_info(self, repo_id, state, rev):
         oid = self.resolve(state, rev)
         commit = state["commits"][oid]
         siblings = [{"rfilename": p, "blobId": b, "size": self.size(b)} for p, b in sorted(commit["files"].items())]
-        return 200, {"id": repo_id, "modelId": repo_id, "author": repo_id.split("/")[0], "sha": oid,
+        model_id = {"modelId": repo_id} if self.kind == "models" else {}
+        return 200, {"id": repo_id, **model_id, "author": repo_id.split("/")[0], "sha": oid,
                      "private": state["private"], "disabled": False, "gated": False, "tags": [],
                      "lastModified": commit["date"], "siblings": siblings}, {}
 
@@ -260,8 +272,9 @@ class Handler(BaseHTTPRequestHandler):
                 deleted.append(value["path"] + ("/" if key == "deletedFolder" else ""))
             elif key != "header":
                 raise HubError(400, f"The test hub does not support '{key}' operations")
-        oid = self.server.store.commit(repo_id, state, rev, header.get("summary") or "Upload", added, deleted)
-        url = f"http://{self.headers.get('Host')}/{repo_id}/commit/{oid}"
+        oid = self.server.store.commit(self.kind, repo_id, state, rev, header.get("summary") or "Upload", added,
+                                       deleted)
+        url = f"http://{self.headers.get('Host')}/{'' if self.kind == 'models' else 'datasets/'}{repo_id}/commit/{oid}"
         return 200, {"success": True, "commitOid": oid, "commitUrl": url, "hookOutput": "",
                      "pullRequestUrl": None}, {}
 
