@@ -8,8 +8,9 @@ run, maps read-only.
 One photo list (training or validation photos, in order) at one input size is one file, `KEY.npy`: the photos
 that could be read as a raw uint8 (N, 3, S, S) array in NumPy's .npy format, and beside it `KEY.json` with their
 labels, the files that were skipped and why, and where the photos were. KEY is a hash of everything that decides
-the content: each photo's absolute path, label, size and modification time, the input size, DECODER_VERSION and
-Pillow's version, so an edited, added or removed photo makes a new file and a stale one is never read.
+the content: each photo's absolute path, label, size and modification time (for a Hub dataset's parquet cell: the
+dataset id, commit sha, split, file and row, which never change), the input size, DECODER_VERSION and Pillow's
+version, so an edited, added or removed photo makes a new file and a stale one is never read.
 
 A write goes to temporary names in the cache folder, then `os.replace`s the JSON and then the array into place:
 a run killed while writing leaves only temporaries, which are never read (the next writer removes them). An
@@ -34,7 +35,7 @@ import PIL
 import torch
 from numpy.lib import format as npy_format
 
-from catsdogs.data import Photos, decode_into, decode_photos
+from catsdogs.data import ParquetPhoto, Photos, decode_into, decode_photos
 
 DECODER_VERSION = 1  # bump whenever preprocess.load_photo could give other pixels for the same file
 ENV_DIR = "CATSDOGS_CACHE_DIR"
@@ -52,6 +53,9 @@ def cache_key(photos: Photos, size: int) -> str:
     """A hash of what decides the decoded photos: each file's path, label, size and mtime; the size; the decoder."""
     digest = hashlib.sha256(f"catsdogs-photos v{DECODER_VERSION} pillow {PIL.__version__} size {size}\n".encode())
     for path, label in zip(photos.paths, photos.labels, strict=True):
+        if isinstance(path, ParquetPhoto):  # a commit's files never change: its identity says it all
+            digest.update(f"{path.identity}\t{label}\n".encode())
+            continue
         path = Path(path).absolute()
         try:
             stat = path.stat()
@@ -203,7 +207,9 @@ def _allocate(path: Path, n: int, size: int) -> np.memmap:
 def _where(photos: Photos) -> str:
     """The folder the photos share, as the listing shows it."""
     try:
-        return os.path.commonpath([str(Path(p).absolute().parent) for p in photos.paths]) if photos.paths else ""
+        folders = [str(p.file.parent if isinstance(p, ParquetPhoto) else Path(p).absolute().parent)
+                   for p in photos.paths]
+        return os.path.commonpath(folders) if folders else ""
     except ValueError:  # paths on different drives
         return ""
 

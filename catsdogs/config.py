@@ -22,7 +22,11 @@ GROUPS = ("data", "recipe", "run")  # the headings of --help, in this order
 @dataclass
 class TrainConfig:
     data: str = setting(MISSING, "folder of photos (Kaggle's cat.<id>.jpg files, or cat/ and dog/ sub-folders, "
-                        "optionally under train/), or a CSV of (image path, label)", "data")
+                        "optionally under train/), a CSV of (image path, label), or a Hugging Face Hub dataset "
+                        "hf://datasets/OWNER/NAME (e.g. hf://datasets/microsoft/cats_vs_dogs)", "data")
+    data_revision: str | None = setting(None, "branch, tag or commit of a Hub --data (default: its main branch)",
+                                        "data")
+    data_split: str = setting("train", "which split of a Hub --data to train and validate on", "data")
     val_data: str | None = setting(None, "a separate labelled folder or CSV to validate on (default: split --data)",
                                    "data")
     val_fraction: float = setting(0.1, "share of --data held out for validation", "data", recipe=True)

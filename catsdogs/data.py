@@ -11,21 +11,30 @@ Layouts `find_photos` understands (`PATH` is what the user passes as `--data`):
   UTF-8, with or without Excel's byte-order mark. Rows with a bad label or a
   missing image are skipped and listed by line on stderr; a file that is not
   UTF-8 or not well-formed CSV (an unclosed quote) is refused with the line.
+- a dataset on the Hugging Face Hub, `hf://datasets/OWNER/NAME` (see `catsdogs.hub_data`):
+  `data_source` fetches its split through the Hub's cache, and its photos are
+  parquet cells (`ParquetPhoto`) or the files of an image folder.
 """
 
 import csv
+import functools
 import hashlib
 import io
 import re
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
-from catsdogs.preprocess import BAD_IMAGE_ERRORS, load_photo
+from catsdogs.preprocess import BAD_IMAGE_ERRORS, PhotoSource, load_photo
+
+if TYPE_CHECKING:
+    from catsdogs.hub_data import HubSnapshot
 
 CLASS_NAMES = ("cat", "dog")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -34,8 +43,9 @@ _CSV_LABELS = {**_CLASS_WORDS, "0": 0, "1": 1}  # the seed project's cat_dog.csv
 _FILE_NAME_LABEL = re.compile(r"^(cats?|dogs?)[._\- ]", re.IGNORECASE)  # cat.123.jpg, Dog_7.png
 _TRAIN_FOLDERS = {"train", "training", "training_set", "train_set"}
 _VAL_FOLDERS = {"val", "valid", "validation", "test", "testing", "test_set", "val_set"}
-_CSV_PATH_COLUMNS = ("image", "images", "path", "image_path", "filepath", "file", "filename", "img")
-_CSV_LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "y")
+IMAGE_COLUMNS = ("image", "images", "path", "image_path", "filepath", "file", "filename", "img")  # CSV and parquet
+LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "y")
+HUB_PREFIX = "hf://datasets/"  # how --data names a Hugging Face Hub dataset: hf://datasets/OWNER/NAME
 _LISTED_ROWS = 20  # skipped CSV rows listed one by one; beyond that, only counted
 
 
@@ -43,17 +53,69 @@ class DataError(ValueError):
     """The data cannot be used as given; the message says what was found and what is expected."""
 
 
+@dataclass(frozen=True)
+class ParquetPhoto:
+    """A photo held in a cell of a parquet file (a Hub dataset's image column) rather than in a file of its own."""
+
+    file: Path  # the parquet file, in the Hub's cache
+    column: str
+    group: int  # the row group, and the row within it: a photo is read with the rest of its row group
+    index: int
+    name: str  # e.g. "data/train-00000-of-00002.parquet row 17": for messages, and the split's order
+    identity: str  # dataset id, commit, split, file and row: what the decoded-photo cache keys on
+
+    def __str__(self) -> str:
+        return self.name
+
+    def open(self) -> io.BytesIO:
+        """The photo's encoded bytes (JPEG, PNG...); OSError when the cell holds none."""
+        with _ROW_GROUP_LOCK:  # the threads decoding neighbouring photos share one read of their row group
+            cell = _row_group_cells(self.file, self.column, self.group)[self.index]
+        encoded = cell.get("bytes") if isinstance(cell, dict) else cell  # datasets' Image feature, or raw bytes
+        if not encoded:
+            raise OSError(f"no image bytes in column '{self.column}' (only a path, {cell.get('path')!r})"
+                          if isinstance(cell, dict) and cell.get("path") else f"no image in column '{self.column}'")
+        return io.BytesIO(encoded)
+
+
+_ROW_GROUP_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _row_group_cells(file: Path, column: str, group: int) -> list:
+    import pyarrow.parquet as pq  # imported here: only Hub datasets need pyarrow (0.5 s to import)
+
+    return pq.ParquetFile(file).read_row_group(group, columns=[column]).column(0).to_pylist()
+
+
+def _opened(photo: Path | ParquetPhoto) -> PhotoSource:
+    return photo.open() if isinstance(photo, ParquetPhoto) else photo
+
+
+def pick_columns(names: list[str]) -> tuple[int | None, int | None]:
+    """Which of the column `names` hold the image and the label: the first of IMAGE_COLUMNS and of LABEL_COLUMNS
+    present (any case), for a CSV's header and a parquet file's columns alike."""
+    columns = {name.strip().lower(): i for i, name in enumerate(names) if name}
+    return (next((columns[c] for c in IMAGE_COLUMNS if c in columns), None),
+            next((columns[c] for c in LABEL_COLUMNS if c in columns), None))
+
+
+def class_of(word: str) -> int | None:
+    """The CLASS_NAMES index a class name means (cat, cats, Dog...), or None."""
+    return _CLASS_WORDS.get(word.strip().lower())
+
+
 @dataclass
 class Photos:
-    """Labelled photo files: `labels[i]` indexes CLASS_NAMES."""
+    """Labelled photos (files, or cells of a Hub dataset's parquet files): `labels[i]` indexes CLASS_NAMES."""
 
-    paths: list[Path] = field(default_factory=list)
+    paths: list[Path | ParquetPhoto] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def add(self, path: Path, label: int) -> None:
+    def add(self, path: Path | ParquetPhoto, label: int) -> None:
         self.paths.append(path)
         self.labels.append(label)
 
@@ -69,8 +131,25 @@ class Photos:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def find_photos(path: str | Path) -> tuple[Photos, Photos | None]:
-    """Labelled photos under `path`, and the layout's own validation photos if it has them."""
+def data_source(data: str | Path, revision: str | None = None, split: str = "train") -> "Path | HubSnapshot":
+    """What `--data` names: a local folder or CSV as it is, or a Hub dataset's split fetched through the Hub's cache.
+    The one place that tells the two apart; `revision` and `split` only apply to Hub datasets."""
+    if not str(data).startswith("hf://"):  # hides only a local folder named "hf:"; hf://models/... is refused below
+        if revision is not None or split != "train":
+            raise DataError(f"--data-revision and --data-split only apply to Hub datasets ({HUB_PREFIX}OWNER/NAME), "
+                            f"and {data} is a local path")
+        return Path(data).expanduser()
+    from catsdogs.hub_data import fetch, parse  # here: hub_data builds on this module
+
+    return fetch(parse(str(data), revision, split))
+
+
+def find_photos(path: "str | Path | HubSnapshot") -> tuple[Photos, Photos | None]:
+    """Labelled photos under `path` (or in a fetched Hub dataset), and the layout's own validation photos if any."""
+    if not isinstance(path, str | Path):
+        from catsdogs.hub_data import photos_in_snapshot
+
+        return photos_in_snapshot(path), None
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path} does not exist")
@@ -96,20 +175,27 @@ class Split:
     val: Photos
     source: str
     generated: bool  # True: a seeded share of --data (split_photos); False: a folder of its own
+    hub_dataset: "HubSnapshot | None" = None  # where --data is a Hub dataset: which one, at which commit
 
 
-def choose_split(data: str | Path, val_fraction: float, seed: int, val_data: str | Path | None = None) -> Split:
+def choose_split(data: "str | Path | HubSnapshot", val_fraction: float, seed: int,
+                 val_data: str | Path | None = None) -> Split:
     """The one decision of which photos are validation: training and evaluation both call this.
 
     In order: `val_data` when given; else the labelled val/ or test/ folder beside train/ in `data`;
     else a deterministic stratified `val_fraction` of `data`, drawn with `seed`.
     """
     photos, layout_val = find_photos(data)
+    hub_dataset = None if isinstance(data, str | Path) else data
+    if val_data is not None and str(val_data).startswith("hf://"):
+        raise DataError("--val-data takes a local folder or CSV; a Hub --data is validated on a held-out share "
+                        "of its --data-split")
     if val_data is not None:
         val, val_extra = find_photos(val_data)
         if val_extra is not None:
             val = Photos(val.paths + val_extra.paths, val.labels + val_extra.labels)
-        shared = {p.resolve() for p in photos.paths} & {p.resolve() for p in val.paths}
+        resolved = lambda paths: {p.resolve() if isinstance(p, Path) else p for p in paths}  # noqa: E731
+        shared = resolved(photos.paths) & resolved(val.paths)
         if shared:
             print(f"warning: {len(shared)} of the --val-data photos are also training photos; "
                   "the validation accuracy will be optimistic")
@@ -118,8 +204,10 @@ def choose_split(data: str | Path, val_fraction: float, seed: int, val_data: str
         return Split(photos, layout_val, "the labelled test/validation folder beside train/ in the data folder",
                      generated=False)
     train, val = split_photos(photos, val_fraction, seed)
-    return Split(train, val, f"a deterministic stratified {val_fraction:.0%} of the photos (seed {seed})",
-                 generated=True)
+    of = f"split '{hub_dataset.dataset.split}' of {HUB_PREFIX}{hub_dataset.dataset.repo_id}" if hub_dataset else \
+        "the photos"
+    return Split(train, val, f"a deterministic stratified {val_fraction:.0%} of {of} (seed {seed})",
+                 generated=True, hub_dataset=hub_dataset)
 
 
 def split_photos(photos: Photos, val_fraction: float, seed: int) -> tuple[Photos, Photos]:
@@ -165,7 +253,7 @@ def decode_into(photos: Photos, images: torch.Tensor, workers: int = 8, desc: st
 
     def decode(i: int) -> None:
         try:
-            images[i] = load_photo(photos.paths[i], size)
+            images[i] = load_photo(_opened(photos.paths[i]), size)
             ok[i] = True
         except BAD_IMAGE_ERRORS as error:
             skipped.append((photos.paths[i], f"{type(error).__name__}: {error}"))
@@ -176,20 +264,16 @@ def decode_into(photos: Photos, images: torch.Tensor, workers: int = 8, desc: st
     return ok, sorted(skipped)
 
 
-def _label_of(word: str) -> int | None:
-    return _CLASS_WORDS.get(word.strip().lower())
-
-
 def _photos_in_folder(folder: Path) -> Photos:
     """Kaggle-named files directly in `folder`, plus everything inside its class sub-folders."""
     photos = Photos()
     for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and (label := _label_of(entry.name)) is not None:
+        if entry.is_dir() and (label := class_of(entry.name)) is not None:
             for file in sorted(entry.rglob("*")):
                 if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file():
                     photos.add(file, label)
         elif entry.suffix.lower() in IMAGE_SUFFIXES and (match := _FILE_NAME_LABEL.match(entry.name)):
-            photos.add(entry, _label_of(match.group(1)))
+            photos.add(entry, class_of(match.group(1)))
     return photos
 
 
@@ -231,13 +315,11 @@ def _photos_from_csv(csv_path: Path) -> Photos:
     header, rows = _read_csv_rows(csv_path)
     if not rows:
         raise DataError(f"{csv_path} has no rows")
-    columns = {name.strip().lower(): i for i, name in enumerate(header) if name}
-    path_col = next((columns[c] for c in _CSV_PATH_COLUMNS if c in columns), None)
-    label_col = next((columns[c] for c in _CSV_LABEL_COLUMNS if c in columns), None)
+    path_col, label_col = pick_columns(header)
     if path_col is None or label_col is None:
         raise DataError(
             f"{csv_path}: cannot tell which columns hold the image path and the label; found columns "
-            f"{header}, expected one of {_CSV_PATH_COLUMNS} and one of {_CSV_LABEL_COLUMNS}"
+            f"{header}, expected one of {IMAGE_COLUMNS} and one of {LABEL_COLUMNS}"
         )
     image_roots = [csv_path.parent, csv_path.parent / csv_path.stem]
     photos, skipped = Photos(), []

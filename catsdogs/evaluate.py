@@ -3,6 +3,7 @@
     python -m catsdogs.evaluate --data ~/dogs-vs-cats/train --split validation   # the shipped weights/
     python -m catsdogs.evaluate --model you/catsdogs --data ~/my-pets --json     # a Hub repo, every photo
     python -m catsdogs.evaluate --model runs/a --data ~/dogs-vs-cats/train --split training --mistakes 20
+    python -m catsdogs.evaluate --data hf://datasets/microsoft/cats_vs_dogs --data-revision SHA --split validation
 
 `--split validation` re-creates the exact split train.py validated on (its --val-fraction and --seed are read
 from the weights' metrics.json), and the photos are decoded and scored exactly as training scored them after
@@ -24,8 +25,9 @@ from catsdogs import plots
 from catsdogs.calibrate import BINS, measure
 
 from catsdogs.cache import decoded_photos
-from catsdogs.data import CLASS_NAMES, DataError, Photos, choose_split, find_photos
+from catsdogs.data import CLASS_NAMES, DataError, Photos, choose_split, data_source, find_photos
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model
+from catsdogs.hub_data import HubSnapshot
 from catsdogs.device import pick_device
 from catsdogs.inference import predict_logits
 from catsdogs.model import CatsDogsCNN
@@ -39,7 +41,7 @@ class IncompatibleModel(ValueError):
 BATCH = 256  # predict_logits' own batch: the same batches as training's validate(), so the same numbers
 
 
-def select_photos(data: str | Path, split: str, val_fraction: float, seed: int) -> tuple[Photos, dict]:
+def select_photos(data: str | Path | HubSnapshot, split: str, val_fraction: float, seed: int) -> tuple[Photos, dict]:
     """The photos of `split`, as data.choose_split chooses them for training, and a record of how they were chosen."""
     if split == "all":
         photos, layout_val = find_photos(data)
@@ -68,6 +70,7 @@ class Scores:
     folder: Path
     metrics: dict  # what training recorded beside the weights (metrics.json)
     split: dict  # which photos, and how they were chosen
+    data: str  # where they are: what --data named, a Hub dataset with the commit it was read at
     warnings: list[str]
     logits: torch.Tensor  # (N, classes), float32, on the CPU
     labels: torch.Tensor
@@ -79,8 +82,9 @@ class Scores:
 def score(model: str | Path, data: str | Path, split: str = "all", revision: str | None = None,
           val_fraction: float | None = None, seed: int | None = None,
           workers: int = min(8, os.cpu_count() or 1), progress: bool = True, cache: bool = True,
-          cache_dir: str | Path | None = None) -> Scores:
-    """The logits of the weights in `model` (folder or Hub repo id) for the photos of `split` of `data`.
+          cache_dir: str | Path | None = None, data_revision: str | None = None, data_split: str = "train") -> Scores:
+    """The logits of the weights in `model` (folder or Hub repo id) for the photos of `split` of `data` (a local
+    folder or CSV, or a Hub dataset at `data_revision`, its split `data_split`).
 
     Split settings not given are those the weights were trained with (metrics.json), so a split is re-created
     without the user having to remember them. The photos come from the photo cache training uses
@@ -94,7 +98,8 @@ def score(model: str | Path, data: str | Path, split: str = "all", revision: str
     trained_with = metrics.get("config", {})
     val_fraction = trained_with.get("val_fraction", 0.1) if val_fraction is None else val_fraction
     seed = trained_with.get("seed", 0) if seed is None else seed
-    photos, split_info = select_photos(data, split, val_fraction, seed)
+    source = data_source(data, data_revision, data_split)
+    photos, split_info = select_photos(source, split, val_fraction, seed)
     if not len(photos):
         raise DataError(f"no photos to evaluate: {split_info['description']}")
     warnings = []
@@ -110,25 +115,26 @@ def score(model: str | Path, data: str | Path, split: str = "all", revision: str
         print(f"{split} photos: {decoded.source}", file=sys.stderr)
     if not len(labels):
         raise DataError(f"none of the {len(photos)} photos could be read ({split_info['description']})")
-    unreadable = {path for path, _ in skipped}
+    unreadable = {str(path) for path, _ in skipped}  # str: read back from the cache, a skipped photo is a Path
     device = pick_device()
     network = network.to(device, memory_format=torch.channels_last)  # as trained and validated
     batches = tqdm(images.split(BATCH), desc="scoring", unit="batch", leave=False, disable=not progress)
     logits = torch.cat([predict_logits(network, batch, BATCH).cpu() for batch in batches])
-    return Scores(network, folder, metrics, split_info, warnings, logits, labels,
-                  [path for path in photos.paths if path not in unreadable], skipped, device)
+    return Scores(network, folder, metrics, split_info, str(source), warnings, logits, labels,
+                  [path for path in photos.paths if str(path) not in unreadable], skipped, device)
 
 
 def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: str | None = None,
              val_fraction: float | None = None, seed: int | None = None, mistakes: int = 10,
              workers: int = min(8, os.cpu_count() or 1), progress: bool = True,
              reliability_png: str | Path | None = None, cache: bool = True,
-             cache_dir: str | Path | None = None) -> dict:
+             cache_dir: str | Path | None = None, data_revision: str | None = None, data_split: str = "train") -> dict:
     """Score the weights on `split` of `data` (see `score`); the report is plain JSON data.
 
     With `reliability_png`, the reliability diagram (with and without the weights' temperature) is written there.
     """
-    scores = score(model, data, split, revision, val_fraction, seed, workers, progress, cache, cache_dir)
+    scores = score(model, data, split, revision, val_fraction, seed, workers, progress, cache, cache_dir,
+                   data_revision, data_split)
     probabilities = scores.network.probabilities(scores.logits)  # calibrated, as the app shows them
     labels = scores.labels
     predicted, confidence = probabilities.argmax(dim=1), probabilities.max(dim=1).values
@@ -144,7 +150,8 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
     wrong = [i for i, (y, p) in enumerate(zip(labels, predicted, strict=True)) if y != p]
     worst = sorted(wrong, key=lambda i: confidence[i], reverse=True)[:mistakes]
     return {
-        "model": f"{model}@{revision}" if revision else str(model), "weights": str(scores.folder), "data": str(data),
+        "model": f"{model}@{revision}" if revision else str(model), "weights": str(scores.folder),
+        "data": scores.data,
         "split": scores.split, "device": str(scores.device), "n": len(labels), "correct": correct,
         "accuracy": correct / len(labels), "trained_val_accuracy": scores.metrics.get("best_val_accuracy"),
         "class_names": list(CLASS_NAMES), "per_class": _per_class(confusion), "confusion_matrix": confusion.tolist(),
@@ -212,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=str(SHIPPED_WEIGHTS),
                         help="weights folder or Hub repo id like you/catsdogs (default: the shipped weights/)")
     parser.add_argument("--revision", help="branch, tag or commit of a Hub repo")
-    parser.add_argument("--data", required=True, help="labelled photos: any folder or CSV that train.py reads")
+    parser.add_argument("--data", required=True, help="labelled photos: any folder, CSV or Hub dataset "
+                        "(hf://datasets/OWNER/NAME) that train.py reads")
+    parser.add_argument("--data-revision", help="branch, tag or commit of a Hub --data (default: its main branch)")
+    parser.add_argument("--data-split", default="train", help="which split of a Hub --data (default train)")
     parser.add_argument("--split", choices=SPLITS, default="all",
                         help="which photos: all, or the validation/training split train.py made (default all)")
     parser.add_argument("--val-fraction", type=float, help="of the split (default: the weights' metrics.json, or 0.1)")
@@ -236,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):  # libraries' notes and warnings must not mix into the report
             report = evaluate(args.model, args.data, args.split, args.revision, args.val_fraction, args.seed,
                               args.mistakes, args.workers, reliability_png=args.reliability, cache=args.cache,
-                              cache_dir=args.cache_dir)
+                              cache_dir=args.cache_dir, data_revision=args.data_revision, data_split=args.data_split)
     except (DataError, HubError, IncompatibleModel) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

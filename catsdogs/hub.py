@@ -79,12 +79,22 @@ def card_details(summary: dict) -> dict:
     config = summary["config"]
     return {
         "val_accuracy": round(summary["best_val_accuracy"], 4),
-        "dataset_name": "/".join(Path(config["data"]).parts[-2:]),  # e.g. dogs-vs-cats/train, not just train
+        **_dataset_fields(config["data"], summary.get("hub_dataset")),
         "summary": summary,
         "recipe": {name: config[name] for name in TrainConfig(data=config["data"]).recipe() if name in config},
         "training_time": human_duration(summary["training_seconds"]),
         "calibration": summary.get("calibration"),
     }
+
+
+def _dataset_fields(data: str, hub_dataset: dict | None) -> dict:
+    """How the card names the data: a Hub dataset by id and commit, in its metadata, so the Hub links the model to
+    it; local photos by their folder."""
+    if hub_dataset is None:
+        return {"dataset_name": "/".join(Path(data).parts[-2:])}  # e.g. dogs-vs-cats/train, not just train
+    return {"dataset_type": hub_dataset["id"], "dataset_name": hub_dataset["id"],
+            "dataset_revision": hub_dataset["revision"], "datasets": [hub_dataset["id"]],
+            "dataset_split": hub_dataset["split"]}
 
 
 def human_duration(seconds: float) -> str:

@@ -91,6 +91,8 @@ class CatsDogsCNN(
         """The mixin's card, plus the validation accuracy as structured eval results."""
         card = super().generate_model_card(*args, **kwargs)
         card.data.model_name = kwargs.get("model_name", "catsdogs")
+        if kwargs.get("datasets"):  # a Hub dataset: the model page links to it
+            card.data.datasets = kwargs["datasets"]
         metrics = {"accuracy": kwargs.get("val_accuracy")}
         if kwargs.get("calibration"):  # the expected calibration error, beside the accuracy it qualifies
             metrics["expected_calibration_error"] = round(kwargs["calibration"]["ece_after"], 4)
@@ -100,7 +102,8 @@ class CatsDogsCNN(
                     task_type="image-classification",
                     dataset_type=kwargs.get("dataset_type", "imagefolder"),
                     dataset_name=kwargs.get("dataset_name", "Dogs vs. Cats"),
-                    dataset_split="validation",
+                    dataset_split=kwargs.get("dataset_split", "validation"),
+                    dataset_revision=kwargs.get("dataset_revision"),
                     metric_type=metric,
                     metric_value=value,
                 )

@@ -28,7 +28,7 @@ from catsdogs.allocator import describe_allocator
 from catsdogs.calibrate import MIN_PHOTOS, Calibration, calibrate
 from catsdogs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from catsdogs.config import TrainConfig
-from catsdogs.data import CLASS_NAMES, DataError, Split, choose_split
+from catsdogs.data import CLASS_NAMES, DataError, Split, choose_split, data_source
 from catsdogs.device import Precision, Ranks, describe_device, pick_device
 from catsdogs.hub import card_details, human_duration, save_outputs
 from catsdogs.inference import predict_logits
@@ -199,7 +199,10 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
 
     torch.manual_seed(config.seed)  # the same initial weights in every process
     model = CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout)
-    split = choose_split(config.data, config.val_fraction, config.seed, config.val_data)
+    split = choose_split(data_source(config.data, config.data_revision, config.data_split), config.val_fraction,
+                         config.seed, config.val_data)
+    if split.hub_dataset:
+        log(f"data: {split.hub_dataset}, {split.hub_dataset.source}")
     log(f"training photos: {split.train.counts()}; validation photos: {split.val.counts()} ({split.source})")
     train_photos, val_photos = (load_photos(photos, model.image_size, device, config.workers, name, ranks.is_main,
                                             config.cache, config.cache_dir)
@@ -345,6 +348,8 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
         "device": device + (f" x {ranks.world} processes" if ranks.world > 1 else ""),
         "n_train": len(train_photos), "n_val": len(val_photos),
         "train_counts": split.train.counts(), "val_counts": split.val.counts(), "validation_source": split.source,
+        **({"hub_dataset": {"id": split.hub_dataset.dataset.repo_id, "revision": split.hub_dataset.commit,
+                            "split": split.hub_dataset.dataset.split}} if split.hub_dataset else {}),
         "skipped_files": [[str(p), r] for p, r in train_photos.skipped + val_photos.skipped],
         "epochs_completed": run.epoch, "best_epoch": run.best_epoch, "best_val_accuracy": run.best_accuracy,
         "training_seconds": run.seconds, "history": [asdict(r) for r in run.history],
