@@ -1,5 +1,7 @@
 """Generated photos for fast tests: an easy cat-vs-dog task and every kind of bad file."""
 
+import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -34,3 +36,43 @@ def write_bad_files(folder: Path, label: str = "cat") -> list[Path]:
     empty = folder / f"{label}.9003.jpg"
     empty.write_bytes(b"")
     return [text, truncated, empty]
+
+
+def jpeg_bytes(label: str, index: int) -> bytes:
+    buffer = io.BytesIO()
+    pet_photo(label, index).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def write_hub_parquet(folder: Path, per_class: int, classes: tuple[str, ...] = ("cat", "dog"), shards: int = 2,
+                      row_group: int = 16, unreadable: int = 1, start: int = 0) -> Path:
+    """A Hub dataset repo laid out as microsoft/cats_vs_dogs is: data/train-0000K-of-0000N.parquet with an `image`
+    column (datasets' Image feature: struct of bytes and path) and a `labels` ClassLabel column (int64, names in the
+    file's `huggingface` metadata, as `datasets` writes them), in row groups of `row_group` rows. The first
+    `unreadable` photos are text, not JPEG."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [(i, c) for i in range(start, start + per_class) for c in range(len(classes))]
+    images = [{"bytes": b"not a photo" if n < unreadable else jpeg_bytes(classes[c], i), "path": None}
+              for n, (i, c) in enumerate(rows)]
+    features = {"image": {"_type": "Image"}, "labels": {"names": list(classes), "_type": "ClassLabel"}}
+    schema = pa.schema([("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), ("labels", pa.int64())],
+                       metadata={"huggingface": json.dumps({"info": {"features": features}})})
+    table = pa.table({"image": images, "labels": [c for _, c in rows]}, schema=schema)
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    size = -(-len(rows) // shards)
+    for k in range(shards):
+        pq.write_table(table.slice(k * size, size), folder / "data" / f"train-{k:05d}-of-{shards:05d}.parquet",
+                       row_group_size=row_group)
+    (folder / "README.md").write_text("---\nlicense: unknown\ntask_categories:\n- image-classification\n---\n# pets\n")
+    return folder
+
+
+def write_hub_image_folder(folder: Path, per_class: int, split: str = "train") -> Path:
+    """A Hub dataset repo as an image folder: SPLIT/cat/*.jpg and SPLIT/dog/*.jpg."""
+    for label in ("cat", "dog"):
+        (folder / split / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pet_photo(label, i).save(folder / split / label / f"{i}.jpg")
+    return folder
