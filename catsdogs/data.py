@@ -185,11 +185,11 @@ def choose_split(data: "str | Path | HubSnapshot", val_fraction: float, seed: in
     In order: `val_data` when given; else the labelled val/ or test/ folder beside train/ in `data`;
     else a deterministic stratified `val_fraction` of `data`, drawn with `seed`.
     """
-    photos, layout_val = find_photos(data)
-    hub_dataset = None if isinstance(data, str | Path) else data
     if val_data is not None and str(val_data).startswith("hf://"):
         raise DataError("--val-data takes a local folder or CSV; a Hub --data is validated on a held-out share "
                         "of its --data-split")
+    photos, layout_val = find_photos(data)
+    hub_dataset = None if isinstance(data, str | Path) else data
     if val_data is not None:
         val, val_extra = find_photos(val_data)
         if val_extra is not None:
@@ -204,8 +204,8 @@ def choose_split(data: "str | Path | HubSnapshot", val_fraction: float, seed: in
         return Split(photos, layout_val, "the labelled test/validation folder beside train/ in the data folder",
                      generated=False)
     train, val = split_photos(photos, val_fraction, seed)
-    of = f"split '{hub_dataset.dataset.split}' of {HUB_PREFIX}{hub_dataset.dataset.repo_id}" if hub_dataset else \
-        "the photos"
+    of = (f"split '{hub_dataset.dataset.split}' of {HUB_PREFIX}{hub_dataset.dataset.repo_id}" if hub_dataset
+          else "the photos")
     return Split(train, val, f"a deterministic stratified {val_fraction:.0%} of {of} (seed {seed})",
                  generated=True, hub_dataset=hub_dataset)
 

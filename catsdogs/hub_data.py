@@ -6,8 +6,9 @@
 The split's files are fetched with huggingface_hub's `snapshot_download` into the Hub's own cache (HF_HOME,
 HF_HUB_CACHE), so a second run reads them from there, also offline, and the tokens are the Hub's usual ones
 (HF_TOKEN, or `hf auth login`). Layouts understood, as the Hub's dataset viewer and `datasets` lay them out:
-- parquet files `SPLIT-*.parquet` or `SPLIT/*.parquet`, at the top or one folder down
-  (microsoft/cats_vs_dogs: `data/train-00000-of-00002.parquet`, `data/train-00001-of-00002.parquet`), with an
+- parquet files `SPLIT-*.parquet` or `SPLIT/*.parquet`, at the top or one folder down (`datasets`' push_to_hub
+  writes `data/train-00000-of-00002-<hash>.parquet`; the Hub's own conversion of every public dataset, on the
+  branch `refs/convert/parquet`, `default/train/0000.parquet`), with an
   image column (datasets' Image feature: bytes and path; or plain bytes) and a label column (a ClassLabel,
   whose names come from the files' own `huggingface` metadata or the card's `dataset_info`, or strings). Columns are
   found by name as a CSV's are (data.pick_columns);
@@ -133,7 +134,8 @@ def photos_in_snapshot(snapshot: HubSnapshot) -> Photos:
                    if (snapshot.folder / where / split).is_dir()), None)
     if folder is None:
         raise DataError(f"{snapshot} has no split '{split}': no {split}-*.parquet file and no {split}/ folder. "
-                        f"Its files: {_listing(snapshot)}")
+                        f"Its files: {_listing(snapshot)}. (The Hub keeps a parquet copy of every public dataset, "
+                        "e.g. of one made by a loading script: --data-revision refs/convert/parquet)")
     _check_classes(sorted(p.name for p in folder.iterdir() if p.is_dir()), f"{snapshot}: the sub-folders of {split}/")
     return find_photos(folder)[0]
 

@@ -143,11 +143,11 @@ def test_a_local_path_takes_no_hub_revision(tmp_path):
         data_source(tmp_path, revision="main")
 
 
-def test_string_labels_and_plain_image_bytes(hub, tmp_path):
+@pytest.mark.parametrize("path", ["train.parquet", "default/train/0000.parquet"])  # the latter: refs/convert/parquet
+def test_string_labels_and_plain_image_bytes(hub, tmp_path, path):
     rows = [("Cats", jpeg_bytes("cat", i)) for i in range(3)] + [("Dogs", jpeg_bytes("dog", i)) for i in range(3)]
-    (tmp_path / "repo").mkdir()
-    pq.write_table(pa.table({"img": [b for _, b in rows], "category": [c for c, _ in rows]}),
-                   tmp_path / "repo" / "train.parquet")
+    (tmp_path / "repo" / path).parent.mkdir(parents=True)
+    pq.write_table(pa.table({"img": [b for _, b in rows], "category": [c for c, _ in rows]}), tmp_path / "repo" / path)
     publish(tmp_path / "repo")
     photos = find_photos(data_source(DATA))[0]
     assert photos.labels == [0, 0, 0, 1, 1, 1]
