@@ -45,8 +45,8 @@ def jpeg_bytes(label: str, index: int) -> bytes:
 
 
 def write_hub_parquet(folder: Path, per_class: int, classes: tuple[str, ...] = ("cat", "dog"), shards: int = 2,
-                      row_group: int = 16, unreadable: int = 1, start: int = 0) -> Path:
-    """A Hub dataset repo laid out as microsoft/cats_vs_dogs is: data/train-0000K-of-0000N.parquet with an `image`
+                      row_group: int = 16, unreadable: int = 1, start: int = 0, split: str = "train") -> Path:
+    """A Hub dataset repo laid out as microsoft/cats_vs_dogs is: data/SPLIT-0000K-of-0000N.parquet with an `image`
     column (datasets' Image feature: struct of bytes and path) and a `labels` ClassLabel column (int64, names in the
     file's `huggingface` metadata, as `datasets` writes them), in row groups of `row_group` rows. The first
     `unreadable` photos are text, not JPEG."""
@@ -63,7 +63,7 @@ def write_hub_parquet(folder: Path, per_class: int, classes: tuple[str, ...] = (
     (folder / "data").mkdir(parents=True, exist_ok=True)
     size = -(-len(rows) // shards)
     for k in range(shards):
-        pq.write_table(table.slice(k * size, size), folder / "data" / f"train-{k:05d}-of-{shards:05d}.parquet",
+        pq.write_table(table.slice(k * size, size), folder / "data" / f"{split}-{k:05d}-of-{shards:05d}.parquet",
                        row_group_size=row_group)
     (folder / "README.md").write_text("---\nlicense: unknown\ntask_categories:\n- image-classification\n---\n# pets\n")
     return folder

@@ -175,31 +175,35 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_train_and_evaluate_from_the_hub_then_offline(hub, tmp_path):
-    commit = publish(write_hub_parquet(tmp_path / "repo", per_class=40))
+    commit = publish(write_hub_parquet(tmp_path / "repo", per_class=40, split="pets"))
+    publish(write_hub_parquet(tmp_path / "later", per_class=2, split="pets", unreadable=0))  # main moves on
     out = tmp_path / "weights"
     recipe = [f"--{k.replace('_', '-')}={v}" for k, v in EASY_TASK.items()]
-    trained = run("train.py", "--data", DATA, *recipe, "--output", str(out), "--cache-dir", str(tmp_path / "c"))
+    hub_flags = ["--data-revision", commit, "--data-split", "pets"]
+    trained = run("train.py", "--data", DATA, *hub_flags, *recipe, "--output", str(out),
+                  "--cache-dir", str(tmp_path / "c"))
     assert trained.returncode == 0, trained.stderr
-    assert f"data: {DATA}@{commit[:10]} (split train), downloaded into the Hub's cache" in trained.stdout
-    assert "skipped 1 unreadable training files:\n  data/train-00000-of-00002.parquet row 0: Unidentified" \
+    assert f"data: {DATA}@{commit[:10]} (split pets), downloaded into the Hub's cache" in trained.stdout
+    assert "skipped 1 unreadable training files:\n  data/pets-00000-of-00002.parquet row 0: Unidentified" \
         in trained.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["hub_dataset"] == {"id": REPO, "revision": commit, "split": "train"}
+    assert metrics["hub_dataset"] == {"id": REPO, "revision": commit, "split": "pets"}
+    assert (metrics["config"]["data_revision"], metrics["config"]["data_split"]) == (commit, "pets")
     assert metrics["best_val_accuracy"] >= 0.9  # it learnt from the parquet photos, labels and all
     card = yaml.safe_load((out / "README.md").read_text().split("---")[1])
     assert card["datasets"] == [REPO]
     results = card["model-index"][0]["results"][0]
-    assert results["dataset"] == {"type": REPO, "name": REPO, "split": "train", "revision": commit}
-    assert f"--data {DATA} --data-revision {commit} --data-split train --split validation" in \
+    assert results["dataset"] == {"type": REPO, "name": REPO, "split": "pets", "revision": commit}
+    assert f"--data {DATA} --data-revision {commit} --data-split pets --split validation" in \
         (out / "README.md").read_text()
 
     hub.kill()  # from here on, only the Hub's cache and the decoded-photo cache
-    evaluated = run("-m", "catsdogs.evaluate", "--model", str(out), "--data", DATA, "--split", "validation",
-                    "--cache-dir", str(tmp_path / "c"), "--json")
+    evaluated = run("-m", "catsdogs.evaluate", "--model", str(out), "--data", DATA, *hub_flags, "--split",
+                    "validation", "--cache-dir", str(tmp_path / "c"), "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(evaluated.stdout)
     assert report["accuracy"] == pytest.approx(metrics["best_val_accuracy"], abs=1e-9)
-    assert report["data"] == f"{DATA}@{commit[:10]} (split train)"
+    assert report["data"] == f"{DATA}@{commit[:10]} (split pets)"
     assert "validation photos: read from cache" in evaluated.stderr
 
     started = time.monotonic()

@@ -68,10 +68,12 @@ def test_every_flag_reaches_the_training_config(tmp_path):
                 "label_smoothing": 0.0, "dropout": 0.2, "augment": False, "device": "cpu",
                 "output": str(tmp_path / "out"), "checkpoint": str(tmp_path / "ck" / "last.safetensors"),
                 "resume": False, "overwrite": True, "workers": 1,
-                "cache": False, "cache_dir": str(tmp_path / "cache")}
+                "cache": False, "cache_dir": str(tmp_path / "cache"), "data_revision": None, "data_split": "train"}
     defaults = asdict(TrainConfig(data=""))
     assert set(expected) == set(defaults)  # every field of the config is set here...
-    assert [k for k in expected if k != "data" and expected[k] == defaults[k]] == ["resume"]  # ...away from its default
+    # ...away from its default, but for the Hub-only flags, which a local --data refuses (test_hub_data.py sets them)
+    assert [k for k in expected if k != "data" and expected[k] == defaults[k]] == ["resume", "data_revision",
+                                                                                   "data_split"]
     args = ["--data", str(data), "--val-data", str(val), "--val-fraction", "0.25", "--seed", "3", "--epochs", "30",
             "--batch-size", "20", "--lr", "0.001", "--optimizer", "adam", "--schedule", "constant",
             "--weight-decay", "0", "--label-smoothing", "0", "--dropout", "0.2", "--no-augment", "--device", "cpu",
