@@ -132,7 +132,7 @@ def test_several_photos_at_once_get_one_right_row_each(client, shared_data, tmp_
     text.write_text("not a photo")
     photos = clear_photos(shared_data)
     photos.insert(3, text)
-    table, _info = client.predict([handle_file(p) for p in photos], api_name="/predict_many")
+    table = client.predict([handle_file(p) for p in photos], api_name="/predict_many")  # the results alone
     rows = {row[0]: row for row in table["data"]}
     assert [row[0] for row in table["data"]] == [p.name for p in photos]  # one row each, in order
     assert table["headers"] == ["photo", "prediction", "cat %", "dog %", "note"]
@@ -142,6 +142,34 @@ def test_several_photos_at_once_get_one_right_row_each(client, shared_data, tmp_
         assert {"cat": cat, "dog": dog}[prediction] >= SURE * 100 and note == "", rows[name]
     with pytest.raises(AppError, match="No photos given"):
         client.predict([], api_name="/predict_many")
+
+
+def test_heatmap_endpoint_draws_over_the_photo(client, shared_data, tmp_path):
+    photo = shared_data / FULL_SIZE / "cat.85.jpg"
+    heatmap = Image.open(client.predict(handle_file(photo), api_name="/heatmap"))
+    original = Image.open(photo).convert("RGB")
+    assert heatmap.size == original.size  # a Kaggle photo is smaller than the 512 px the heatmap may take
+    changed = np.abs(np.asarray(heatmap.convert("RGB"), float) - np.asarray(original, float)).max(axis=2) > 40
+    assert 0.05 < changed.mean() < 0.9  # coloured where it looked, the photo elsewhere
+    for name, (value, message) in bad_inputs(tmp_path).items():
+        with pytest.raises(AppError, match=message):
+            client.predict(value, api_name="/heatmap")
+
+
+def test_the_examples_are_a_cat_and_non_pets_one_of_them_not_sure(client):
+    import app as demo_app
+
+    found = answers(client, [demo_app.EXAMPLES / name for name in demo_app.EXAMPLE_PICTURES])
+    assert found["chelsea.jpg"][0] == "cat" and found["chelsea.jpg"][1] >= SURE, found
+    assert any(probability < demo_app.UNSURE_BELOW for _, probability in found.values()), found  # the note shows
+
+
+def test_the_api_page_describes_every_endpoint_for_users(app):
+    described = {dep["api_name"]: dep["api_description"] for dep in app.config()["dependencies"]
+                 if dep.get("api_visibility", "public") == "public" and dep.get("api_name")}
+    assert set(described) == {"predict", "heatmap", "predict_many"}, described
+    for name, text in described.items():
+        assert text and "->" not in text and "gr.Error" not in text, (name, text)
 
 
 def test_model_from_the_hub(hub, shipped_weights, shared_data):
