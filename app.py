@@ -32,6 +32,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
 os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
 
 import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
 from huggingface_hub import ModelCard, constants  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
@@ -321,7 +322,8 @@ def show_batch(predictor: Predictor, headers: list[str], files) -> tuple:
     seconds = time.perf_counter() - started
     rows = [answer.row(predictor.class_names) for answer in answers]
     gallery = [(answer.photo, answer.caption()) for answer in answers if answer.probabilities is not None]
-    return (gallery, rows, write_csv(headers, rows),
+    table = pd.DataFrame(rows, columns=headers).style.format(precision=1, na_rep="-")  # 28.0, not 28
+    return (gallery, table, write_csv(headers, rows),
             f"{len(answers)} photo{'s' if len(answers) != 1 else ''} answered in {took(seconds)}")
 
 
@@ -422,8 +424,10 @@ def live_tab(predictor: Predictor) -> None:
                                 constraints={"video": {"width": {"ideal": 640}}}))
             with gr.Column():
                 live_label = gr.Label(num_top_classes=len(predictor.class_names), elem_id="live-prediction",
-                                      label="Live prediction (updates twice a second, for up to a minute)")
+                                      label="Live prediction")
                 live_note = gr.Markdown(elem_id="live-unsure")
+                gr.Markdown("Updates twice a second while the webcam records, for up to a minute.",
+                            elem_classes="caption")
                 timing = gr.Markdown(elem_id="live-timing", elem_classes="caption")
     live.stream(partial(show_live, predictor), live, [live_label, live_note, timing], stream_every=0.5,
                 time_limit=60, concurrency_limit=4, api_visibility="private")

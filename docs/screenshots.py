@@ -24,13 +24,15 @@ from test_browser import CHROMIUM, WEBCAM_READY, HEATMAP_SHOWN, write_y4m  # noq
 from bench.app_load import start_app  # noqa: E402
 
 
-def photo_tab(page, url: str, path: Path, full_page: bool = False) -> None:
-    """The photo tab after a click on the cat example, once its heatmap is there."""
+def photo_tab(page, url: str, path: Path, show_from: str | None = None) -> None:
+    """The photo tab after a click on the cat example, once its heatmap is there (scrolled to `show_from`)."""
     page.goto(url)
     page.get_by_text("Chelsea the cat").click()
     page.wait_for_function(HEATMAP_SHOWN, timeout=60_000)
+    if show_from:
+        page.locator(show_from).evaluate("e => e.scrollIntoView()")
     page.wait_for_timeout(500)
-    page.screenshot(path=path, full_page=full_page)
+    page.screenshot(path=path)
 
 
 def main() -> None:
@@ -42,7 +44,7 @@ def main() -> None:
                 "--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream",
                 "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={camera}"])
             photo_tab(browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2), url,
-                      DOCS / "phone.png")
+                      DOCS / "phone.png", show_from="#prediction")
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             photo_tab(page, url, DOCS / "photo.png")
 
