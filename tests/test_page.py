@@ -89,3 +89,23 @@ def test_a_phone_shows_the_answer_without_scrolling_sideways(browser, app, share
         box = page.locator(shown).bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (shown, box)
     page.close()
+
+
+def test_answer_times_are_per_visitor_and_per_tab(browser, app, shared_data):
+    first, second = open_page(browser, app), open_page(browser, app)
+    first.locator("#photo input[type=file]").set_input_files(shared_data / FULL_SIZE / "cat.85.jpg")
+    first.wait_for_function(HEATMAP_SHOWN, timeout=30_000)
+    photo_line = first.locator("#photo-timing").inner_text()
+    assert photo_line.startswith("Answered in")
+    second.get_by_role("tab", name="Several photos").click()
+    second.locator("#batch input[type=file]").set_input_files(clear_photos(shared_data, "dog")[:3])
+    second.locator("#batch-run").click()
+    second.locator("#batch-timing").get_by_text("3 photos answered in").wait_for(timeout=60_000)
+    # The second visitor's batch changed neither the first visitor's line nor anything on its own photo tab.
+    assert first.locator("#photo-timing").inner_text() == photo_line
+    second.get_by_role("tab", name="Photo", exact=True).click()
+    assert second.locator("#photo-timing").inner_text() == ""
+    first.get_by_role("tab", name="Several photos").click()
+    assert first.locator("#batch-timing").inner_text() == ""
+    first.close()
+    second.close()
