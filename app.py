@@ -19,6 +19,7 @@ import base64
 import csv
 import io
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -167,6 +168,11 @@ def load_classifier(model: str, revision: str | None) -> tuple[Classifier | None
         return fallback, message
 
 
+def top_class(probabilities: dict[str, float]) -> str:
+    """The answer: the most likely class."""
+    return max(probabilities, key=probabilities.get)
+
+
 def percent(probability: float) -> str:
     """How every probability reads on the page, in captions and notes: one decimal."""
     return f"{probability:.1%}"
@@ -214,14 +220,12 @@ class BatchAnswer:
         name = os.path.basename(self.photo)
         if self.probabilities is None:
             return [name, "-", *[None] * len(class_names), self.problem]
-        return [name, self.top(), *(round(self.probabilities[c] * 100, 1) for c in class_names),
+        return [name, top_class(self.probabilities), *(round(self.probabilities[c] * 100, 1) for c in class_names),
                 "not sure" if unsure_note(self.probabilities) else ""]
 
-    def top(self) -> str:
-        return max(self.probabilities, key=self.probabilities.get)
-
     def caption(self) -> str:
-        text = f"{self.top()} {percent(self.probabilities[self.top()])}"
+        top = top_class(self.probabilities)
+        text = f"{top} {percent(self.probabilities[top])}"
         return text + " · not sure" if unsure_note(self.probabilities) else text
 
 
@@ -234,9 +238,12 @@ class Predictor:
         self.startup_warning = startup_warning
         self.class_names = classifier.class_names if classifier else ["cat", "dog"]
 
-    def _usable(self, photo: "str | io.BytesIO | UnreadablePhoto | None") -> None:
+    def _require_model(self) -> None:
         if self.classifier is None:
             raise gr.Error(self.startup_warning or "No model is loaded.")
+
+    def _usable(self, photo: "str | io.BytesIO | UnreadablePhoto | None") -> None:
+        self._require_model()
         if photo is None:
             raise gr.Error("No photo given: upload one, paste one, or take a webcam snapshot.")
         if isinstance(photo, UnreadablePhoto):
@@ -251,8 +258,7 @@ class Predictor:
                         class_name: str | None = None) -> Image.Image:
         """The photo with the heatmap of `class_name` (by default the class the model answers) over it."""
         if class_name is None:
-            probabilities = self.classify(photo)
-            class_name = max(probabilities, key=probabilities.get)
+            class_name = top_class(self.classify(photo))
             if isinstance(photo, io.BytesIO):  # a data: URL's bytes, read once already
                 photo.seek(0)
         self._usable(photo)
@@ -260,8 +266,7 @@ class Predictor:
             return self.explainer.overlay(photo, class_name)
 
     def classify_many(self, files: list[str] | None) -> list[BatchAnswer]:
-        if self.classifier is None:
-            raise gr.Error(self.startup_warning or "No model is loaded.")
+        self._require_model()
         if not files:
             raise gr.Error("No photos given: choose one or more image files.")
         if len(files) > MAX_BATCH_FILES:
@@ -297,7 +302,7 @@ def show_answer(predictor: Predictor, photo) -> tuple:
         return None, "", None, "", None
     started = time.perf_counter()
     probabilities = predictor.classify(photo)
-    answer = PhotoAnswer(max(probabilities, key=probabilities.get), time.perf_counter() - started)
+    answer = PhotoAnswer(top_class(probabilities), time.perf_counter() - started)
     return probabilities, unsure_note(probabilities), None, f"Answered in {took(answer.seconds)}", answer
 
 
@@ -374,8 +379,10 @@ def model_card(classifier: Classifier | None) -> None:
         return
     card = classifier.folder / "README.md"
     if card.is_file():
-        with gr.Accordion("Model card", open=False, elem_id="model-card"):
-            gr.Markdown(ModelCard.load(card).text)
+        # Its plots are files beside it that the page does not serve: left out rather than shown broken.
+        text = re.sub(r"^!\[[^\]]*\]\([^)]*\)\n?", "", ModelCard.load(card).text, flags=re.MULTILINE)
+        with gr.Accordion("Model card (its plots are in the weights folder)", open=False, elem_id="model-card"):
+            gr.Markdown(text)
 
 
 def header(startup_warning: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import FULL_SIZE, SURE, USER, WRITE_TOKEN, App, clear_photos, true_class
+from conftest import FULL_SIZE, HUB_URL, SURE, USER, WRITE_TOKEN, App, clear_photos, true_class
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from imagegen import pet_photo
@@ -179,6 +179,7 @@ def test_model_from_the_hub(hub, shipped_weights, shared_data):
         assert_right_answers(Client(app.url, verbose=False), clear_photos(shared_data)[::3])  # 2 cats, a dog
         assert f"serving {USER}/catsdogs@main on cpu" in app.log()
         assert "startup-warning" not in str(app.config())
+        assert f"]({HUB_URL}/{USER}/catsdogs/tree/main)" in str(app.config())  # the page links to its Hub page
     finally:
         app.stop()
 
@@ -285,3 +286,11 @@ def test_the_upload_cache_is_cleaned():
 
     demo = demo_app.build_demo(None, "no model in this test")
     assert demo.delete_cache == (demo_app.CACHE_SECONDS, demo_app.CACHE_SECONDS) and demo_app.CACHE_SECONDS <= 3600
+
+
+def test_the_page_explains_itself_and_shows_the_card_without_broken_images(app):
+    texts = [str(c["props"].get("value")) for c in app.config()["components"] if c.get("type") == "markdown"]
+    how = next(text for text in texts if text.startswith("**The network.**"))
+    assert "93.0%" in how and "only knows cats and dogs" in how  # the shipped weights' measured accuracy
+    card = next(text for text in texts if "the documented cat-vs-dog CNN" in text)
+    assert "Validation accuracy: 92.96%" in card and "![" not in card
