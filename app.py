@@ -1,4 +1,5 @@
-"""The catsdogs demo: drop in a pet photo, or hold your pet up to the webcam, and see cat vs. dog.
+"""The catsdogs demo: drop in a pet photo, or hold your pet up to the webcam, and see cat vs. dog, and where in
+the photo the network looked (a Grad-CAM heatmap, catsdogs.explain).
 
     python app.py                                   # the shipped weights/, on http://127.0.0.1:7860
     python app.py --model you/catsdogs --revision main
@@ -13,20 +14,32 @@ MAX_BATCH_FILES photos, run Classifier.chunk at a time, and request bodies are c
 """
 
 import argparse
+import atexit
 import base64
+import csv
 import io
 import os
+import re
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
 # Behind an HTTP(S) proxy, launch() must still reach its own server on loopback.
 os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
 
 import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+from huggingface_hub import ModelCard, constants  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
+from catsdogs.explain import Explainer  # noqa: E402
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError  # noqa: E402
 from catsdogs.inference import Classifier, keep_freed_memory  # noqa: E402
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge  # noqa: E402
@@ -42,6 +55,31 @@ MAX_BATCH_FILES = 100  # photos per "Several photos" batch: ~5-10 s of the 2 CPU
 MAX_REQUEST_BYTES = 8 * 2**20  # any other request body (JSON, parsed in memory): a phone photo as a data: URL fits
 MAX_UPLOAD_BYTES = MAX_BATCH_FILES * MAX_FILE_BYTES + 2**20  # one upload request (streamed to disk, not memory)
 CACHE_SECONDS = 600  # uploads and linked photos are deleted from Gradio's cache after 10 minutes
+CSV_FOLDER = tempfile.mkdtemp(prefix="catsdogs-tables-")  # the batch tables' CSV files, gone when the app stops
+atexit.register(shutil.rmtree, CSV_FOLDER, ignore_errors=True)
+
+# The clickable examples: pictures whose licence lets them ship here (README, "Example pictures", lists each
+# one's source and licence). No dog among them: no licence-clean dog photo could be found on these machines.
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+EXAMPLE_PICTURES = {"chelsea.jpg": "Chelsea the cat", "coffee.jpg": "A cup of coffee", "grass.jpg": "Grass",
+                    "brick.jpg": "A brick wall"}
+IMAGE_HEIGHT = 360  # px: the photo and heatmap boxes keep this height whatever the photo's shape
+# System fonts only: a Google font would be fetched by every visitor's browser, and not at all offline.
+THEME = gr.themes.Soft(primary_hue="amber", secondary_hue="indigo", neutral_hue="slate",
+                       font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+CSS = """
+.caption, .caption p { color: var(--body-text-color-subdued); font-size: var(--text-sm); }
+/* The photo's source buttons say what they do (Gradio draws bare icons): */
+#photo .source-selection { gap: 0.5rem; }
+#photo .source-selection button { width: auto; height: 1.9rem; display: flex; align-items: center; gap: 0.3rem;
+                                  padding: 0 0.6rem; border: 1px solid var(--border-color-primary);
+                                  border-radius: var(--radius-md); }
+#photo .source-selection button svg { width: 1.1rem; height: 1.1rem; }
+#photo .source-selection button::after { font-size: var(--text-sm); }
+#photo .source-selection button[aria-label="Upload file"]::after { content: "Upload"; }
+#photo .source-selection button[aria-label="Capture from camera"]::after { content: "Webcam"; }
+#photo .source-selection button[aria-label="Paste from clipboard"]::after { content: "Paste"; }
+"""
 
 
 @dataclass
@@ -130,126 +168,319 @@ def load_classifier(model: str, revision: str | None) -> tuple[Classifier | None
         return fallback, message
 
 
-def info_markdown(classifier: Classifier | None) -> str:
-    if classifier is None:
-        return "**No model loaded.**"
-    accuracy = f"{classifier.val_accuracy:.2%}" if classifier.val_accuracy is not None else "not stated"
-    last = f"{classifier.last_seconds * 1000:.0f} ms" if classifier.last_seconds is not None else "none yet"
-    source = "shipped `weights/`" if classifier.source == str(SHIPPED_WEIGHTS) else f"`{classifier.source}`"
-    return (f"**Model:** {source} · **validation accuracy:** {accuracy} · **device:** {classifier.device.type} · "
-            f"**last prediction:** {last}")
+def top_class(probabilities: dict[str, float]) -> str:
+    """The answer: the most likely class."""
+    return max(probabilities, key=probabilities.get)
 
 
-def how_it_works(classifier: Classifier | None) -> str:
-    """What the percentages mean, and how honest they were measured to be (README, "Calibration")."""
-    if classifier is not None and classifier.val_calibration_error is not None:
-        honesty = (f"They are **calibrated**: on photos the model never trained on, answers shown at 90% were right "
-                   f"about 90 times in 100, and on average a shown percentage was "
-                   f"{classifier.val_calibration_error * 100:.1f} percentage points from how often answers that sure "
-                   "were right (expected calibration error).")
-    else:
-        honesty = "These weights carry no calibration: the percentages are the network's plain softmax."
-    return ("The network sees the whole photo squashed to 224×224 pixels and gives each class a probability. "
-            f"{honesty} Below {UNSURE_BELOW:.0%} for the top class the page says it is not sure. It only knows "
-            "cats and dogs: a photo of anything else still gets one of the two, often confidently.")
+def percent(probability: float) -> str:
+    """How every probability reads on the page, in captions and notes: one decimal."""
+    return f"{probability:.1%}"
 
 
 def unsure_note(probabilities: dict[str, float]) -> str:
     if max(probabilities.values()) >= UNSURE_BELOW:
         return ""
-    return ("⚠️ **Not sure this is a cat or a dog.** The model only knows these two classes; "
-            "with a top score below {:.0%} the answer is a guess.".format(UNSURE_BELOW))
+    return (f"⚠️ **Not sure this is a cat or a dog.** The model only knows these two classes; "
+            f"with a top score below {UNSURE_BELOW:.0%} the answer is a guess.")
 
 
-def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.Blocks:
-    def classify(photo: str | io.BytesIO | UnreadablePhoto | None) -> dict[str, float]:
-        """One photo (a file, or a data: URL's bytes) -> {class: probability}; the API's /predict."""
-        if classifier is None:
-            raise gr.Error(startup_warning or "No model is loaded.")
+def took(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+@contextmanager
+def photo_errors():
+    """Decoding problems become a message for the person who sent the photo."""
+    try:
+        yield
+    except ImageTooLarge as error:
+        raise gr.Error(too_large(error)) from None
+    except BAD_IMAGE_ERRORS:
+        raise gr.Error(NOT_A_PHOTO + " It may be damaged or cut short.") from None
+
+
+@dataclass
+class PhotoAnswer:
+    """What the photo tab keeps per visitor (a gr.State) from its answer to its heatmap."""
+
+    class_name: str
+    seconds: float
+
+
+@dataclass
+class BatchAnswer:
+    """One photo of a batch: its probabilities, or why it has none."""
+
+    photo: str
+    probabilities: dict[str, float] | None
+    problem: str = ""
+
+    def row(self, class_names: list[str]) -> list:
+        name = os.path.basename(self.photo)
+        if self.probabilities is None:
+            return [name, "-", *[None] * len(class_names), self.problem]
+        return [name, top_class(self.probabilities), *(round(self.probabilities[c] * 100, 1) for c in class_names),
+                "not sure" if unsure_note(self.probabilities) else ""]
+
+    def caption(self) -> str:
+        top = top_class(self.probabilities)
+        text = f"{top} {percent(self.probabilities[top])}"
+        return text + " · not sure" if unsure_note(self.probabilities) else text
+
+
+class Predictor:
+    """The model side of every event, for the page and the API: answers, or a gr.Error a person understands."""
+
+    def __init__(self, classifier: Classifier | None, startup_warning: str) -> None:
+        self.classifier = classifier
+        self.explainer = Explainer(classifier.model) if classifier else None
+        self.startup_warning = startup_warning
+        self.class_names = classifier.class_names if classifier else ["cat", "dog"]
+
+    def _require_model(self) -> None:
+        if self.classifier is None:
+            raise gr.Error(self.startup_warning or "No model is loaded.")
+
+    def _usable(self, photo: "str | io.BytesIO | UnreadablePhoto | None") -> None:
+        self._require_model()
         if photo is None:
             raise gr.Error("No photo given: upload one, paste one, or take a webcam snapshot.")
         if isinstance(photo, UnreadablePhoto):
             raise gr.Error(photo.reason)
-        try:
-            return classifier.predict([photo])[0]
-        except ImageTooLarge as error:
-            raise gr.Error(too_large(error)) from None
-        except BAD_IMAGE_ERRORS:
-            raise gr.Error(NOT_A_PHOTO + " It may be damaged or cut short.") from None
 
-    def show(photo):
-        """The page's photo: a result, or cleared outputs and the reason in a toast (never an old result)."""
-        if photo is None:  # the photo was removed
-            return None, "", info_markdown(classifier)
-        try:
-            probabilities = classify(photo)
-        except gr.Error as error:
-            gr.Warning(error.message)
-            return None, "", info_markdown(classifier)
-        return probabilities, unsure_note(probabilities), info_markdown(classifier)
+    def classify(self, photo: "str | io.BytesIO | UnreadablePhoto | None") -> dict[str, float]:
+        self._usable(photo)
+        with photo_errors():
+            return self.classifier.predict([photo])[0]
 
-    def classify_many(files: list[str] | None):
-        """Several photo files -> one table row each; unreadable ones get a note. At most MAX_BATCH_FILES."""
-        if classifier is None:
-            raise gr.Error(startup_warning or "No model is loaded.")
+    def where_it_looked(self, photo: "str | io.BytesIO | UnreadablePhoto | None",
+                        class_name: str | None = None) -> Image.Image:
+        """The photo with the heatmap of `class_name` (by default the class the model answers) over it."""
+        if class_name is None:
+            class_name = top_class(self.classify(photo))
+            if isinstance(photo, io.BytesIO):  # a data: URL's bytes, read once already
+                photo.seek(0)
+        self._usable(photo)
+        with photo_errors():
+            return self.explainer.overlay(photo, class_name)
+
+    def classify_many(self, files: list[str] | None) -> list[BatchAnswer]:
+        self._require_model()
         if not files:
             raise gr.Error("No photos given: choose one or more image files.")
         if len(files) > MAX_BATCH_FILES:
             raise gr.Error(f"Too many photos: {len(files)} at once, and a batch takes at most {MAX_BATCH_FILES}. "
                            f"Classify them in batches of {MAX_BATCH_FILES}.")
-        rows = []
-        for path, p in zip(files, classifier.predict_readable(files), strict=True):
-            if isinstance(p, Exception):
-                note = too_large(p) if isinstance(p, ImageTooLarge) else NOT_A_PHOTO
-                rows.append([os.path.basename(path), "-", *[None] * len(classifier.class_names), note])
-                continue
-            rows.append([os.path.basename(path), max(p, key=p.get),
-                         *(round(p[c] * 100, 1) for c in classifier.class_names),
-                         "not sure" if unsure_note(p) else ""])
-        return rows, info_markdown(classifier)
+        answers = []
+        for path, result in zip(files, self.classifier.predict_readable(files), strict=True):
+            if isinstance(result, Exception):
+                answers.append(BatchAnswer(path, None, too_large(result) if isinstance(result, ImageTooLarge)
+                                           else NOT_A_PHOTO))
+            else:
+                answers.append(BatchAnswer(path, result))
+        return answers
 
-    class_names = classifier.class_names if classifier else ["cat", "dog"]
+    def rows(self, files: list[str] | None) -> list[list]:
+        """The API's /predict_many: one table row per photo, in order; unreadable ones get a note."""
+        return [answer.row(self.class_names) for answer in self.classify_many(files)]
+
+
+def write_csv(headers: list[str], rows: list[list]) -> str:
+    """The batch table as a CSV file to download (Gradio copies it into its cache, which is cleaned)."""
+    path = Path(tempfile.mkdtemp(dir=CSV_FOLDER)) / "catsdogs-answers.csv"
+    with path.open("w", newline="") as file:
+        csv.writer(file).writerows([headers, *rows])
+    return str(path)
+
+
+# The page's events: each takes what its tab shows and returns what it changes.
+
+def show_answer(predictor: Predictor, photo) -> tuple:
+    """Photo tab, first step: the label at once (the heatmap follows); no photo clears everything."""
+    if photo is None:
+        return None, "", None, "", None
+    started = time.perf_counter()
+    probabilities = predictor.classify(photo)
+    answer = PhotoAnswer(top_class(probabilities), time.perf_counter() - started)
+    return probabilities, unsure_note(probabilities), None, f"Answered in {took(answer.seconds)}", answer
+
+
+def show_heatmap(predictor: Predictor, photo, answer: PhotoAnswer | None) -> tuple:
+    if photo is None or answer is None:
+        return None, gr.skip()
+    started = time.perf_counter()
+    heatmap = predictor.where_it_looked(photo, answer.class_name)
+    return heatmap, (f"Answered in {took(answer.seconds)} · heatmap in "
+                     f"{took(time.perf_counter() - started)}")
+
+
+def show_live(predictor: Predictor, frame) -> tuple:
+    started = time.perf_counter()
+    probabilities = predictor.classify(frame)
+    return probabilities, unsure_note(probabilities), f"Last frame answered in {took(time.perf_counter() - started)}"
+
+
+def show_batch(predictor: Predictor, headers: list[str], files) -> tuple:
+    started = time.perf_counter()
+    answers = predictor.classify_many(files)
+    seconds = time.perf_counter() - started
+    rows = [answer.row(predictor.class_names) for answer in answers]
+    gallery = [(answer.photo, answer.caption()) for answer in answers if answer.probabilities is not None]
+    table = pd.DataFrame(rows, columns=headers).style.format(precision=1, na_rep="-")  # 28.0, not 28
+    return (gallery, table, write_csv(headers, rows),
+            f"{len(answers)} photo{'s' if len(answers) != 1 else ''} answered in {took(seconds)}")
+
+
+def info_caption(classifier: Classifier | None) -> str:
+    """The line under the page saying what runs: the model, its measured accuracy, the device."""
+    if classifier is None:
+        return "No model loaded."
+    source = "the shipped weights" if classifier.source == str(SHIPPED_WEIGHTS) else f"`{classifier.source}`"
+    accuracy = (f"{percent(classifier.val_accuracy)} validation accuracy" if classifier.val_accuracy is not None
+                else "validation accuracy not stated")
+    return f"Model: {source} · {accuracy} · running on the {classifier.device.type.upper()}"
+
+
+def how_it_works(classifier: Classifier | None) -> str:
+    """The page's own explanation: the network, how good and how honest it was measured to be, its limits."""
+    if classifier is not None and classifier.val_accuracy is not None:
+        accuracy = (f"It was right on **{percent(classifier.val_accuracy)}** of the validation photos of its model "
+                    "card: Kaggle pet photos it never trained on.")
+    else:
+        accuracy = "These weights state no accuracy."
+    if classifier is not None and classifier.val_calibration_error is not None:
+        honesty = (f"The percentages are **calibrated**: answers shown at 90% were right about 90 times in 100 "
+                   f"(on average {classifier.val_calibration_error * 100:.1f} percentage points off, the expected "
+                   "calibration error).")
+    else:
+        honesty = "These weights carry no calibration: the percentages are the network's plain softmax."
+    return (
+        "**The network.** A small convolutional network (786,402 parameters: five blocks of 3×3 convolutions, "
+        "then two fully connected layers) trained on Kaggle's *Dogs vs. Cats* photos. It sees the whole photo "
+        f"squashed to 224×224 pixels and gives each class a probability. {accuracy} {honesty}\n\n"
+        "**Where it looked.** The heatmap is Grad-CAM: the parts of the photo that pushed the network towards its "
+        "answer are red and yellow, those that did not keep their own colours. It shows what the network used, "
+        "not what a person would.\n\n"
+        f"**Limits.** It only knows cats and dogs: anything else still gets one of the two, often confidently "
+        f"(try the coffee cup). Below {UNSURE_BELOW:.0%} for the top class the page says it is not sure. It judges "
+        "the whole photo at once: several animals, drawings or a pet far away are guesses too."
+    )
+
+
+def model_card(classifier: Classifier | None) -> None:
+    """A link to the model's Hub page when it came from the Hub; otherwise its card, folded."""
+    if classifier is None:
+        return
+    repo, _, revision = classifier.source.partition("@")
+    if not Path(repo).is_dir():
+        page = f"{constants.ENDPOINT}/{repo}" + (f"/tree/{revision}" if revision else "")
+        gr.Markdown(f"📄 [Model card on the Hugging Face Hub]({page})", elem_id="model-card")
+        return
+    card = classifier.folder / "README.md"
+    if card.is_file():
+        # Its plots are files beside it that the page does not serve: left out rather than shown broken.
+        text = re.sub(r"^!\[[^\]]*\]\([^)]*\)\n?", "", ModelCard.load(card).text, flags=re.MULTILINE)
+        with gr.Accordion("Model card (its plots are in the weights folder)", open=False, elem_id="model-card"):
+            gr.Markdown(text)
+
+
+def header(startup_warning: str) -> None:
+    gr.Markdown("# 🐱 Cat or dog?\nGive it a photo of a pet, or click one of the examples: a small network "
+                "says cat or dog, how sure it is, and shows where in the photo it looked.", elem_id="intro")
+    if startup_warning:
+        gr.Markdown(f"⚠️ {startup_warning}", elem_id="startup-warning")
+
+
+def photo_tab(predictor: Predictor) -> tuple[PetPhoto, gr.Label, gr.Image]:
+    with gr.Tab("Photo"):
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                photo = PetPhoto(type="filepath", sources=["upload", "webcam", "clipboard"], image_mode=None,
+                                 label="Your photo", height=IMAGE_HEIGHT, elem_id="photo",
+                                 webcam_options=gr.WebcamOptions(constraints={"video": {"width": {"ideal": 640}}}))
+                gr.Markdown("Drop a photo on the box, or use the buttons under it.", elem_classes="caption")
+                gr.Examples([[EXAMPLES / name] for name in EXAMPLE_PICTURES], photo, cache_examples=False,
+                            example_labels=list(EXAMPLE_PICTURES.values()), label="No photo at hand? Click one")
+            with gr.Column():
+                label = gr.Label(num_top_classes=len(predictor.class_names), label="Prediction",
+                                 elem_id="prediction")
+                note = gr.Markdown(elem_id="unsure")
+                heatmap = gr.Image(label="Where it looked", interactive=False, height=IMAGE_HEIGHT, format="jpeg",
+                                   elem_id="heatmap", buttons=["download", "fullscreen"])
+                gr.Markdown("Red and yellow: the parts of the photo that pushed the network towards its answer "
+                            "(Grad-CAM); blue ones a little, uncoloured ones not at all.",
+                            elem_classes="caption")
+                timing = gr.Markdown(elem_id="photo-timing", elem_classes="caption")
+    answer = gr.State(None)  # PhotoAnswer: per visitor, for this tab
+    answered = photo.change(partial(show_answer, predictor), photo, [label, note, heatmap, timing, answer],
+                            api_visibility="private", concurrency_id="predict")
+    answered.success(partial(show_heatmap, predictor), [photo, answer], [heatmap, timing],
+                     api_visibility="private", concurrency_id="predict")
+    # A photo that cannot be used: the error toast, and nothing of it (no broken image) or of the photo before.
+    answered.failure(lambda: (None, None, "", None, "", None), None, [photo, label, note, heatmap, timing, answer],
+                     api_visibility="private", queue=False)
+    return photo, label, heatmap
+
+
+def live_tab(predictor: Predictor) -> None:
+    with gr.Tab("Live webcam"):
+        with gr.Row():
+            live = PetPhoto(sources=["webcam"], streaming=True, type="filepath", label="Webcam (live)",
+                            elem_id="live", image_mode=None, height=IMAGE_HEIGHT, webcam_options=gr.WebcamOptions(
+                                constraints={"video": {"width": {"ideal": 640}}}))
+            with gr.Column():
+                live_label = gr.Label(num_top_classes=len(predictor.class_names), elem_id="live-prediction",
+                                      label="Live prediction")
+                live_note = gr.Markdown(elem_id="live-unsure")
+                gr.Markdown("Updates twice a second while the webcam records, for up to a minute.",
+                            elem_classes="caption")
+                timing = gr.Markdown(elem_id="live-timing", elem_classes="caption")
+    live.stream(partial(show_live, predictor), live, [live_label, live_note, timing], stream_every=0.5,
+                time_limit=60, concurrency_limit=4, api_visibility="private")
+
+
+def batch_tab(predictor: Predictor) -> tuple[gr.File, gr.Dataframe]:
+    headers = ["photo", "prediction", *(f"{c} %" for c in predictor.class_names), "note"]
+    with gr.Tab("Several photos"):
+        files = gr.File(file_count="multiple", file_types=["image"], label=f"Photos (up to {MAX_BATCH_FILES})",
+                        elem_id="batch")
+        run = gr.Button("Classify all", variant="primary", elem_id="batch-run")
+        timing = gr.Markdown(elem_id="batch-timing", elem_classes="caption")
+        gallery = gr.Gallery(label="Answers", columns=4, height="auto", object_fit="contain", elem_id="gallery")
+        table = gr.Dataframe(headers=headers, label="Answers as a table", elem_id="batch-results", interactive=False)
+        download = gr.File(label="The table as CSV", elem_id="batch-csv")
+    run.click(partial(show_batch, predictor, headers), files, [gallery, table, download, timing],
+              api_visibility="private", concurrency_id="predict")
+    return files, table
+
+
+def api_endpoints(predictor: Predictor, photo: PetPhoto, label: gr.Label, heatmap: gr.Image, files: gr.File,
+                  table: gr.Dataframe) -> None:
+    """The API (README, "API"): the page's inputs and outputs, answered by invisible buttons' events."""
+    endpoint = partial(gr.Button(visible=False).click, concurrency_id="predict")
+    endpoint(predictor.classify, photo, label, api_name="predict", api_description=(
+        "Cat or dog? One photo in; each class's probability out, the most likely first."))
+    endpoint(predictor.where_it_looked, photo, heatmap, api_name="heatmap", api_description=(
+        "Where it looked: one photo in; the photo with a Grad-CAM heatmap of the class the model answers."))
+    endpoint(predictor.rows, files, table, api_name="predict_many", api_description=(
+        f"Several photos (up to {MAX_BATCH_FILES}) in; a table out, one row per photo in order: its name, the "
+        "answer, each class's probability in percent and a note (not sure, or why the file could not be read)."))
+
+
+def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.Blocks:
+    predictor = Predictor(classifier, startup_warning)
     # Uploads and linked photos live in Gradio's cache: every CACHE_SECONDS, files older than that are deleted.
     with Demo(title="Cat or dog?", delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as demo:
-        gr.Markdown("# Cat or dog?\nGive it a photo of a pet: upload it, paste it, or take a webcam "
-                    "snapshot. A small CNN (786k parameters) answers with the probability of each class.")
-        with gr.Accordion("How it works: what the percentages mean", open=False):
-            gr.Markdown(how_it_works(classifier), elem_id="how-it-works")
-        if startup_warning:
-            gr.Markdown(f"⚠️ {startup_warning}", elem_id="startup-warning")
-        with gr.Tab("Photo"):
-            with gr.Row():
-                photo = PetPhoto(type="filepath", sources=["upload", "webcam", "clipboard"], label="Pet photo",
-                                 image_mode=None, elem_id="photo",
-                                 webcam_options=gr.WebcamOptions(constraints={"video": {"width": {"ideal": 640}}}))
-                with gr.Column():
-                    label = gr.Label(num_top_classes=len(class_names), label="Prediction", elem_id="prediction")
-                    note = gr.Markdown(elem_id="unsure")
-        with gr.Tab("Live webcam"):
-            with gr.Row():
-                live = PetPhoto(sources=["webcam"], streaming=True, type="filepath", label="Webcam (live)",
-                                elem_id="live", image_mode=None, webcam_options=gr.WebcamOptions(
-                                    constraints={"video": {"width": {"ideal": 640}}}))
-                with gr.Column():
-                    live_label = gr.Label(num_top_classes=len(class_names), elem_id="live-prediction",
-                                          label="Live prediction (updates twice a second, for up to a minute)")
-                    live_note = gr.Markdown(elem_id="live-unsure")
-        with gr.Tab("Several photos"):
-            files = gr.File(file_count="multiple", file_types=["image"], label=f"Photos (up to {MAX_BATCH_FILES})",
-                            elem_id="batch")
-            run_batch = gr.Button("Classify all", variant="primary", elem_id="batch-run")
-            table = gr.Dataframe(headers=["photo", "prediction", *(f"{c} %" for c in class_names), "note"],
-                                 elem_id="batch-results", interactive=False)
-        info = gr.Markdown(info_markdown(classifier), elem_id="info")
-
-        # Photos, batches and API calls share one queue slot pool ("predict", 2 at a time: 2 CPU cores);
-        # live streams have their own, as each holds its slot for up to time_limit.
-        photo.change(show, photo, [label, note, info], api_visibility="private", concurrency_id="predict")
-        live.stream(lambda frame: show(frame)[:2], live, [live_label, live_note], stream_every=0.5,
-                    time_limit=60, concurrency_limit=4, api_visibility="private")
-        run_batch.click(classify_many, files, [table, info], api_name="predict_many", concurrency_id="predict")
-        # The API endpoint: the same photo input, answered with the label alone (see README, "API").
-        gr.Button(visible=False).click(classify, photo, label, api_name="predict", concurrency_id="predict")
+        header(startup_warning)
+        photo, label, heatmap = photo_tab(predictor)
+        live_tab(predictor)
+        files, table = batch_tab(predictor)
+        with gr.Accordion("How it works, and its limits", open=True, elem_id="how-it-works"):
+            gr.Markdown(how_it_works(classifier))
+        model_card(classifier)
+        gr.Markdown(info_caption(classifier), elem_id="info", elem_classes="caption")
+        api_endpoints(predictor, photo, label, heatmap, files, table)
     return demo
 
 
@@ -273,7 +504,7 @@ def main() -> None:
         print(f"serving {classifier.source} on {classifier.device.type}", flush=True)
     demo = build_demo(classifier, warning)
     demo.queue(default_concurrency_limit=2, max_size=64)
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_BYTES,
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_BYTES, theme=THEME, css=CSS,
                 app_kwargs={"middleware": [Middleware(RequestSizeLimit, max_bytes=MAX_REQUEST_BYTES,
                                                       upload_bytes=MAX_UPLOAD_BYTES)]})
 

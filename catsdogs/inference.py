@@ -2,7 +2,6 @@
 
 import ctypes
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,7 +84,6 @@ class Classifier:
         if not all(math.isfinite(p) for p in warm_up.values()):
             raise HubError(f"the weights in {self.folder} give no usable probabilities ({warm_up}): "
                            "they hold NaN or inf")
-        self.last_seconds: float | None = None  # of the last real prediction
 
     @property
     def class_names(self) -> list[str]:
@@ -97,15 +95,11 @@ class Classifier:
         Raises one of preprocess.BAD_IMAGE_ERRORS for a file that is not a usable photo
         (preprocess.ImageTooLarge for one over preprocess.MAX_PIXELS).
         """
-        started = time.perf_counter()
-        results = self._probabilities([load_photo(photo, self.model.image_size) for photo in photos])
-        self.last_seconds = time.perf_counter() - started
-        return results
+        return self._probabilities([load_photo(photo, self.model.image_size) for photo in photos])
 
     def predict_readable(self, photos: Sequence[PhotoSource]) -> list[dict[str, float] | Exception]:
         """Like `predict`, but a photo that cannot be used gets its error (one of BAD_IMAGE_ERRORS) instead of
         failing the others. Photos are decoded one at a time and kept only at the network's input size."""
-        started = time.perf_counter()
         readable: dict[int, torch.Tensor] = {}
         errors: dict[int, Exception] = {}
         for i, photo in enumerate(photos):
@@ -114,7 +108,6 @@ class Classifier:
             except BAD_IMAGE_ERRORS as error:
                 errors[i] = error
         results = dict(zip(readable, self._probabilities(list(readable.values()))))
-        self.last_seconds = time.perf_counter() - started
         return [results[i] if i in results else errors[i] for i in range(len(photos))]
 
     def _probabilities(self, images: list[torch.Tensor]) -> list[dict[str, float]]:

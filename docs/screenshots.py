@@ -1,9 +1,10 @@
 """Take the README's screenshots of the demo with Chromium (Playwright), on the shipped weights.
 
-    python docs/screenshots.py        # writes docs/photo.png, docs/live.png, docs/batch.png
+    python docs/screenshots.py   # writes docs/photo.png, docs/phone.png, docs/live.png, docs/batch.png
 
-The pictures are the ones Gradio and matplotlib ship in their packages (a cheetah, a lion, a tower...),
-not the Kaggle photos, which must not end up in the repository, not even inside a screenshot.
+The pictures are the repository's licence-clean examples/ and the ones Gradio and matplotlib ship in their
+packages (a cheetah, a lion, a tower...), not the Kaggle photos, which must not end up in the repository, not
+even inside a screenshot.
 """
 
 import sys
@@ -18,9 +19,20 @@ ROOT = DOCS.parent
 GRADIO_IMAGES = Path(find_spec("gradio").origin).parent / "media_assets" / "images"
 MATPLOTLIB_IMAGES = Path(find_spec("matplotlib").origin).parent / "mpl-data" / "sample_data"
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from test_browser import CHROMIUM, WEBCAM_READY, write_y4m  # noqa: E402
+from test_browser import CHROMIUM, WEBCAM_READY, HEATMAP_SHOWN, write_y4m  # noqa: E402
 
 from bench.app_load import start_app  # noqa: E402
+
+
+def photo_tab(page, url: str, path: Path, show_from: str | None = None) -> None:
+    """The photo tab after a click on the cat example, once its heatmap is there (scrolled to `show_from`)."""
+    page.goto(url)
+    page.get_by_text("Chelsea the cat").click()
+    page.wait_for_function(HEATMAP_SHOWN, timeout=60_000)
+    if show_from:
+        page.locator(show_from).evaluate("e => e.scrollIntoView()")
+    page.wait_for_timeout(500)
+    page.screenshot(path=path)
 
 
 def main() -> None:
@@ -31,12 +43,10 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
                 "--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream",
                 "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={camera}"])
-            page = browser.new_page(viewport={"width": 1100, "height": 760})
-            page.goto(url)
-            page.locator("#photo input[type=file]").set_input_files(GRADIO_IMAGES / "cheetah.jpg")
-            page.locator("#prediction [data-testid=label-output-value]").wait_for()
-            page.wait_for_timeout(500)
-            page.screenshot(path=DOCS / "photo.png")
+            photo_tab(browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2), url,
+                      DOCS / "phone.png", show_from="#prediction")
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            photo_tab(page, url, DOCS / "photo.png")
 
             page.get_by_role("tab", name="Live webcam").click()
             page.locator("#live").get_by_text("Click to Access Webcam").click()
@@ -49,10 +59,11 @@ def main() -> None:
             page.get_by_role("tab", name="Several photos").click()
             page.locator("#batch input[type=file]").set_input_files(
                 [GRADIO_IMAGES / name for name in ("cheetah1.jpg", "lion.jpg", "tower.jpg", "groot.jpeg")]
-                + [MATPLOTLIB_IMAGES / "grace_hopper.jpg"])
+                + [MATPLOTLIB_IMAGES / "grace_hopper.jpg", ROOT / "examples" / "chelsea.jpg"])
             page.locator("#batch-run").click()
             page.wait_for_function("() => document.querySelector('#batch-results').innerText.includes('grace_hopper')")
-            page.wait_for_timeout(500)
+            page.wait_for_timeout(1000)
+            page.locator("#batch-run").scroll_into_view_if_needed()
             page.screenshot(path=DOCS / "batch.png", full_page=True)
             browser.close()
     finally:

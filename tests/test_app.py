@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import FULL_SIZE, SURE, USER, WRITE_TOKEN, App, clear_photos, true_class
+from conftest import FULL_SIZE, HUB_URL, SURE, USER, WRITE_TOKEN, App, clear_photos, true_class
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from imagegen import pet_photo
@@ -132,7 +132,7 @@ def test_several_photos_at_once_get_one_right_row_each(client, shared_data, tmp_
     text.write_text("not a photo")
     photos = clear_photos(shared_data)
     photos.insert(3, text)
-    table, _info = client.predict([handle_file(p) for p in photos], api_name="/predict_many")
+    table = client.predict([handle_file(p) for p in photos], api_name="/predict_many")  # the results alone
     rows = {row[0]: row for row in table["data"]}
     assert [row[0] for row in table["data"]] == [p.name for p in photos]  # one row each, in order
     assert table["headers"] == ["photo", "prediction", "cat %", "dog %", "note"]
@@ -144,6 +144,34 @@ def test_several_photos_at_once_get_one_right_row_each(client, shared_data, tmp_
         client.predict([], api_name="/predict_many")
 
 
+def test_heatmap_endpoint_draws_over_the_photo(client, shared_data, tmp_path):
+    photo = shared_data / FULL_SIZE / "cat.85.jpg"
+    heatmap = Image.open(client.predict(handle_file(photo), api_name="/heatmap"))
+    original = Image.open(photo).convert("RGB")
+    assert heatmap.size == original.size  # a Kaggle photo is smaller than the 512 px the heatmap may take
+    changed = np.abs(np.asarray(heatmap.convert("RGB"), float) - np.asarray(original, float)).max(axis=2) > 40
+    assert 0.05 < changed.mean() < 0.9  # coloured where it looked, the photo elsewhere
+    for name, (value, message) in bad_inputs(tmp_path).items():
+        with pytest.raises(AppError, match=message):
+            client.predict(value, api_name="/heatmap")
+
+
+def test_the_examples_are_a_cat_and_non_pets_one_of_them_not_sure(client):
+    import app as demo_app
+
+    found = answers(client, [demo_app.EXAMPLES / name for name in demo_app.EXAMPLE_PICTURES])
+    assert found["chelsea.jpg"][0] == "cat" and found["chelsea.jpg"][1] >= SURE, found
+    assert any(probability < demo_app.UNSURE_BELOW for _, probability in found.values()), found  # the note shows
+
+
+def test_the_api_page_describes_every_endpoint_for_users(app):
+    described = {dep["api_name"]: dep["api_description"] for dep in app.config()["dependencies"]
+                 if dep.get("api_visibility", "public") == "public" and dep.get("api_name")}
+    assert set(described) == {"predict", "heatmap", "predict_many"}, described
+    for name, text in described.items():
+        assert text and "->" not in text and "gr.Error" not in text, (name, text)
+
+
 def test_model_from_the_hub(hub, shipped_weights, shared_data):
     push_outputs(shipped_weights, f"{USER}/catsdogs", token=WRITE_TOKEN)
     app = App("--model", f"{USER}/catsdogs", "--revision", "main").wait_ready()
@@ -151,6 +179,7 @@ def test_model_from_the_hub(hub, shipped_weights, shared_data):
         assert_right_answers(Client(app.url, verbose=False), clear_photos(shared_data)[::3])  # 2 cats, a dog
         assert f"serving {USER}/catsdogs@main on cpu" in app.log()
         assert "startup-warning" not in str(app.config())
+        assert f"]({HUB_URL}/{USER}/catsdogs/tree/main)" in str(app.config())  # the page links to its Hub page
     finally:
         app.stop()
 
@@ -257,3 +286,11 @@ def test_the_upload_cache_is_cleaned():
 
     demo = demo_app.build_demo(None, "no model in this test")
     assert demo.delete_cache == (demo_app.CACHE_SECONDS, demo_app.CACHE_SECONDS) and demo_app.CACHE_SECONDS <= 3600
+
+
+def test_the_page_explains_itself_and_shows_the_card_without_broken_images(app):
+    texts = [str(c["props"].get("value")) for c in app.config()["components"] if c.get("type") == "markdown"]
+    how = next(text for text in texts if text.startswith("**The network.**"))
+    assert "93.0%" in how and "only knows cats and dogs" in how  # the shipped weights' measured accuracy
+    card = next(text for text in texts if "the documented cat-vs-dog CNN" in text)
+    assert "Validation accuracy: 92.96%" in card and "![" not in card

@@ -17,6 +17,8 @@ from PIL import Image
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WEBCAM_READY = ("id => { const v = document.querySelector(`#${id} [data-testid=webcam-video]`);"
                 " return v && v.videoWidth > 0; }")
+# True once the heatmap's picture has loaded (a broken one has no natural width).
+HEATMAP_SHOWN = "() => { const img = document.querySelector('#heatmap img'); return !!img && img.naturalWidth > 0; }"
 # Per class, from conftest.CLEAR_PHOTOS: the camera's two photos (alternating, so the live label keeps changing),
 # the photo uploaded, and the photo uploaded after a bad file.
 CAMERA = {"cat": ["cat.85.jpg", "cat.77.jpg"], "dog": ["dog.79.jpg", "dog.37.jpg"]}
@@ -85,11 +87,12 @@ def assert_right(answer: tuple[str, float], pet: str) -> None:
     assert answer[0] == pet and answer[1] >= SURE, f"the page said {answer}, the photo is a {pet}"
 
 
-def test_upload_a_real_photo_shows_the_right_class(page, shared_data, pet):
+def test_upload_a_real_photo_shows_the_right_class_then_where_it_looked(page, shared_data, pet):
     page.locator("#photo input[type=file]").set_input_files(shared_data / FULL_SIZE / UPLOAD[pet])
     assert_right(shown_answer(page, "prediction"), pet)
     assert probability(page, "prediction", "cat") + probability(page, "prediction", "dog") == pytest.approx(1)
-    assert re.search(r"last prediction: \d+ ms", page.locator("#info").inner_text())
+    page.wait_for_function(HEATMAP_SHOWN, timeout=30_000)
+    assert re.fullmatch(r"Answered in \d+ ms · heatmap in \d+ ms", page.locator("#photo-timing").inner_text())
 
 
 def test_webcam_snapshot_shows_the_right_class(page, pet):
@@ -114,12 +117,20 @@ def test_live_stream_keeps_updating_with_the_right_class(page, pet):
     assert sum(a != b for a, b in zip(readings, readings[1:])) >= 2, f"the live label did not keep updating: {readings}"
     for answer in readings:
         assert_right(answer, pet)
+    assert re.fullmatch(r"Last frame answered in \d+ ms", page.locator("#live-timing").inner_text())
 
 
-def test_text_file_upload_shows_an_error_and_the_page_recovers(page, tmp_path, shared_data, pet):
+def no_broken_image(page, component: str) -> bool:
+    """No picture in the component that failed to load (the browser's broken-image icon)."""
+    return page.locator(f"#{component}").evaluate(
+        "e => [...e.querySelectorAll('img')].every(img => img.complete && img.naturalWidth > 0)")
+
+
+def test_text_file_upload_shows_an_error_and_leaves_nothing_behind(page, tmp_path, shared_data, pet):
     top = page.locator("#prediction [data-testid=label-output-value]")
     page.locator("#photo input[type=file]").set_input_files(shared_data / FULL_SIZE / UPLOAD[pet])
     top.wait_for(timeout=30_000)
+    page.wait_for_function(HEATMAP_SHOWN, timeout=30_000)
     text = tmp_path / "holiday.jpg"
     text.write_text("this is not a photo")
     page.locator("#photo").get_by_label("Remove Image").click()
@@ -127,7 +138,9 @@ def test_text_file_upload_shows_an_error_and_the_page_recovers(page, tmp_path, s
     toast = page.locator("[data-testid=toast-body]")
     toast.first.wait_for(timeout=30_000)
     assert "not a photo the app can read" in toast.first.inner_text()
+    assert "Error" in toast.first.inner_text() and "Warning" not in toast.first.inner_text()
     top.wait_for(state="detached", timeout=10_000)  # no stale result from the photo before
-    page.locator("#photo").get_by_label("Remove Image").click()
+    page.locator("#photo img").wait_for(state="detached", timeout=10_000)  # nor the file that is no photo
+    assert page.locator("#heatmap img").count() == 0 and no_broken_image(page, "photo")
     page.locator("#photo input[type=file]").set_input_files(shared_data / FULL_SIZE / AFTER_A_BAD_FILE[pet])
     assert_right(shown_answer(page, "prediction"), pet)
