@@ -13,7 +13,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from catsdogs import plots
@@ -99,13 +100,19 @@ class RunState:
     best_weights: dict[str, torch.Tensor] | None = None  # a CPU copy of the best epoch's weights
     seconds: float = 0.0  # training time of the finished epochs, over every launch of the run
     calibration: Calibration | None = None  # of the best weights, fitted once the last epoch is done (not saved)
+    ema: AveragedModel | None = None  # the moving average of the weights (--ema-decay), updated after every step
 
     @classmethod
     def start(cls, config: TrainConfig, model: CatsDogsCNN, precision: Precision, steps_per_epoch: int,
               data_fingerprint: str = "") -> "RunState":
         optimizer = make_optimizer(config, model)
         return cls(model, optimizer, make_scheduler(config, optimizer, steps_per_epoch), precision.grad_scaler(),
-                   config, data_fingerprint, steps_per_epoch)
+                   config, data_fingerprint, steps_per_epoch, ema=make_ema(config, model))
+
+    @property
+    def evaluated(self) -> CatsDogsCNN:
+        """The weights that are validated, chosen as best and saved: the moving average when there is one."""
+        return self.ema.module if self.ema else self.model
 
     def finish_epoch(self, record: EpochRecord, seconds: float) -> bool:
         """Add a finished epoch; keep its weights if they validate best. True when they do."""
@@ -114,7 +121,7 @@ class RunState:
         if record.val_accuracy <= self.best_accuracy:
             return False
         self.best_accuracy, self.best_epoch = record.val_accuracy, record.epoch
-        weights = self.model.state_dict()
+        weights = self.evaluated.state_dict()
         self.best_weights = {name: w.detach().to("cpu", copy=True).contiguous() for name, w in weights.items()}
         return True
 
@@ -125,14 +132,16 @@ class RunState:
             "epoch": self.epoch, "history": [asdict(r) for r in self.history], "seconds": self.seconds,
             "best": {"accuracy": self.best_accuracy, "epoch": self.best_epoch, "model": self.best_weights},
             "recipe": self.config.recipe(), "data_fingerprint": self.data_fingerprint,
-            "steps_per_epoch": self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch, "ema": self.ema.state_dict() if self.ema else None,
         }
 
     def resume_from(self, path: str | Path) -> None:
         """Continue the run saved at `path`, after checking it is this run: same recipe, photos and steps."""
         saved = load_checkpoint(path)
-        changed = [f"--{k.replace('_', '-')} was {saved['recipe'].get(k)!r}, now {v!r}"
-                   for k, v in self.config.recipe().items() if saved["recipe"].get(k) != v]
+        # A setting newer than the checkpoint was not there to change: that run trained with its default.
+        was = {f.name: f.default for f in fields(TrainConfig) if f.metadata["recipe"]} | saved["recipe"]
+        changed = [f"--{k.replace('_', '-')} was {was.get(k)!r}, now {v!r}"
+                   for k, v in self.config.recipe().items() if was.get(k) != v]
         if changed:
             raise CheckpointError("--resume must repeat the interrupted run's settings: " + "; ".join(changed))
         if saved["steps_per_epoch"] != self.steps_per_epoch:
@@ -145,6 +154,8 @@ class RunState:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
+        if self.ema:
+            self.ema.load_state_dict(saved["ema"])
         self.epoch, self.seconds = saved["epoch"], saved["seconds"]
         self.history = [EpochRecord(**row) for row in saved["history"]]
         best = saved["best"]
@@ -160,6 +171,22 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
                                weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def make_ema(config: TrainConfig, model: CatsDogsCNN) -> AveragedModel | None:
+    """The moving average of `model`'s weights that --ema-decay asks for (a copy on the same device), or None.
+
+    Every process of a torchrun run keeps its own, identical one: DDP keeps the weights it averages identical.
+    """
+    if not config.ema_decay:
+        return None
+    # Its step count (n_averaged) stays on the CPU: on a GPU, reading it every step would wait for the GPU.
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+
+
+def build_model(config: TrainConfig, temperature: float = 1.0) -> CatsDogsCNN:
+    """The network as this run trains, validates and saves it (its config.json: classes, dropout, TTA)."""
+    return CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout, tta=config.tta, temperature=temperature)
 
 
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
@@ -198,7 +225,7 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
     torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
 
     torch.manual_seed(config.seed)  # the same initial weights in every process
-    model = CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout)
+    model = build_model(config)
     split = choose_split(config.data, config.val_fraction, config.seed, config.val_data)
     log(f"training photos: {split.train.counts()}; validation photos: {split.val.counts()} ({split.source})")
     train_photos, val_photos = (load_photos(photos, model.image_size, device, config.workers, name, ranks.is_main,
@@ -233,7 +260,7 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
             loss, accuracy, seconds, per_s = train_one_epoch(
                 run, ddp_model, loader, epoch, precision, ranks,
                 estimate_epochs=config.epochs - epoch + 1 if epoch == first_of_launch else 0)
-            val = validate(model, val_photos, ranks)
+            val = validate(run.evaluated, val_photos, ranks)
             record = EpochRecord(epoch, loss, accuracy, run.optimizer.param_groups[0]["lr"], seconds, per_s,
                                  val.loss, val.accuracy, val.confusion)
             improved = run.finish_epoch(record, seconds_before + time.perf_counter() - started)
@@ -303,6 +330,8 @@ def optimization_step(run: RunState, ddp_model: nn.Module, images: torch.Tensor,
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
+    if run.ema:
+        run.ema.update_parameters(run.model)
     return loss, logits
 
 
@@ -353,8 +382,7 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
 
 
 def _write_outputs(config: TrainConfig, run: RunState, summary: dict) -> None:
-    model = CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout,
-                        temperature=run.calibration.temperature if run.calibration else 1.0)
+    model = build_model(config, run.calibration.temperature if run.calibration else 1.0)
     model.load_state_dict(run.best_weights)
     best = next(r for r in run.history if r.epoch == run.best_epoch)
     figures = {
@@ -383,6 +411,6 @@ def _calibrate_outputs(config: TrainConfig, run: RunState, val_photos: DecodedPh
 
 def _calibrate_best(run: RunState, photos: DecodedPhotos) -> Calibration:
     """Fit the temperature of the best epoch's weights on the validation photos (main process, after training)."""
-    model = CatsDogsCNN(class_names=CLASS_NAMES).to(photos.images.device, memory_format=torch.channels_last)
+    model = build_model(run.config).to(photos.images.device, memory_format=torch.channels_last)
     model.load_state_dict(run.best_weights)
     return calibrate(predict_logits(model, photos.images), photos.labels)
