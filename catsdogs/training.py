@@ -206,14 +206,14 @@ def train(config: TrainConfig, command: str | None = None) -> TrainResult:
     device = pick_device(config.device)
     if ranks.is_main:  # the one writer; under torchrun, the launcher stops the others when it exits
         check_outputs(config)
-    if ranks.world > 1 and not dist.is_initialized():
+    if ranks.distributed and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         return _train(config, command or "python train.py " + shlex.join(sys.argv[1:]), ranks, device)
     finally:
-        if ranks.world > 1 and dist.is_initialized():
+        if ranks.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -234,12 +234,13 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
     loader = TrainingBatches(train_photos, config.batch_size, ranks, config.seed, config.augment, model.mean,
                              model.std)
     log(f"training on {describe_device(device, precision)}" + (
-        f", {ranks.world} processes of {loader.process_batch} photos per step" if ranks.world > 1 else "")
+        f", {ranks.world} processes of {loader.process_batch} photos per step, DDP over {dist.get_backend()}"
+        if ranks.distributed else "")
         + (f"; memory allocator: {describe_allocator()}" if device.type == "cpu" else ""))
 
     model = model.to(device, memory_format=torch.channels_last)
     ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
-        if ranks.world > 1 else model
+        if ranks.distributed else model
     fingerprint = f"{split.train.fingerprint()}-{split.val.fingerprint()}"
     run = RunState.start(config, model, precision, len(loader), fingerprint)
     if config.resume:
@@ -312,7 +313,7 @@ def train_one_epoch(run: RunState, ddp_model: nn.Module, loader: TrainingBatches
         bar.update()  # a manual count: tqdm's iterator shows a stale one when the bar is redrawn between refreshes
     bar.close()
     totals = torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)])
-    if ranks.world > 1:
+    if ranks.distributed:
         dist.all_reduce(totals)
     loss_sum, correct, seen = totals.tolist()
     elapsed = time.perf_counter() - started
@@ -344,7 +345,7 @@ def validate(model: CatsDogsCNN, photos: DecodedPhotos, ranks: Ranks) -> Validat
     loss_sum = F.cross_entropy(logits, labels, reduction="sum")
     correct = (predicted == labels).sum().float()
     confusion = torch.bincount(labels * classes + predicted, minlength=classes * classes).float()
-    if ranks.world > 1:
+    if ranks.distributed:
         for total in (loss_sum, correct, confusion):
             dist.all_reduce(total)
     n = len(photos)
@@ -371,7 +372,7 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
     """What metrics.json and the model card say about the run so far."""
     return {
         "command": command, "config": asdict(config),
-        "device": device + (f" x {ranks.world} processes" if ranks.world > 1 else ""),
+        "device": device + (f" x {ranks.world} processes" if ranks.distributed else ""),
         "n_train": len(train_photos), "n_val": len(val_photos),
         "train_counts": split.train.counts(), "val_counts": split.val.counts(), "validation_source": split.source,
         "skipped_files": [[str(p), r] for p, r in train_photos.skipped + val_photos.skipped],
