@@ -180,7 +180,6 @@ def make_ema(config: TrainConfig, model: CatsDogsCNN) -> AveragedModel | None:
     """
     if not config.ema_decay:
         return None
-    # Its step count (n_averaged) stays on the CPU: on a GPU, reading it every step would wait for the GPU.
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
 
 
