@@ -39,6 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.push and not args.repo_id:
         parser.error("--push needs --repo-id NAME (e.g. --repo-id you/catsdogs)")
+    try:
+        TrainConfig.from_args(args)  # settings that are wrong together or out of range, said before anything runs
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 

@@ -84,10 +84,12 @@ def main() -> None:
                         default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     parser.add_argument("--runs", type=int, default=200, help="single-photo calls timed per row")
     parser.add_argument("--seconds", type=int, default=10, help="seconds per batched row")
+    parser.add_argument("--photos", type=Path, default=PHOTOS, help="full-size JPEGs for the single-photo rows "
+                        "(default: the shared sample)")
     args = parser.parse_args()
-    photos = sorted(PHOTOS.glob("*.jpg"))
+    photos = sorted(args.photos.glob("*.jpg"))
     if not photos:
-        raise SystemExit(f"no full-size photos in {PHOTOS} (see README: Set-up)")
+        raise SystemExit(f"no full-size photos in {args.photos} (see README: Set-up)")
 
     keep_freed_memory()  # as app.py does
     latency, throughput = [], []

@@ -9,6 +9,8 @@ import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from catsdogs.model import TTA_MODES
+
 CHECKPOINT_IN_OUTPUT = "checkpoint/last.safetensors"  # relative to --output; the push leaves checkpoint/ out
 
 
@@ -48,6 +50,12 @@ class TrainConfig:
     label_smoothing: float = setting(0.1, "label smoothing of the loss", "recipe", recipe=True)
     dropout: float = setting(0.0, "dropout after each 512-unit layer (adds no parameters)", "recipe", recipe=True)
     augment: bool = setting(True, "random mirror, zoom, shift, rotation and colour jitter", "recipe", recipe=True)
+    ema_decay: float = setting(0.0, "keep an exponential moving average of the weights, updated after every step "
+                               "with this decay (e.g. 0.999; 0 = off): validation, the best epoch and the saved "
+                               "weights are the average's", "recipe", recipe=True)
+    tta: str = setting("none", "test-time augmentation, recorded in config.json so that validation, evaluate and "
+                       "the app all apply it: mirror = average the logits of each photo and its mirror image "
+                       "(twice the compute per photo)", "recipe", recipe=True, choices=TTA_MODES)
 
     device: str = setting("auto", "auto (CUDA if present), cpu, cuda or cuda:N", "run")
     output: str = setting("runs/catsdogs", "where the best weights, their card, metrics and plots go", "run")
@@ -58,6 +66,9 @@ class TrainConfig:
                               "(without it, such a run is refused)", "run")
 
     def __post_init__(self) -> None:
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema-decay must be at least 0 and below 1 (0 turns the average off), "
+                             f"not {self.ema_decay}")
         if self.checkpoint is None:  # the checkpoint lives with the run it belongs to
             self.checkpoint = str(Path(self.output) / CHECKPOINT_IN_OUTPUT)
 

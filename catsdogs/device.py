@@ -90,12 +90,20 @@ class Ranks:
 
     rank: int = 0
     world: int = 1
+    torchrun: bool = False  # launched by torchrun: a process group and DDP even for one process
 
     @property
     def is_main(self) -> bool:
         """The one process that logs, writes files and pushes."""
         return self.rank == 0
 
+    @property
+    def distributed(self) -> bool:
+        """Train with a process group and DistributedDataParallel. Under torchrun always, so that one process on
+        one GPU (`--nproc-per-node 1`) already runs the NCCL path a multi-GPU run takes."""
+        return self.torchrun or self.world > 1
+
     @classmethod
     def from_env(cls) -> "Ranks":
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   "LOCAL_WORLD_SIZE" in os.environ)

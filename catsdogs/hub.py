@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from safetensors import SafetensorError
 
 from catsdogs.config import TrainConfig
-from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, CatsDogsCNN
+from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, TTA_MODES, CatsDogsCNN
 
 TOKEN_HELP = "run `hf auth login` or set HF_TOKEN to a token with write access (https://huggingface.co/settings/tokens)"
 
@@ -230,6 +230,8 @@ def config_problem(config: Any) -> str | None:
     if not (isinstance(temperature, int | float) and not isinstance(temperature, bool)
             and math.isfinite(temperature) and temperature > 0):
         return f"temperature must be a number above zero, not {temperature!r}"
+    if config.get("tta", "none") not in TTA_MODES:
+        return f"tta must be one of {', '.join(map(repr, TTA_MODES))}, not {config['tta']!r}"
     return None
 
 

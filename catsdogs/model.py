@@ -22,6 +22,7 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_SIZE = 224  # the layer table's 800 flattened features hold only for 224x224 inputs
+TTA_MODES = ("none", "mirror")  # test-time augmentation: the photo alone, or averaged with its mirror image
 
 MODEL_CARD_TEMPLATE = (Path(__file__).parent / "model_card.md").read_text()
 
@@ -43,6 +44,7 @@ class CatsDogsCNN(
         std: tuple[float, float, float] = IMAGENET_STD,
         dropout: float = 0.0,
         temperature: float = 1.0,
+        tta: str = "none",
     ) -> None:
         super().__init__()
         if image_size != INPUT_SIZE:
@@ -50,6 +52,9 @@ class CatsDogsCNN(
         if not (isinstance(temperature, int | float) and not isinstance(temperature, bool)
                 and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a number above zero, not {temperature!r}")
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, not {tta!r}")
+        self.tta = tta  # how catsdogs.inference.predict_logits runs these weights; config.json carries it
         self.temperature = float(temperature)  # logits / temperature -> calibrated probabilities (catsdogs.calibrate)
         self.class_names = list(class_names)
         self.image_size = image_size
@@ -89,7 +94,7 @@ class CatsDogsCNN(
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """The mixin's card, plus the validation accuracy as structured eval results."""
-        card = super().generate_model_card(*args, **kwargs)
+        card = super().generate_model_card(*args, **{"tta": self.tta, **kwargs})
         card.data.model_name = kwargs.get("model_name", "catsdogs")
         if kwargs.get("datasets"):  # a Hub dataset: the model page links to it
             card.data.datasets = kwargs["datasets"]

@@ -13,7 +13,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from catsdogs import plots
@@ -99,13 +100,19 @@ class RunState:
     best_weights: dict[str, torch.Tensor] | None = None  # a CPU copy of the best epoch's weights
     seconds: float = 0.0  # training time of the finished epochs, over every launch of the run
     calibration: Calibration | None = None  # of the best weights, fitted once the last epoch is done (not saved)
+    ema: AveragedModel | None = None  # the moving average of the weights (--ema-decay), updated after every step
 
     @classmethod
     def start(cls, config: TrainConfig, model: CatsDogsCNN, precision: Precision, steps_per_epoch: int,
               data_fingerprint: str = "") -> "RunState":
         optimizer = make_optimizer(config, model)
         return cls(model, optimizer, make_scheduler(config, optimizer, steps_per_epoch), precision.grad_scaler(),
-                   config, data_fingerprint, steps_per_epoch)
+                   config, data_fingerprint, steps_per_epoch, ema=make_ema(config, model))
+
+    @property
+    def evaluated(self) -> CatsDogsCNN:
+        """The weights that are validated, chosen as best and saved: the moving average when there is one."""
+        return self.ema.module if self.ema else self.model
 
     def finish_epoch(self, record: EpochRecord, seconds: float) -> bool:
         """Add a finished epoch; keep its weights if they validate best. True when they do."""
@@ -114,7 +121,7 @@ class RunState:
         if record.val_accuracy <= self.best_accuracy:
             return False
         self.best_accuracy, self.best_epoch = record.val_accuracy, record.epoch
-        weights = self.model.state_dict()
+        weights = self.evaluated.state_dict()
         self.best_weights = {name: w.detach().to("cpu", copy=True).contiguous() for name, w in weights.items()}
         return True
 
@@ -125,14 +132,16 @@ class RunState:
             "epoch": self.epoch, "history": [asdict(r) for r in self.history], "seconds": self.seconds,
             "best": {"accuracy": self.best_accuracy, "epoch": self.best_epoch, "model": self.best_weights},
             "recipe": self.config.recipe(), "data_fingerprint": self.data_fingerprint,
-            "steps_per_epoch": self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch, "ema": self.ema.state_dict() if self.ema else None,
         }
 
     def resume_from(self, path: str | Path) -> None:
         """Continue the run saved at `path`, after checking it is this run: same recipe, photos and steps."""
         saved = load_checkpoint(path)
-        changed = [f"--{k.replace('_', '-')} was {saved['recipe'].get(k)!r}, now {v!r}"
-                   for k, v in self.config.recipe().items() if saved["recipe"].get(k) != v]
+        # A setting newer than the checkpoint was not there to change: that run trained with its default.
+        was = {f.name: f.default for f in fields(TrainConfig) if f.metadata["recipe"]} | saved["recipe"]
+        changed = [f"--{k.replace('_', '-')} was {was.get(k)!r}, now {v!r}"
+                   for k, v in self.config.recipe().items() if was.get(k) != v]
         if changed:
             raise CheckpointError("--resume must repeat the interrupted run's settings: " + "; ".join(changed))
         if saved["steps_per_epoch"] != self.steps_per_epoch:
@@ -145,6 +154,8 @@ class RunState:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
+        if self.ema:
+            self.ema.load_state_dict(saved["ema"])
         self.epoch, self.seconds = saved["epoch"], saved["seconds"]
         self.history = [EpochRecord(**row) for row in saved["history"]]
         best = saved["best"]
@@ -160,6 +171,21 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
                                weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def make_ema(config: TrainConfig, model: CatsDogsCNN) -> AveragedModel | None:
+    """The moving average of `model`'s weights that --ema-decay asks for (a copy on the same device), or None.
+
+    Every process of a torchrun run keeps its own, identical one: DDP keeps the weights it averages identical.
+    """
+    if not config.ema_decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+
+
+def build_model(config: TrainConfig, temperature: float = 1.0) -> CatsDogsCNN:
+    """The network as this run trains, validates and saves it (its config.json: classes, dropout, TTA)."""
+    return CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout, tta=config.tta, temperature=temperature)
 
 
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
@@ -179,14 +205,14 @@ def train(config: TrainConfig, command: str | None = None) -> TrainResult:
     device = pick_device(config.device)
     if ranks.is_main:  # the one writer; under torchrun, the launcher stops the others when it exits
         check_outputs(config)
-    if ranks.world > 1 and not dist.is_initialized():
+    if ranks.distributed and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         return _train(config, command or "python train.py " + shlex.join(sys.argv[1:]), ranks, device)
     finally:
-        if ranks.world > 1 and dist.is_initialized():
+        if ranks.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -198,7 +224,7 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
     torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
 
     torch.manual_seed(config.seed)  # the same initial weights in every process
-    model = CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout)
+    model = build_model(config)
     split = choose_split(data_source(config.data, config.data_revision, config.data_split), config.val_fraction,
                          config.seed, config.val_data)
     if split.hub_dataset:
@@ -210,12 +236,13 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
     loader = TrainingBatches(train_photos, config.batch_size, ranks, config.seed, config.augment, model.mean,
                              model.std)
     log(f"training on {describe_device(device, precision)}" + (
-        f", {ranks.world} processes of {loader.process_batch} photos per step" if ranks.world > 1 else "")
+        f", {ranks.world} processes of {loader.process_batch} photos per step, DDP over {dist.get_backend()}"
+        if ranks.distributed else "")
         + (f"; memory allocator: {describe_allocator()}" if device.type == "cpu" else ""))
 
     model = model.to(device, memory_format=torch.channels_last)
     ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
-        if ranks.world > 1 else model
+        if ranks.distributed else model
     fingerprint = f"{split.train.fingerprint()}-{split.val.fingerprint()}"
     run = RunState.start(config, model, precision, len(loader), fingerprint)
     if config.resume:
@@ -236,7 +263,7 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
             loss, accuracy, seconds, per_s = train_one_epoch(
                 run, ddp_model, loader, epoch, precision, ranks,
                 estimate_epochs=config.epochs - epoch + 1 if epoch == first_of_launch else 0)
-            val = validate(model, val_photos, ranks)
+            val = validate(run.evaluated, val_photos, ranks)
             record = EpochRecord(epoch, loss, accuracy, run.optimizer.param_groups[0]["lr"], seconds, per_s,
                                  val.loss, val.accuracy, val.confusion)
             improved = run.finish_epoch(record, seconds_before + time.perf_counter() - started)
@@ -288,7 +315,7 @@ def train_one_epoch(run: RunState, ddp_model: nn.Module, loader: TrainingBatches
         bar.update()  # a manual count: tqdm's iterator shows a stale one when the bar is redrawn between refreshes
     bar.close()
     totals = torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)])
-    if ranks.world > 1:
+    if ranks.distributed:
         dist.all_reduce(totals)
     loss_sum, correct, seen = totals.tolist()
     elapsed = time.perf_counter() - started
@@ -306,6 +333,8 @@ def optimization_step(run: RunState, ddp_model: nn.Module, images: torch.Tensor,
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
+    if run.ema:
+        run.ema.update_parameters(run.model)
     return loss, logits
 
 
@@ -318,7 +347,7 @@ def validate(model: CatsDogsCNN, photos: DecodedPhotos, ranks: Ranks) -> Validat
     loss_sum = F.cross_entropy(logits, labels, reduction="sum")
     correct = (predicted == labels).sum().float()
     confusion = torch.bincount(labels * classes + predicted, minlength=classes * classes).float()
-    if ranks.world > 1:
+    if ranks.distributed:
         for total in (loss_sum, correct, confusion):
             dist.all_reduce(total)
     n = len(photos)
@@ -345,7 +374,7 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
     """What metrics.json and the model card say about the run so far."""
     return {
         "command": command, "config": asdict(config),
-        "device": device + (f" x {ranks.world} processes" if ranks.world > 1 else ""),
+        "device": device + (f" x {ranks.world} processes" if ranks.distributed else ""),
         "n_train": len(train_photos), "n_val": len(val_photos),
         "train_counts": split.train.counts(), "val_counts": split.val.counts(), "validation_source": split.source,
         **({"hub_dataset": {"id": split.hub_dataset.dataset.repo_id, "revision": split.hub_dataset.commit,
@@ -358,8 +387,7 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
 
 
 def _write_outputs(config: TrainConfig, run: RunState, summary: dict) -> None:
-    model = CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout,
-                        temperature=run.calibration.temperature if run.calibration else 1.0)
+    model = build_model(config, run.calibration.temperature if run.calibration else 1.0)
     model.load_state_dict(run.best_weights)
     best = next(r for r in run.history if r.epoch == run.best_epoch)
     figures = {
@@ -388,6 +416,6 @@ def _calibrate_outputs(config: TrainConfig, run: RunState, val_photos: DecodedPh
 
 def _calibrate_best(run: RunState, photos: DecodedPhotos) -> Calibration:
     """Fit the temperature of the best epoch's weights on the validation photos (main process, after training)."""
-    model = CatsDogsCNN(class_names=CLASS_NAMES).to(photos.images.device, memory_format=torch.channels_last)
+    model = build_model(run.config).to(photos.images.device, memory_format=torch.channels_last)
     model.load_state_dict(run.best_weights)
     return calibrate(predict_logits(model, photos.images), photos.labels)

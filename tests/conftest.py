@@ -259,6 +259,8 @@ def assert_same_training(run: Path, reference: Path) -> None:
     assert_same(ours["best"]["model"], theirs["best"]["model"], "the checkpoint's best weights")
     assert_same(*(load_file(folder / "weights" / "model.safetensors") for folder in (run, reference)),
                 "weights/model.safetensors")
+    if ours["ema"] or theirs["ema"]:
+        assert_same(ours["ema"], theirs["ema"], "the checkpoint's moving average of the weights")
     timings = {"seconds", "images_per_s"}
     assert [{k: v for k, v in row.items() if k not in timings} for row in ours["history"]] == [
         {k: v for k, v in row.items() if k not in timings} for row in theirs["history"]]

@@ -17,9 +17,13 @@ from catsdogs.checkpoint import load_checkpoint
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
+# The moving average and the mirror on: each process keeps its own average, which must stay in step and resume exactly.
+DDP_RECIPE = {**EASY_TASK, "ema_decay": 0.5, "tta": "mirror"}
+
+
 def train_args(data: Path, out: Path, **recipe) -> list[str]:
     args = ["--data", str(data), "--output", str(out / "weights"), "--checkpoint", str(out / "ck" / "last.safetensors")]
-    for key, value in {**EASY_TASK, **recipe}.items():
+    for key, value in {**DDP_RECIPE, **recipe}.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     return args
 
@@ -112,6 +116,20 @@ def test_killing_one_process_fails_the_run_and_resume_ends_exactly_where_the_uni
     history = json.loads((tmp_path / "weights" / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert_same_training(tmp_path, ddp_run[1])  # bit for bit, in both processes' random streams
+
+
+def test_one_process_under_torchrun_is_ddp_and_trains_exactly_as_a_plain_run(easy_photos, tmp_path):
+    """On a one-GPU machine `torchrun --nproc-per-node 1` is what proves the NCCL path: it must be the distributed
+    path (a process group, DDP, the all-reduces), and that must change nothing."""
+    data, _ = easy_photos
+    launches = {"torchrun": [*TORCHRUN[:-1], "1", "train.py"], "plain": [sys.executable, "train.py"]}
+    results = {name: subprocess.run([*launch, *train_args(data, tmp_path / name, epochs=2)], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=300) for name, launch in launches.items()}
+    for result in results.values():
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 processes of 16 photos per step, DDP over gloo" in results["torchrun"].stdout
+    assert "DDP" not in results["plain"].stdout
+    assert_same_training(tmp_path / "torchrun", tmp_path / "plain")
 
 
 def test_the_documented_multi_machine_command_on_loopback(easy_photos, tmp_path):

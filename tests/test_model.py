@@ -96,7 +96,7 @@ def test_config_round_trip_gives_identical_outputs(tmp_path):
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config == {"class_names": ["cat", "dog"], "image_size": 224, "mean": [0.485, 0.456, 0.406],
-                      "std": [0.229, 0.224, 0.225], "dropout": 0.3, "temperature": 0.75}
+                      "std": [0.229, 0.224, 0.225], "dropout": 0.3, "temperature": 0.75, "tta": "none"}
     loaded = CatsDogsCNN.from_pretrained(tmp_path)
     assert (loaded.class_names, loaded.image_size, loaded.mean, loaded.std, loaded.temperature) == (
         ["cat", "dog"], 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0.75)
@@ -111,3 +111,36 @@ def test_weights_that_do_not_match_the_table_fail_to_load(tmp_path):
     save_file(state, tmp_path / "model.safetensors")  # the head is missing
     with pytest.raises(RuntimeError, match="head"):
         CatsDogsCNN.from_pretrained(tmp_path)
+
+
+def test_mirror_tta_averages_photo_and_mirror_logits_in_one_forward_pass(tmp_path):
+    from catsdogs.hub import load_model
+    from catsdogs.inference import predict_logits
+
+    torch.manual_seed(0)
+    plain = CatsDogsCNN().eval()
+    plain.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "tta": "mirror"}))
+    mirrored = load_model(tmp_path)  # the setting travels in config.json
+    assert mirrored.tta == "mirror"
+    photos = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8)
+    batches = []
+    mirrored.register_forward_hook(lambda module, inputs, output: batches.append(len(inputs[0])))
+    both = predict_logits(mirrored, photos)
+    assert batches == [6]  # each photo and its mirror image, in one batch
+    expected = (predict_logits(plain, photos) + predict_logits(plain, photos.flip(-1))) / 2
+    torch.testing.assert_close(both, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(both, predict_logits(plain, photos))  # the mirror changed something
+    batches.clear()
+    predict_logits(mirrored, photos, batch_size=4)
+    assert batches == [4, 2]  # batch_size bounds the images per forward pass, mirrors included
+
+
+def test_weights_without_a_tta_setting_load_without_tta(shipped_weights):
+    from catsdogs.hub import load_model
+
+    assert "tta" not in json.loads((shipped_weights / "config.json").read_text())  # written before the setting
+    assert load_model(shipped_weights).tta == "none"
+    with pytest.raises(ValueError, match="tta must be one of none, mirror, not 'flip'"):
+        CatsDogsCNN(tta="flip")

@@ -16,6 +16,7 @@ import torch
 from conftest import OUTPUT_FILES, ROOT, assert_same_training
 from imagegen import write_kaggle_folder
 from PIL import Image
+from safetensors.torch import load_file
 
 from catsdogs import CatsDogsCNN, plots
 from catsdogs.allocator import find_jemalloc
@@ -66,6 +67,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
     expected = {"data": str(data), "val_data": str(val), "val_fraction": 0.25, "seed": 3, "epochs": 30,
                 "batch_size": 20, "lr": 0.001, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
                 "label_smoothing": 0.0, "dropout": 0.2, "augment": False, "device": "cpu",
+                "ema_decay": 0.99, "tta": "mirror",
                 "output": str(tmp_path / "out"), "checkpoint": str(tmp_path / "ck" / "last.safetensors"),
                 "resume": False, "overwrite": True, "workers": 1,
                 "cache": False, "cache_dir": str(tmp_path / "cache"), "data_revision": None, "data_split": "train"}
@@ -76,7 +78,8 @@ def test_every_flag_reaches_the_training_config(tmp_path):
                                                                                    "data_split"]
     args = ["--data", str(data), "--val-data", str(val), "--val-fraction", "0.25", "--seed", "3", "--epochs", "30",
             "--batch-size", "20", "--lr", "0.001", "--optimizer", "adam", "--schedule", "constant",
-            "--weight-decay", "0", "--label-smoothing", "0", "--dropout", "0.2", "--no-augment", "--device", "cpu",
+            "--weight-decay", "0", "--label-smoothing", "0", "--dropout", "0.2", "--no-augment", "--ema-decay", "0.99",
+            "--tta", "mirror", "--device", "cpu",
             "--output", expected["output"], "--checkpoint", expected["checkpoint"], "--overwrite", "--workers", "1",
             "--no-cache", "--cache-dir", expected["cache_dir"]]
     metrics = Path(expected["output"]) / "metrics.json"
@@ -107,7 +110,8 @@ def test_cli_stops_at_once_on_unusable_data(tmp_path):
 
 def test_kill_then_resume_ends_exactly_where_an_uninterrupted_run_ends(tmp_path):
     data = write_kaggle_folder(tmp_path / "photos", per_class=12)
-    recipe = ["--data", str(data), "--val-fraction", "0.25", "--epochs", "3", "--batch-size", "6"]
+    recipe = ["--data", str(data), "--val-fraction", "0.25", "--ema-decay", "0.9", "--tta", "mirror", "--epochs", "3",
+              "--batch-size", "6"]  # the moving average and the mirror: they must resume exactly too
     run, reference = tmp_path / "run", tmp_path / "reference"
     output, checkpoint = run / "weights", run / "ck" / "last.safetensors"
     args = [*recipe, "--output", str(output), "--checkpoint", str(checkpoint)]
@@ -146,6 +150,27 @@ def test_kill_then_resume_ends_exactly_where_an_uninterrupted_run_ends(tmp_path)
     _, stderr = uninterrupted.communicate(timeout=300)
     assert uninterrupted.returncode == 0, stderr
     assert_same_training(run, reference)  # bit for bit: the random streams are reseeded per seed and epoch
+
+
+def test_the_moving_average_is_validated_and_saved_and_the_mirror_is_recorded(tmp_path):
+    from catsdogs.hub import load_model
+    from catsdogs.training import train
+
+    data = write_kaggle_folder(tmp_path / "photos", per_class=8)
+    config = TrainConfig(data=str(data), val_fraction=0.25, epochs=1, batch_size=4, ema_decay=0.5, tta="mirror",
+                         device="cpu", workers=1, cache=False, output=str(tmp_path / "out"))
+    train(config, command="python train.py --test")
+    checkpoint = load_checkpoint(config.checkpoint)
+    ema = checkpoint["ema"]
+    assert ema["n_averaged"].item() == checkpoint["steps_per_epoch"]  # updated after every step
+    average = {name.removeprefix("module."): w for name, w in ema.items() if name != "n_averaged"}
+    saved = load_file(Path(config.output) / "model.safetensors")
+    assert saved.keys() == average.keys() and all(torch.equal(saved[k], average[k]) for k in saved)  # 1 epoch: best
+    assert not all(torch.equal(saved[k], checkpoint["model"][k]) for k in saved)  # the average, not the last step
+    assert load_model(config.output).tta == "mirror"
+    card = (Path(config.output) / "README.md").read_text()
+    assert "mirror test-time augmentation" in card and "exponential moving average" in card
+    assert "| ema_decay | 0.5 |" in card and "| tta | mirror |" in card
 
 
 def test_validation_photos_that_are_also_trained_on_are_flagged(easy_photos, capsys):

@@ -1,0 +1,37 @@
+"""bench.gpu_session: the photos travel to the GPU machine in chunks the device tool can carry, and arrive whole."""
+
+import tarfile
+
+from imagegen import write_kaggle_folder
+
+from bench import gpu_session
+
+
+def test_photos_travel_in_chunks_under_the_limit_and_unpack_exactly(tmp_path):
+    data = tmp_path / "data"
+    train = write_kaggle_folder(data / gpu_session.TRAIN, per_class=40)
+    write_kaggle_folder(data / gpu_session.FULLRES, per_class=5, start=1)
+    chunks = gpu_session.pack(data, tmp_path / "chunks", max_mib=0.6, fullres=4)
+
+    assert len(chunks) >= 2 and all(chunk.stat().st_size <= 0.6 * 2**20 for chunk in chunks)
+    assert [c.name for c in chunks] == [f"photos-{k}-of-{len(chunks)}.tar.gz" for k in range(1, len(chunks) + 1)]
+    with tarfile.open(chunks[0]) as tar:
+        first = tar.getnames()
+    assert sum(name.startswith(gpu_session.FULLRES) for name in first) == 4  # bench.inference's, in the first
+    assert {name.rsplit("/", 1)[1].split(".")[0] for name in first if name.startswith(gpu_session.TRAIN)} == {
+        "cat", "dog"}  # the first chunk alone can train
+
+    gpu_session.setup(tmp_path / "chunks", tmp_path / "photos", wheels_folder=tmp_path / "no-wheels")
+    arrived = tmp_path / "photos" / gpu_session.TRAIN
+    assert sorted(p.name for p in arrived.iterdir()) == sorted(p.name for p in train.iterdir())
+    assert all((arrived / p.name).read_bytes() == p.read_bytes() for p in train.iterdir())
+
+
+def test_every_sweep_recipe_is_a_valid_train_py_command():
+    import train
+
+    for chosen in gpu_session.SWEEP:
+        config = train.TrainConfig.from_args(train.parse_args(["--data", "x", *chosen.args]))
+        assert config.epochs == chosen.epochs and config.tta == "mirror" and config.ema_decay > 0
+    assert len({r.name for r in gpu_session.SWEEP}) == len(gpu_session.SWEEP)
+    assert gpu_session.SWEEP[0].with_epochs(1).epochs == 1
