@@ -9,6 +9,8 @@ import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from catsdogs.autotune import CHOICES
+
 CHECKPOINT_IN_OUTPUT = "checkpoint/last.safetensors"  # relative to --output; the push leaves checkpoint/ out
 
 
@@ -46,6 +48,9 @@ class TrainConfig:
     augment: bool = setting(True, "random mirror, zoom, shift, rotation and colour jitter", "recipe", recipe=True)
 
     device: str = setting("auto", "auto (CUDA if present), cpu, cuda or cuda:N", "run")
+    memory_format: str = setting("auto", "the layout the network trains in: auto measures both on this machine at "
+                                 "start (seconds) and keeps the faster; the result is the same but for rounding",
+                                 "run", choices=CHOICES)
     output: str = setting("runs/catsdogs", "where the best weights, their card, metrics and plots go", "run")
     checkpoint: str | None = setting(None, "written after every epoch (default: OUTPUT/checkpoint/last.safetensors;"
                                      " not uploaded by --push)", "run")
