@@ -501,7 +501,7 @@ def main() -> None:
     keep_freed_memory()  # this process serves one model: keep its activations' memory between requests
     classifier, warning = load_classifier(args.model, args.revision)
     if classifier is not None:
-        print(f"serving {classifier.source} on {classifier.device.type}", flush=True)
+        print(f"serving {classifier.source} on {classifier.device.type}; {classifier.layout.describe()}", flush=True)
     demo = build_demo(classifier, warning)
     demo.queue(default_concurrency_limit=2, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_BYTES, theme=THEME, css=CSS,

@@ -4,76 +4,100 @@
     python -m bench.inference --device cpu --runs 300
 
 Single photo: read a full-size JPEG -> preprocess -> forward -> probabilities,
-exactly as app.py does it (`Classifier.predict`), against the forward pass
-alone on a ready tensor, p50/p95. Batched: images/s of the forward pass in each
-precision, with the achieved GFLOP/s as a share of a large matmul's measured
-GFLOP/s on the same device.
+exactly as app.py does it (`Classifier.predict`, in the layout the Classifier
+chose by measuring), against the forward pass alone on a ready tensor in each
+memory layout, p50/p95, all taking turns call by call. Batched: images/s of the
+forward pass in each precision and layout, with the achieved GFLOP/s as a share
+of a large matmul's measured GFLOP/s on the same device.
 """
 
 import argparse
+import copy
 import itertools
 import resource
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from bench.common import compute_peak, flops_per_photo, percentile, report, timings
-from catsdogs.hub import SHIPPED_WEIGHTS
+from catsdogs.autotune import Layout, use_layout
 from catsdogs.device import Precision, cpu_has_native_bf16
+from catsdogs.hub import SHIPPED_WEIGHTS
 from catsdogs.inference import Classifier, keep_freed_memory, predict_logits
+from catsdogs.model import CatsDogsCNN
 from catsdogs.preprocess import load_photo, normalize
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-fullres-sample"
 
 
-def timings_and_faults(fn, runs: int, device: torch.device) -> tuple[list[float], float]:
-    """Seconds per call after 10 warm-up calls, and the minor page faults per call: memory the allocator handed
-    back and the call touched again (a count that a busy machine does not blur, unlike the times)."""
-    timings(fn, runs=0, warmup=10, device=device)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    seconds = timings(fn, runs, warmup=0, device=device)
-    return seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / runs
+def interleaved(calls: dict[str, Callable], runs: int, device: torch.device) -> dict[str, tuple[list[float], float]]:
+    """Seconds per call of each function after 10 warm-up calls, taking turns call by call (so load from elsewhere
+    hits them all alike), and the minor page faults per call: memory the allocator handed back and the call
+    touched again (a count that a busy machine does not blur, unlike the times)."""
+    for call in calls.values():
+        timings(call, runs=0, warmup=10, device=device)
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    faults = dict.fromkeys(calls, 0)
+    for _ in range(runs):
+        for name, call in calls.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            seconds[name] += timings(call, runs=1, warmup=0, device=device)
+            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    return {name: (seconds[name], faults[name] / runs) for name in calls}
+
+
+def in_layout(model: CatsDogsCNN, layout: Layout) -> CatsDogsCNN:
+    return use_layout(copy.deepcopy(model), layout)
 
 
 def single_photo(classifier: Classifier, photos: list[Path], runs: int) -> list[list]:
-    device, model = classifier.device, classifier.model
+    device, model, chosen = classifier.device, classifier.model, classifier.layout.layout
     next_photo = itertools.cycle(photos).__next__
-    end_to_end = timings_and_faults(lambda: classifier.predict([next_photo()]), runs, device)
-    decode = timings_and_faults(lambda: load_photo(next_photo(), model.image_size), runs, device)
     ready = normalize(load_photo(photos[0], model.image_size)[None], model.mean, model.std).to(device)
-    with torch.inference_mode(), Precision.for_inference(device).autocast():  # the precision the app's path runs in
-        forward = timings_and_faults(lambda: model.probabilities(model(ready)), runs, device)
-    p50 = percentile(forward[0], 0.5)
+    forwards = {layout: in_layout(model, layout) for layout in Layout}
+
+    def forward(layout: Layout):
+        with torch.inference_mode(), Precision.for_inference(device).autocast():  # the precision of the app's path
+            return forwards[layout].probabilities(forwards[layout](ready))
+
+    calls = {f"photo end to end (app path, {chosen.label})": lambda: classifier.predict([next_photo()]),
+             "decode + resize only": lambda: load_photo(next_photo(), model.image_size),
+             **{f"forward only, {layout.label}": partial(forward, layout) for layout in Layout}}
+    measured = interleaved(calls, runs, device)
+    p50 = percentile(measured[f"forward only, {chosen.label}"][0], 0.5)
     return [[f"{device.type}: {name}", percentile(t, 0.5) * 1000, percentile(t, 0.95) * 1000,
-             f"{percentile(t, 0.5) / p50:.2f}x", faults]
-            for name, (t, faults) in [("photo end to end (app path)", end_to_end),
-                                      ("decode + resize only", decode), ("forward only", forward)]]
+             f"{percentile(t, 0.5) / p50:.2f}x", faults] for name, (t, faults) in measured.items()]
 
 
 def batched(classifier: Classifier, batch: int, seconds_per_row: int) -> list[list]:
+    """Images/s of each precision and layout, the layouts taking turns batch by batch."""
     device, model = classifier.device, classifier.model
     flops = flops_per_photo(model, training=False)
     images = torch.randint(0, 256, (batch, 3, model.image_size, model.image_size), dtype=torch.uint8, device=device)
-    precisions = [Precision(device, torch.float32), Precision(device, torch.bfloat16)]
+    models = {layout: in_layout(model, layout) for layout in Layout}
     rows = []
-    for precision in precisions:
+    for precision in [Precision(device, torch.float32), Precision(device, torch.bfloat16)]:
         if device.type == "cpu" and precision.dtype == torch.bfloat16 and not cpu_has_native_bf16():
             continue
         peak = compute_peak(device, precision.dtype)
 
-        def run():
+        def run(layout: Layout):
             if precision == Precision.for_inference(device):
-                return predict_logits(model, images, batch)  # the app's own path on this device
+                return predict_logits(models[layout], images, batch)  # the app's own path on this device
             with precision.autocast(), torch.inference_mode():
-                return model(normalize(images, model.mean, model.std))
+                return models[layout](normalize(images, model.mean, model.std))
 
-        once = sum(timings(run, runs=1, warmup=1, device=device))
-        seconds = timings(run, runs=max(3, int(seconds_per_row / once)), warmup=0, device=device)
-        per_s = batch / percentile(seconds, 0.5)
+        once = sum(timings(partial(run, Layout.CHANNELS_LAST), runs=1, warmup=1, device=device))
+        measured = interleaved({layout: partial(run, layout) for layout in Layout},
+                               max(3, int(seconds_per_row / once)), device)
         name = precision.name + (" (TF32 convolutions)" if device.type == "cuda" and precision.dtype == torch.float32
                                  else "")
-        rows.append([f"{device.type} {name}, batch {batch}, channels_last", per_s, per_s * flops / 1e9,
-                     peak / 1e9, f"{per_s * flops / peak:.0%}"])
+        for layout, (seconds, _) in measured.items():
+            per_s = batch / percentile(seconds, 0.5)
+            rows.append([f"{device.type} {name}, batch {batch}, {layout.label}", per_s, per_s * flops / 1e9,
+                         peak / 1e9, f"{per_s * flops / peak:.0%}"])
     return rows
 
 
@@ -95,6 +119,7 @@ def main() -> None:
     latency, throughput = [], []
     for device in map(torch.device, args.device):
         classifier = Classifier(args.model, device=device)
+        print(f"{device.type}: the Classifier's {classifier.layout.describe()}", flush=True)
         latency += single_photo(classifier, photos, args.runs)
         throughput += batched(classifier, 64 if device.type == "cpu" else 512, args.seconds)
     report("Inference: one full-size photo", ["path", "p50 ms", "p95 ms", "p50 vs forward", "page faults per call"],

@@ -3,19 +3,23 @@
     python -m bench.training                    # CPU, and CUDA too when there is a GPU
     python -m bench.training --device cpu --seconds 60
 
-Three ways to train the same network on the same real photos, measured in one run:
+Three ways to train the same network on the same real photos, measured in one run, taking turns
+(--rounds) so that load from elsewhere hits them all alike:
 - ours: photos decoded once and kept in memory (on the GPU when there is one), each batch
   indexed, augmented and normalised with tensor ops, then train.py's optimisation step
-  (bf16 autocast where the device has bf16, channels_last), batch 64 (512 on a GPU);
+  (bf16 autocast where the device has bf16), batch 64 (512 on a GPU), in each memory layout,
+  marked with the one train.py's --memory-format auto chooses here;
 - the same optimisation step on one pre-made, normalised batch: what the pipeline costs;
 - the seed project's approach: a Dataset opening each JPEG with PIL, torchvision
   transforms, a DataLoader with batch 20, fp32, NCHW, Adam at lr 1e-3.
 """
 
 import argparse
+import copy
 import itertools
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 if __name__ == "__main__":  # the allocator train.py runs on (jemalloc where installed; CATSDOGS_ALLOCATOR=system: not)
@@ -29,12 +33,13 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
 from bench.common import compute_peak, flops_per_photo, report, synchronize  # noqa: E402
+from catsdogs.autotune import Layout, use_layout  # noqa: E402
 from catsdogs.config import TrainConfig  # noqa: E402
 from catsdogs.data import CLASS_NAMES, Photos, find_photos  # noqa: E402
 from catsdogs.device import Precision, Ranks  # noqa: E402
 from catsdogs.loader import TrainingBatches, load_photos  # noqa: E402
 from catsdogs.model import CatsDogsCNN  # noqa: E402
-from catsdogs.training import RunState, optimization_step  # noqa: E402
+from catsdogs.training import RunState, choose_training_layout, optimization_step  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-200" / "train"
 
@@ -57,43 +62,58 @@ class SeedStylePhotos(Dataset):
             return self.transform(image.convert("RGB")), self.photos.labels[i]
 
 
-def images_per_s(step, batch: int, seconds: float, device: torch.device) -> float:
-    """Run `step()` (one batch each; it may return the batch's size) for about `seconds` after two warm-up steps;
-    images per second."""
-    for _ in range(2):
-        step()
+def interleaved_rates(steps: dict[str, tuple[Callable[[], int | None], int]], seconds: float, rounds: int,
+                      device: torch.device) -> dict[str, float]:
+    """Images/s of each step (one batch per call; it may return the batch's size, else `batch` counts) after two
+    warm-up calls each, the steps taking turns for `seconds / rounds` at a time, so that load from elsewhere
+    hits them all alike."""
+    for step, _ in steps.values():
+        for _ in range(2):
+            step()
     synchronize(device)
-    started, steps, images = time.perf_counter(), 0, 0
-    while time.perf_counter() - started < seconds or steps < 3:
-        images += step() or batch
-        steps += 1
-    synchronize(device)
-    return images / (time.perf_counter() - started)
+    images, took = dict.fromkeys(steps, 0), dict.fromkeys(steps, 0.0)
+    for _ in range(rounds):
+        for name, (step, batch) in steps.items():
+            started, calls = time.perf_counter(), 0
+            while time.perf_counter() - started < seconds / rounds or calls < 1:
+                images[name] += step() or batch
+                calls += 1
+            synchronize(device)
+            took[name] += time.perf_counter() - started
+    return {name: images[name] / took[name] for name in steps}
 
 
-def measure(device: torch.device, photos: Photos, seconds: float) -> list[list]:
+def measure(device: torch.device, photos: Photos, seconds: float, rounds: int) -> list[list]:
     batch = 512 if device.type == "cuda" else 64
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     config = TrainConfig(data="", schedule="constant", batch_size=batch)
     precision = Precision.for_training(device)
 
     torch.manual_seed(0)
-    model = CatsDogsCNN(class_names=CLASS_NAMES).to(device, memory_format=torch.channels_last).train()
+    model = CatsDogsCNN(class_names=CLASS_NAMES).to(device).train()
     decoded = load_photos(photos, model.image_size, device, workers=os.cpu_count() or 1, name="benchmark",
                           verbose=False)
     loader = TrainingBatches(decoded, batch, Ranks(), seed=0, augment=True, mean=model.mean, std=model.std)
-    run = RunState.start(config, model, precision, steps_per_epoch=len(loader))
     epochs = (batches for epoch in itertools.count(1) for batches in loader.epoch(epoch))
+    chosen = choose_training_layout(config, model, precision, batch, Ranks())  # train.py's own decision
+    print(f"{device.type}: train.py would train in {chosen.describe()}", flush=True)
 
-    def ours():  # train.py's own loader and step
-        images, labels = next(epochs)
-        optimization_step(run, model, images, labels, criterion, precision)
-        return len(labels)  # an epoch's last batch may be smaller
+    def ours_in(layout: Layout):  # train.py's own loader and step, the model in `layout`
+        candidate = use_layout(copy.deepcopy(model), layout)
+        run = RunState.start(config, candidate, precision, steps_per_epoch=len(loader))
 
+        def step():
+            images, labels = next(epochs)
+            optimization_step(run, candidate, images, labels, criterion, precision)
+            return len(labels)  # an epoch's last batch may be smaller
+        return step, run, candidate
+
+    ours = {layout: ours_in(layout) for layout in Layout}
     premade_images, premade_labels = next(epochs)
+    _, chosen_run, chosen_model = ours[chosen.layout]
 
     def premade():
-        optimization_step(run, model, premade_images, premade_labels, criterion, precision)
+        optimization_step(chosen_run, chosen_model, premade_images, premade_labels, criterion, precision)
 
     seed_model = CatsDogsCNN(class_names=CLASS_NAMES).to(device).train()  # NCHW, fp32
     seed_optimizer = torch.optim.Adam(seed_model.parameters(), lr=1e-3)
@@ -114,22 +134,25 @@ def measure(device: torch.device, photos: Photos, seconds: float) -> list[list]:
         loss.backward()
         seed_optimizer.step()
 
+    names = {layout: f"ours: photos in memory + augmentation, batch {batch}, {precision.name}, {layout.label}"
+             + (" (auto's choice)" if layout is chosen.layout else "") for layout in Layout}
+    premade_name = f"the same step on one pre-made batch ({batch}, {precision.name}, {chosen.layout.label})"
+    seed_name = "seed style: PIL DataLoader, batch 20, fp32, NCHW, Adam"
+    steps = {**{names[layout]: (step, batch) for layout, (step, _, _) in ours.items()},
+             premade_name: (premade, batch), seed_name: (seed_style, 20)}
+    rates = interleaved_rates(steps, seconds, rounds, device)
     flops = flops_per_photo(model, training=True)
     peak_ours = compute_peak(device, precision.dtype)
     peak_fp32 = compute_peak(device, torch.float32) if precision.dtype != torch.float32 else peak_ours
-    figures = {
-        f"ours: photos in memory + augmentation, batch {batch}, {precision.name}, channels_last":
-            (images_per_s(ours, batch, seconds, device), peak_ours),
-        f"the same step on one pre-made batch ({batch}, {precision.name}, channels_last)":
-            (images_per_s(premade, batch, seconds, device), peak_ours),
-        "seed style: PIL DataLoader, batch 20, fp32, NCHW, Adam":
-            (images_per_s(seed_style, 20, seconds, device), peak_fp32),
-    }
-    ours_rate, premade_rate, seed_rate = (rate for rate, _ in figures.values())
-    rows = [[f"{device.type}: {name}", rate, rate * flops / 1e9, f"{rate * flops / peak:.0%}",
-             f"{rate / seed_rate:.2f}x"] for name, (rate, peak) in figures.items()]
+    peaks = dict.fromkeys(steps, peak_ours) | {seed_name: peak_fp32}
+    ours_rate, seed_rate = rates[names[chosen.layout]], rates[seed_name]
+    best_fixed = max(rates[names[layout]] for layout in Layout)
+    rows = [[f"{device.type}: {name}", rate, rate * flops / 1e9, f"{rate * flops / peaks[name]:.0%}",
+             f"{rate / seed_rate:.2f}x"] for name, rate in rates.items()]
+    rows.append([f"{device.type}: best fixed layout / auto's choice (target <= 1.1)", "", "", "",
+                 f"{best_fixed / ours_rate:.2f}x"])
     rows.append([f"{device.type}: pre-made batch / our pipeline (target <= 1.1)", "", "", "",
-                 f"{premade_rate / ours_rate:.2f}x"])
+                 f"{rates[premade_name] / ours_rate:.2f}x"])
     return rows
 
 
@@ -140,13 +163,14 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], nargs="+",
                         default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     parser.add_argument("--seconds", type=float, default=40, help="seconds per row")
+    parser.add_argument("--rounds", type=int, default=3, help="turns the rows take, each for seconds/rounds")
     args = parser.parse_args()
     photos, _ = find_photos(args.data)
     photos = photos.subset(torch.randperm(len(photos), generator=torch.Generator().manual_seed(0))[:args.photos]
                            .tolist())
     rows = []
     for device in map(torch.device, args.device):
-        rows += measure(device, photos, args.seconds)
+        rows += measure(device, photos, args.seconds, args.rounds)
     report(f"Training throughput, whole steps on {len(photos)} real photos",
            ["pipeline", "images/s", "GFLOP/s", "share of peak", "vs seed style"], rows)
 

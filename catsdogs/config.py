@@ -9,6 +9,7 @@ import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from catsdogs.autotune import CHOICES
 from catsdogs.model import TTA_MODES
 
 CHECKPOINT_IN_OUTPUT = "checkpoint/last.safetensors"  # relative to --output; the push leaves checkpoint/ out
@@ -58,6 +59,9 @@ class TrainConfig:
                        "(twice the compute per photo)", "recipe", recipe=True, choices=TTA_MODES)
 
     device: str = setting("auto", "auto (CUDA if present), cpu, cuda or cuda:N", "run")
+    memory_format: str = setting("auto", "the layout the network trains in: auto measures both on this machine at "
+                                 "start (seconds) and keeps the faster; the result is the same but for rounding",
+                                 "run", choices=CHOICES)
     output: str = setting("runs/catsdogs", "where the best weights, their card, metrics and plots go", "run")
     checkpoint: str | None = setting(None, "written after every epoch (default: OUTPUT/checkpoint/last.safetensors;"
                                      " not uploaded by --push)", "run")

@@ -36,8 +36,21 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+# oneDNN's ISA names below AVX512_CORE_BF16: with ONEDNN_MAX_CPU_ISA capped at one, oneDNN runs no bf16 instructions
+ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def onednn_isa_cap() -> str | None:
+    """The instruction set oneDNN is limited to (ONEDNN_MAX_CPU_ISA, e.g. AVX2 to run as an AVX2-only CPU would)."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return cap.upper() if cap and cap.upper() not in ("ALL", "DEFAULT") else None
+
+
 def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX), where oneDNN runs bf16 convolutions fast."""
+    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX) that oneDNN may use: there bf16 convolutions are
+    fast. Without them (or with oneDNN capped below them) bf16 is emulated, slower than fp32."""
+    if onednn_isa_cap() in ISAS_WITHOUT_BF16:
+        return False
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
@@ -81,7 +94,8 @@ def describe_device(device: torch.device, precision: Precision | None = None) ->
         cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):  # not Linux, or no model name: platform's word will do
         pass
-    return f"CPU: {cpu}, {torch.get_num_threads()} threads, {precision.name}"
+    cap = f", oneDNN capped at {onednn_isa_cap()}" if onednn_isa_cap() else ""
+    return f"CPU: {cpu}, {torch.get_num_threads()} threads{cap}, {precision.name}"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Running the network: photos in, class probabilities out, in the precision catsdogs.device picks for predictions."""
 
+import copy
 import ctypes
 import math
 from collections.abc import Sequence
@@ -8,6 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from catsdogs.autotune import Layout, LayoutChoice, choose_layout, use_layout
 from catsdogs.device import Precision, pick_device
 from catsdogs.hub import HubError, card_metric, fetch_weights, load_model
 from catsdogs.model import CatsDogsCNN
@@ -36,6 +38,22 @@ def predict_logits(model: CatsDogsCNN, images: torch.Tensor, batch_size: int = 2
             outputs.append(model(batch).float().unflatten(0, (views, -1)).mean(dim=0))
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty((0, len(model.class_names)), device=device)
+
+
+PREDICTION_ROUNDS = 10  # timed one-photo forward passes per layout: ~20 of 10-40 ms each, under a second
+
+
+def choose_prediction_layout(model: CatsDogsCNN, requested: str = "auto") -> LayoutChoice:
+    """The layout the app's one-photo path runs fastest in on this machine (`requested` forces one): timed
+    predictions of one photo by a copy of the model in each layout."""
+    device = next(model.parameters()).device
+    photo = torch.zeros((1, 3, model.image_size, model.image_size), dtype=torch.uint8, device=device)
+
+    def step_in(layout: Layout):
+        candidate = use_layout(copy.deepcopy(model), layout)
+        return lambda: predict_logits(candidate, photo)
+
+    return choose_layout(requested, device, step_in, rounds=PREDICTION_ROUNDS)
 
 
 # What keep_freed_memory lets glibc keep per heap (each thread that predicts has one): a batch-1 forward pass's
@@ -79,14 +97,17 @@ class Classifier:
 
     chunk = 8  # photos per forward pass: ~190 MB of activations on the CPU (1.5 GB at batch 64)
 
-    def __init__(self, source: str | Path, revision: str | None = None, device: torch.device | None = None) -> None:
+    def __init__(self, source: str | Path, revision: str | None = None, device: torch.device | None = None,
+                 memory_format: str = "auto") -> None:
         self.folder = fetch_weights(source, revision)
         self.source = f"{source}@{revision}" if revision else str(source)
         self.device = device or pick_device()
-        self.model = load_model(self.folder).to(self.device, memory_format=torch.channels_last)
+        self.model = load_model(self.folder).to(self.device)
         self.val_accuracy = card_metric(self.folder, "accuracy")
         self.val_calibration_error = card_metric(self.folder, "expected_calibration_error")
-        try:  # warm-up (the first forward is slow), and the proof that these weights can run at all
+        try:  # the layout, a warm-up (the first forward is slow), and the proof that these weights can run at all
+            self.layout = choose_prediction_layout(self.model, memory_format)  # (describe() says which, and why)
+            use_layout(self.model, self.layout.layout)
             warm_up = self.predict([Image.new("RGB", (self.model.image_size,) * 2)])[0]
         except (RuntimeError, ValueError, TypeError) as error:
             raise HubError(f"the weights in {self.folder} load but cannot run "

@@ -9,6 +9,8 @@ stays the global batch, each process trains on its own shard of every epoch, val
 all processes, and only the first process writes files.
 """
 
+import copy
+import dataclasses
 import os
 import shlex
 import sys
@@ -26,6 +28,7 @@ from tqdm import tqdm
 
 from catsdogs import plots
 from catsdogs.allocator import describe_allocator
+from catsdogs.autotune import Layout, LayoutChoice, choose_layout, use_layout
 from catsdogs.calibrate import MIN_PHOTOS, Calibration, calibrate
 from catsdogs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from catsdogs.config import TrainConfig
@@ -240,7 +243,10 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
         if ranks.distributed else "")
         + (f"; memory allocator: {describe_allocator()}" if device.type == "cpu" else ""))
 
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device)
+    layout = choose_training_layout(config, model, precision, loader.process_batch, ranks)
+    log(layout.describe())
+    use_layout(model, layout.layout)
     ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if ranks.distributed else model
     fingerprint = f"{split.train.fingerprint()}-{split.val.fingerprint()}"
@@ -281,6 +287,36 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
     except dist.DistError as error:  # another process of the run died: its peers cannot go on
         raise TrainingInterrupted(epoch, saved, f"another process of the run failed ({error})") from None
     return TrainResult(model, describe())
+
+
+TUNING_BATCH = 8  # photos per timed step when choosing the layout: enough to rank them, cheap on a slow CPU
+
+
+def choose_training_layout(config: TrainConfig, model: CatsDogsCNN, precision: Precision, process_batch: int,
+                           ranks: Ranks) -> LayoutChoice:
+    """--memory-format; with auto, timed training steps (this run's optimiser, loss and precision) of a copy of
+    the model in each layout, on random images. Under torchrun every process takes the first one's choice."""
+    device = next(model.parameters()).device
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    generator = torch.Generator(device).manual_seed(0)  # the run's own random stream stays untouched
+    batch = min(process_batch, TUNING_BATCH)
+    images = torch.randn(batch, 3, model.image_size, model.image_size, device=device, generator=generator)
+    labels = torch.randint(0, len(model.class_names), (batch,), device=device, generator=generator)
+    timing_config = dataclasses.replace(config, schedule="constant")  # a schedule sized for these few steps
+
+    def step_in(layout: Layout):
+        candidate = use_layout(copy.deepcopy(model), layout)
+        run = RunState.start(timing_config, candidate, precision, steps_per_epoch=1)
+        return lambda: optimization_step(run, candidate, images, labels, criterion, precision)
+
+    cuda_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):  # dropout in the timed steps draws from the global stream
+        choice = choose_layout(config.memory_format, device, step_in)
+    if ranks.world > 1:  # the processes' copies of the model must share one layout: the first process's
+        chosen = torch.tensor([list(Layout).index(choice.layout)], device=device)
+        dist.broadcast(chosen, src=0)
+        choice = dataclasses.replace(choice, layout=list(Layout)[int(chosen.item())])
+    return choice
 
 
 def train_one_epoch(run: RunState, ddp_model: nn.Module, loader: TrainingBatches, epoch: int, precision: Precision,

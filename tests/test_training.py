@@ -67,7 +67,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
     expected = {"data": str(data), "val_data": str(val), "val_fraction": 0.25, "seed": 3, "epochs": 30,
                 "batch_size": 20, "lr": 0.001, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
                 "label_smoothing": 0.0, "dropout": 0.2, "augment": False, "device": "cpu",
-                "ema_decay": 0.99, "tta": "mirror",
+                "ema_decay": 0.99, "tta": "mirror", "memory_format": "contiguous",
                 "output": str(tmp_path / "out"), "checkpoint": str(tmp_path / "ck" / "last.safetensors"),
                 "resume": False, "overwrite": True, "workers": 1,
                 "cache": False, "cache_dir": str(tmp_path / "cache"), "data_revision": None, "data_split": "train"}
@@ -79,7 +79,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
     args = ["--data", str(data), "--val-data", str(val), "--val-fraction", "0.25", "--seed", "3", "--epochs", "30",
             "--batch-size", "20", "--lr", "0.001", "--optimizer", "adam", "--schedule", "constant",
             "--weight-decay", "0", "--label-smoothing", "0", "--dropout", "0.2", "--no-augment", "--ema-decay", "0.99",
-            "--tta", "mirror", "--device", "cpu",
+            "--tta", "mirror", "--device", "cpu", "--memory-format", "contiguous",
             "--output", expected["output"], "--checkpoint", expected["checkpoint"], "--overwrite", "--workers", "1",
             "--no-cache", "--cache-dir", expected["cache_dir"]]
     metrics = Path(expected["output"]) / "metrics.json"
@@ -111,7 +111,8 @@ def test_cli_stops_at_once_on_unusable_data(tmp_path):
 def test_kill_then_resume_ends_exactly_where_an_uninterrupted_run_ends(tmp_path):
     data = write_kaggle_folder(tmp_path / "photos", per_class=12)
     recipe = ["--data", str(data), "--val-fraction", "0.25", "--ema-decay", "0.9", "--tta", "mirror", "--epochs", "3",
-              "--batch-size", "6"]  # the moving average and the mirror: they must resume exactly too
+              "--batch-size", "6", "--memory-format", "channels_last"]  # EMA and the mirror must resume exactly too;
+    # the layout is fixed: bit for bit needs the same kernels in both runs
     run, reference = tmp_path / "run", tmp_path / "reference"
     output, checkpoint = run / "weights", run / "ck" / "last.safetensors"
     args = [*recipe, "--output", str(output), "--checkpoint", str(checkpoint)]
