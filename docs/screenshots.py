@@ -2,9 +2,9 @@
 
     python docs/screenshots.py   # writes docs/photo.png, docs/phone.png, docs/live.png, docs/batch.png
 
-The pictures are the repository's licence-clean examples/ and the ones Gradio and matplotlib ship in their
-packages (a cheetah, a lion, a tower...), not the Kaggle photos, which must not end up in the repository, not
-even inside a screenshot.
+The pictures are the repository's licence-clean examples/ (CC0, README: "The demo") and matplotlib's public-domain
+portrait of Grace Hopper (a US Navy photo), not the Kaggle photos nor Gradio's sample pictures (whose licences are
+not stated), which must not end up in the repository, not even inside a screenshot.
 """
 
 import sys
@@ -16,7 +16,7 @@ from playwright.sync_api import sync_playwright
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
-GRADIO_IMAGES = Path(find_spec("gradio").origin).parent / "media_assets" / "images"
+EXAMPLES = ROOT / "examples"
 MATPLOTLIB_IMAGES = Path(find_spec("matplotlib").origin).parent / "mpl-data" / "sample_data"
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from test_browser import CHROMIUM, WEBCAM_READY, HEATMAP_SHOWN, write_y4m  # noqa: E402
@@ -38,7 +38,7 @@ def photo_tab(page, url: str, path: Path, show_from: str | None = None) -> None:
 def main() -> None:
     app, url = start_app()
     try:
-        camera = write_y4m(Path(tempfile.mkdtemp()) / "cam.y4m", [GRADIO_IMAGES / "cheetah.jpg"], frames_each=30)
+        camera = write_y4m(Path(tempfile.mkdtemp()) / "cam.y4m", [EXAMPLES / "chelsea.jpg"], frames_each=30)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
                 "--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream",
@@ -58,8 +58,8 @@ def main() -> None:
 
             page.get_by_role("tab", name="Several photos").click()
             page.locator("#batch input[type=file]").set_input_files(
-                [GRADIO_IMAGES / name for name in ("cheetah1.jpg", "lion.jpg", "tower.jpg", "groot.jpeg")]
-                + [MATPLOTLIB_IMAGES / "grace_hopper.jpg", ROOT / "examples" / "chelsea.jpg"])
+                [EXAMPLES / name for name in ("chelsea.jpg", "coffee.jpg", "grass.jpg", "brick.jpg")]
+                + [MATPLOTLIB_IMAGES / "grace_hopper.jpg"])
             page.locator("#batch-run").click()
             page.wait_for_function("() => document.querySelector('#batch-results').innerText.includes('grace_hopper')")
             page.wait_for_timeout(1000)
