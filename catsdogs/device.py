@@ -105,6 +105,7 @@ class Ranks:
     rank: int = 0
     world: int = 1
     torchrun: bool = False  # launched by torchrun: a process group and DDP even for one process
+    node: int = 0  # torchrun's GROUP_RANK: the machine, 0 being the main process's
 
     @property
     def is_main(self) -> bool:
@@ -120,4 +121,4 @@ class Ranks:
     @classmethod
     def from_env(cls) -> "Ranks":
         return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                   "LOCAL_WORLD_SIZE" in os.environ)
+                   "LOCAL_WORLD_SIZE" in os.environ, int(os.environ.get("GROUP_RANK", 0)))

@@ -206,7 +206,11 @@ def train(config: TrainConfig, command: str | None = None) -> TrainResult:
     """Train, checkpointing every epoch, on one device or, under torchrun, on all of them."""
     ranks = Ranks.from_env()
     device = pick_device(config.device)
-    if ranks.is_main:  # the one writer; under torchrun, the launcher stops the others when it exits
+    # The main process writes; every process on its machine sees the same folders and checks them too, so that a
+    # refusal ends all of them at once (only the main one says why). Were only the main one to check, the others
+    # would wait for it inside the process group's rendezvous, where torchrun's stop signal cannot reach Python,
+    # until torchrun kills them 30 s later.
+    if ranks.node == 0:
         check_outputs(config)
     if ranks.distributed and not dist.is_initialized():
         if device.type == "cuda":

@@ -159,7 +159,8 @@ def test_a_refused_output_stops_every_process_at_once(easy_photos, tmp_path):
     started = time.monotonic()
     result = subprocess.run([*TORCHRUN, "train.py", *train_args(data, out)], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
-    assert result.returncode != 0 and time.monotonic() - started < 60
+    # Under torchrun's 30 s grace period: the others stop on their own, not when torchrun kills them (~36 s).
+    assert result.returncode != 0 and time.monotonic() - started < 25
     assert result.stderr.count("is from an earlier run and this run would replace it") == 1
     assert (out / "weights" / "model.safetensors").read_bytes() == b"an earlier run's weights"
     assert "epoch" not in result.stdout
