@@ -10,9 +10,9 @@ from imagegen import write_kaggle_folder
 from catsdogs import CatsDogsCNN
 from catsdogs.autotune import DEFAULT, Layout, choose_layout, use_layout
 from catsdogs.config import TrainConfig
-from catsdogs.device import Precision, cpu_has_native_bf16, describe_device
+from catsdogs.device import Precision, Ranks, cpu_has_native_bf16, describe_device
 from catsdogs.inference import Classifier
-from catsdogs.training import train
+from catsdogs.training import build_model, choose_training_layout, train
 
 CPU = torch.device("cpu")
 
@@ -72,6 +72,17 @@ def test_training_measures_its_layout_and_the_flag_forces_one(tmp_path, capsys):
     assert "memory format contiguous (NCHW) (as asked)" in capsys.readouterr().out
     assert all(p.is_contiguous() for p in result.model.parameters())
     assert not result.model.blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_measuring_the_training_layout_leaves_the_runs_random_stream_as_it_was():
+    """With dropout the timed steps draw random numbers: the run must not start from another place in its stream."""
+    config = TrainConfig(data="", dropout=0.5, batch_size=2)
+    torch.manual_seed(0)
+    model = build_model(config)
+    before = torch.random.get_rng_state()
+    choice = choose_training_layout(config, model, Precision.for_training(CPU), process_batch=2, ranks=Ranks())
+    assert set(choice.seconds) == set(Layout)  # measured: the steps ran
+    assert torch.equal(torch.random.get_rng_state(), before)
 
 
 def test_the_classifier_measures_its_one_photo_layout_and_predicts_the_same_in_both(shipped_weights, shared_data):
