@@ -99,10 +99,13 @@ def compute_peak(device: torch.device, dtype: torch.dtype, seconds: float = 3.0)
         best = 0.0
         with torch.inference_mode():
             for flops, kernel in kernels.items():
+                def repeat():  # a loop, not a list: each output is freed before the next call (a GPU runs 1000s)
+                    for _ in range(calls):
+                        kernel()
                 calls = 1
-                while sum(timings(lambda: [kernel() for _ in range(calls)], 1, 1, device)) < seconds / 3:
+                while sum(timings(repeat, 1, 1, device)) < seconds / 3:
                     calls *= 2
-                took = min(timings(lambda: [kernel() for _ in range(calls)], runs=3, warmup=0, device=device))
+                took = min(timings(repeat, runs=3, warmup=0, device=device))
                 best = max(best, flops * calls / took)
     finally:
         torch.set_float32_matmul_precision(previous)
