@@ -26,12 +26,10 @@ import torch
 
 from bench.common import interleaved_rates, report
 from catsdogs.autotune import Layout, use_layout
-from catsdogs.config import TrainConfig
 from catsdogs.data import CLASS_NAMES, find_photos
 from catsdogs.device import Precision, Ranks, pick_device
 from catsdogs.loader import TrainingBatches, epoch_shard, gather, load_photos, streamed
 from catsdogs.model import CatsDogsCNN
-from catsdogs.training import RunState, optimization_step
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-200" / "train"
 
@@ -60,17 +58,24 @@ STEP = "training step, photos {}"
 
 
 def training_steps(loaders: dict[str, TrainingBatches], device: torch.device, stack: ExitStack) -> dict[str, tuple]:
-    """A whole training step per call fed by each loader, on one model: train.py's precision, channels_last."""
+    """A whole training step per call fed by each loader, on one model: train.py's optimiser, loss, precision and
+    channels_last. Written out here rather than taken from catsdogs.training, which imports catsdogs.hub and so
+    httpx2, absent on the GPU machine until `bench.gpu_session setup` installs it."""
     torch.manual_seed(0)
     model = use_layout(CatsDogsCNN(class_names=CLASS_NAMES).to(device).train(), Layout.CHANNELS_LAST)
     precision = Precision.for_training(device)
-    run = RunState.start(TrainConfig(data="", schedule="constant"), model, precision, steps_per_epoch=1)
+    optimizer, scaler = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05), precision.grad_scaler()
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
 
     def step_from(batches: Iterator[tuple[torch.Tensor, torch.Tensor]]):
         def step() -> int:
             images, labels = next(batches)
-            optimization_step(run, model, images, labels, criterion, precision)
+            with precision.autocast():
+                loss = criterion(model(images).float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             return len(labels)
         return step
 
