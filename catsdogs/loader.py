@@ -72,13 +72,13 @@ def place_photos(nbytes: int, device: torch.device, requested: str = "auto") -> 
     """
     size = human_size(nbytes)
     if device.type != "cuda":
-        return Placement(False, f"{size} in host memory (the mapped cache file), each batch gathered a batch ahead "
-                                "(on the CPU, device and host are the same place)")
+        return Placement(False, f"{size} in host memory, the mapped cache file (on the CPU, device and host are the "
+                                "same place)")
     free = torch.cuda.mem_get_info(device)[0]
     if requested == "device" or (requested == "auto" and nbytes <= free * GPU_SHARE):
         return Placement(True, f"{size} copied to the GPU ({human_size(free)} free)")
     why = "--photos-on host" if requested == "host" else f"more than half of the GPU's {human_size(free)} free"
-    return Placement(False, f"{size} streamed from the cache file through pinned memory ({why})")
+    return Placement(False, f"{size} left in the cache file, streamed to the GPU a batch at a time ({why})")
 
 
 def load_photos(photos: Photos, size: int, device: torch.device, workers: int, name: str,

@@ -9,7 +9,8 @@ from imagegen import write_kaggle_folder
 
 from catsdogs.config import TrainConfig
 from catsdogs.device import Ranks
-from catsdogs.loader import DecodedPhotos, TrainingBatches, epoch_shard, gather, place_photos, prefetched
+from catsdogs.loader import (DecodedPhotos, Placement, TrainingBatches, epoch_shard, gather, place_photos,
+                             prefetched)
 from catsdogs.training import train
 
 
@@ -72,6 +73,18 @@ def test_on_the_cpu_the_photos_stay_on_the_host_whatever_is_asked():
         assert not placement.on_device and "3.5 GB in host memory" in placement.description
 
 
+def test_on_a_gpu_the_photos_go_there_when_they_take_at_most_half_of_its_free_memory(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2_000_000_000, 80_000_000_000))
+    gpu = torch.device("cuda", 0)
+    assert place_photos(900_000_000, gpu) == Placement(True, "900.0 MB copied to the GPU (2.0 GB free)")
+    assert place_photos(1_100_000_000, gpu) == Placement(
+        False, "1.1 GB left in the cache file, streamed to the GPU a batch at a time (more than half of the GPU's "
+               "2.0 GB free)")
+    assert place_photos(3_500_000_000, gpu, "device").on_device  # forced: the user knows better
+    assert place_photos(900_000_000, gpu, "host") == Placement(
+        False, "900.0 MB left in the cache file, streamed to the GPU a batch at a time (--photos-on host)")
+
+
 def test_photos_on_host_trains_the_same_weights_as_the_default(tmp_path, capsys):
     data = write_kaggle_folder(tmp_path / "photos", per_class=6)
     recipe = dict(data=str(data), val_fraction=0.25, epochs=1, batch_size=4, cache_dir=str(tmp_path / "cache"),
@@ -79,6 +92,6 @@ def test_photos_on_host_trains_the_same_weights_as_the_default(tmp_path, capsys)
     for photos_on in ("auto", "host"):
         train(TrainConfig(output=str(tmp_path / photos_on / "weights"), photos_on=photos_on,
                           checkpoint=str(tmp_path / photos_on / "ck" / "last.safetensors"), **recipe), command="test")
-    assert " MB in host memory (the mapped cache file), each batch gathered a batch ahead" in capsys.readouterr().out
+    assert " MB in host memory, the mapped cache file (on the CPU, device and host" in capsys.readouterr().out
     assert_same_training(tmp_path / "host", tmp_path / "auto")
     assert not prefetch_threads()
