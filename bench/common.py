@@ -7,6 +7,7 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -61,6 +62,27 @@ def timings(fn, runs: int, warmup: int, device: torch.device) -> list[float]:
         synchronize(device)
         seconds.append(time.perf_counter() - started)
     return seconds
+
+
+def interleaved_rates(steps: dict[str, tuple[Callable[[], int | None], int]], seconds: float, rounds: int,
+                      device: torch.device) -> dict[str, float]:
+    """Images/s of each step (one batch per call; it may return the batch's size, else `batch` counts) after two
+    warm-up calls each, the steps taking turns for `seconds / rounds` at a time, so that load from elsewhere
+    hits them all alike."""
+    for step, _ in steps.values():
+        for _ in range(2):
+            step()
+    synchronize(device)
+    images, took = dict.fromkeys(steps, 0), dict.fromkeys(steps, 0.0)
+    for _ in range(rounds):
+        for name, (step, batch) in steps.items():
+            started, calls = time.perf_counter(), 0
+            while time.perf_counter() - started < seconds / rounds or calls < 1:
+                images[name] += step() or batch
+                calls += 1
+            synchronize(device)
+            took[name] += time.perf_counter() - started
+    return {name: images[name] / took[name] for name in steps}
 
 
 def percentile(values: list[float], q: float) -> float:

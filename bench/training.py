@@ -18,8 +18,6 @@ import argparse
 import copy
 import itertools
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 if __name__ == "__main__":  # the allocator train.py runs on (jemalloc where installed; CATSDOGS_ALLOCATOR=system: not)
@@ -32,7 +30,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
-from bench.common import compute_peak, flops_per_photo, report, synchronize  # noqa: E402
+from bench.common import compute_peak, flops_per_photo, interleaved_rates, report  # noqa: E402
 from catsdogs.autotune import Layout, use_layout  # noqa: E402
 from catsdogs.config import TrainConfig  # noqa: E402
 from catsdogs.data import CLASS_NAMES, Photos, find_photos  # noqa: E402
@@ -60,27 +58,6 @@ class SeedStylePhotos(Dataset):
 
         with Image.open(self.photos.paths[i]) as image:
             return self.transform(image.convert("RGB")), self.photos.labels[i]
-
-
-def interleaved_rates(steps: dict[str, tuple[Callable[[], int | None], int]], seconds: float, rounds: int,
-                      device: torch.device) -> dict[str, float]:
-    """Images/s of each step (one batch per call; it may return the batch's size, else `batch` counts) after two
-    warm-up calls each, the steps taking turns for `seconds / rounds` at a time, so that load from elsewhere
-    hits them all alike."""
-    for step, _ in steps.values():
-        for _ in range(2):
-            step()
-    synchronize(device)
-    images, took = dict.fromkeys(steps, 0), dict.fromkeys(steps, 0.0)
-    for _ in range(rounds):
-        for name, (step, batch) in steps.items():
-            started, calls = time.perf_counter(), 0
-            while time.perf_counter() - started < seconds / rounds or calls < 1:
-                images[name] += step() or batch
-                calls += 1
-            synchronize(device)
-            took[name] += time.perf_counter() - started
-    return {name: images[name] / took[name] for name in steps}
 
 
 def measure(device: torch.device, photos: Photos, seconds: float, rounds: int) -> list[list]:

@@ -244,7 +244,8 @@ def _age(seconds: float) -> str:
         f"{seconds / 60:.0f} minutes"
 
 
-def _size(n: int) -> str:
+def human_size(n: float) -> str:
+    """Bytes in words: 512 B, 3.5 GB."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -288,17 +289,17 @@ def main(argv: list[str] | None = None) -> int:
             remove(entry)
         _remove_idle_locks(folder)
         print(f"removed {len(chosen)} of {len(entries)} caches from {folder}, "
-              f"{_size(sum(e['bytes'] for e in chosen))} freed")
+              f"{human_size(sum(e['bytes'] for e in chosen))} freed")
         return 0
     total = sum(e["bytes"] for e in entries)
-    print(f"{len(entries)} photo caches in {folder}, {_size(total)} (disk free: "
-          f"{_size(shutil.disk_usage(folder).free)})")
+    print(f"{len(entries)} photo caches in {folder}, {human_size(total)} (disk free: "
+          f"{human_size(shutil.disk_usage(folder).free)})")
     if entries:
         print(f"{'key':<24}  {'photos':>7}  {'size':>9}  {'created':>14}  {'last used':>14}  photos from")
     for e in entries:
         created = f"{_age(now - e['created'])} ago" if e["created"] else "-"
         photos = "-" if e["photos"] is None else f"{e['photos']:,}"
-        print(f"{e['key']:<24}  {photos:>7}  {_size(e['bytes']):>9}  {created:>14}  "
+        print(f"{e['key']:<24}  {photos:>7}  {human_size(e['bytes']):>9}  {created:>14}  "
               f"{_age(now - e['used']) + ' ago':>14}  {e['where']}")
     return 0
 

@@ -10,6 +10,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from catsdogs.autotune import CHOICES
+from catsdogs.loader import PHOTOS_ON
 from catsdogs.model import TTA_MODES
 
 CHECKPOINT_IN_OUTPUT = "checkpoint/last.safetensors"  # relative to --output; the push leaves checkpoint/ out
@@ -62,6 +63,11 @@ class TrainConfig:
     memory_format: str = setting("auto", "the layout the network trains in: auto measures both on this machine at "
                                  "start (seconds) and keeps the faster; the result is the same but for rounding",
                                  "run", choices=CHOICES)
+    photos_on: str = setting("auto", "where the decoded photos live while training on a GPU: auto = on the GPU when "
+                             "they take at most half of its free memory, else on the host, streamed from the cache "
+                             "file through pinned memory a batch or two ahead; device or host forces one. The same "
+                             "weights either way. On the CPU, device and host are the same place (the mapped cache "
+                             "file)", "run", choices=PHOTOS_ON)
     output: str = setting("runs/catsdogs", "where the best weights, their card, metrics and plots go", "run")
     checkpoint: str | None = setting(None, "written after every epoch (default: OUTPUT/checkpoint/last.safetensors;"
                                      " not uploaded by --push)", "run")

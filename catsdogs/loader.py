@@ -1,22 +1,28 @@
 """The photos on the training device, and the batches cut from them (the loader of Keller Jordan's airbench).
 
 Every photo is decoded once to a uint8 tensor at the input size (and kept in the photo cache, `catsdogs.cache`,
-for later runs); the photos are copied whole to the GPU when there is one, and on the CPU stay in the mapped cache
-file, from which each batch reads only its own photos. Each batch is indexed, augmented and normalised on the
-device with tensor ops, so JPEG decoding never starves the network. `for images, labels in loader.epoch(n)` is
-all the training loop sees.
+for later runs). On a GPU the photos are copied there whole when they fit (`place_photos` decides); otherwise, and
+on the CPU, they stay in the mapped cache file, from which each batch reads only its own photos, a batch or two
+ahead on a background thread (to the GPU through pinned memory). Each batch is then augmented and normalised on
+the device with tensor ops, so JPEG decoding never starves the network. `for images, labels in loader.epoch(n)`
+is all the training loop sees.
 """
 
 import math
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
-from catsdogs.cache import decoded_photos
+from catsdogs.cache import decoded_photos, human_size
 from catsdogs.data import DataError, Photos
 from catsdogs.device import Ranks
 from catsdogs.preprocess import normalize
@@ -33,18 +39,57 @@ class DecodedPhotos:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def device(self) -> torch.device:
+        """The training device: the labels are always there; the images may stay on the host (`place_photos`)."""
+        return self.labels.device
+
     def shard(self, ranks: Ranks) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's share (every world-th photo) as strided views: no copy of the photos."""
         return self.images[ranks.rank::ranks.world], self.labels[ranks.rank::ranks.world]
 
 
-def load_photos(photos: Photos, size: int, device: torch.device, workers: int, name: str,
-                verbose: bool, cache: bool = True, cache_dir: str | Path | None = None) -> DecodedPhotos:
-    """`photos` decoded once, from the photo cache (`catsdogs.cache`) or decoded now, and put on `device`.
+PHOTOS_ON = ("auto", "device", "host")  # --photos-on
+GPU_SHARE = 0.5  # of the GPU's free memory, the most the photos may take there
 
-    On the CPU the photos stay in the mapped cache file: a batch indexed from them reads just its photos (from the
-    page cache, shared by every process), so a process's own memory does not grow with the number of photos. On a
-    GPU they are copied there whole. `name` says which split they are in messages.
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a photo list lives while training, and why, in words for the log."""
+
+    on_device: bool
+    description: str
+
+
+def place_photos(nbytes: int, device: torch.device, requested: str = "auto") -> Placement:
+    """On the GPU when `nbytes` of photos take at most GPU_SHARE of its free memory (the fast path: a batch is
+    indexed where it is used), else on the host, streamed a batch or two ahead; `requested` (--photos-on device or
+    host) forces one. On the CPU the device is the host: the photos stay in the mapped cache file either way.
+
+    Half, not all: the free memory must still hold the network's training step (its activations at batch 512 take
+    gigabytes, cuDNN its workspaces), the validation photos decided next, and the caching allocator's slack; and
+    other processes on the GPU count against the same free memory.
+    """
+    size = human_size(nbytes)
+    if device.type != "cuda":
+        return Placement(False, f"{size} in host memory, the mapped cache file (on the CPU, device and host are the "
+                                "same place)")
+    free = torch.cuda.mem_get_info(device)[0]
+    if requested == "device" or (requested == "auto" and nbytes <= free * GPU_SHARE):
+        return Placement(True, f"{size} copied to the GPU ({human_size(free)} free)")
+    why = "--photos-on host" if requested == "host" else f"more than half of the GPU's {human_size(free)} free"
+    return Placement(False, f"{size} left in the cache file, streamed to the GPU a batch at a time ({why})")
+
+
+def load_photos(photos: Photos, size: int, device: torch.device, workers: int, name: str,
+                verbose: bool, cache: bool = True, cache_dir: str | Path | None = None,
+                photos_on: str = "auto") -> DecodedPhotos:
+    """`photos` decoded once, from the photo cache (`catsdogs.cache`) or decoded now, and placed for `device`.
+
+    The labels go to `device`; the images too when `place_photos` puts them there (`photos_on`: --photos-on).
+    Otherwise they stay in the mapped cache file: a batch indexed from them reads just its photos (from the page
+    cache, shared by every process), so a process's own memory does not grow with the number of photos. `name`
+    says which split they are in messages.
     """
     decoded = decoded_photos(photos, size, workers, name, verbose, cache, cache_dir)
     images, labels, skipped = decoded.images, decoded.labels, decoded.skipped
@@ -56,9 +101,10 @@ def load_photos(photos: Photos, size: int, device: torch.device, workers: int, n
             print(f"  {path}: {reason}")
     if len(set(labels.tolist())) < 2:
         raise DataError(f"after skipping unreadable files, the {name} photos hold only one class")
-    if device.type == "cpu":
-        return DecodedPhotos(images, labels, skipped)
-    return DecodedPhotos(_copy_to(images, device), labels.to(device), skipped)
+    placement = place_photos(images.nbytes, device, photos_on)
+    if verbose:
+        print(f"{name} photos: {placement.description}")
+    return DecodedPhotos(_copy_to(images, device) if placement.on_device else images, labels.to(device), skipped)
 
 
 def _copy_to(images: torch.Tensor, device: torch.device, rows: int = 1024) -> torch.Tensor:
@@ -94,9 +140,18 @@ class TrainingBatches:
         return math.ceil(len(self.photos) // self.ranks.world / self.process_batch)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        shard = epoch_shard(len(self.photos), epoch, self.seed, self.ranks).to(self.photos.labels.device)
-        for indices in shard.split(self.process_batch):
-            yield self.prepare(gather(self.photos.images, indices)), self.photos.labels[indices]
+        shard = epoch_shard(len(self.photos), epoch, self.seed, self.ranks)
+        images, device = self.photos.images, self.photos.device
+        on_device = shard.to(device).split(self.process_batch)
+        if images.is_cuda:  # resident on the GPU: indexing there takes microseconds, nothing to fetch ahead
+            fetched = (gather(images, indices) for indices in on_device)
+        elif device.type == "cuda":
+            fetched = streamed(images, shard.split(self.process_batch), device)
+        else:  # the CPU: gathering a batch (~1 ms) overlaps the step before it
+            fetched = prefetched(partial(gather, images), shard.split(self.process_batch), depth=1)
+        with closing(fetched):
+            for indices, photos in zip(on_device, fetched, strict=True):
+                yield self.prepare(photos), self.photos.labels[indices]
 
     def prepare(self, photos: torch.Tensor) -> torch.Tensor:
         """Decoded uint8 photos -> the network's normalised float input, augmented when training asks for it."""
@@ -106,12 +161,80 @@ class TrainingBatches:
         return normalize(images, self.mean, self.std)
 
 
-def gather(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """images[indices], a copy of just those photos. On the CPU through NumPy: its `take` copies whole photos,
-    12x faster than PyTorch's element-wise index kernel for uint8 (bench/cache.py), with the same bytes."""
-    if images.device.type == "cpu":
-        return torch.from_numpy(images.numpy()[indices.numpy()])
-    return images[indices]
+def gather(images: torch.Tensor, indices: torch.Tensor, pin: bool = False) -> torch.Tensor:
+    """images[indices], a copy of just those photos (in pinned memory with `pin`, for non-blocking copies to a GPU).
+
+    On the CPU through NumPy: its `take` copies whole photos, 12x faster than PyTorch's element-wise index kernel
+    for uint8 (bench/cache.py), with the same bytes."""
+    if images.device.type != "cpu":
+        return images[indices]
+    out = torch.empty((len(indices), *images.shape[1:]), dtype=images.dtype, pin_memory=pin)
+    np.take(images.numpy(), indices.numpy(), axis=0, out=out.numpy(), mode="clip")  # clip: no buffer; all in range
+    return out
+
+
+def streamed(images: torch.Tensor, batches: Iterable[torch.Tensor], device: torch.device,
+             depth: int = 2) -> Iterator[torch.Tensor]:
+    """Each batch of host `images` on the GPU, copied `depth` batches ahead: gathered into pinned memory and copied
+    without blocking on a stream of its own, so the copies overlap the training steps. The step's stream waits for
+    its batch's copy (an event), and the batch is marked as used there, so that its memory is not reused by a later
+    copy while the step still reads it: correct however the threads are timed."""
+    copies = torch.cuda.Stream(device)
+
+    def copy_ahead(indices: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event]:
+        pinned = gather(images, indices, pin=True)  # the host allocator keeps it until the copy is done
+        with torch.cuda.stream(copies):
+            on_device = pinned.to(device, non_blocking=True)
+        return on_device, copies.record_event()
+
+    compute = torch.cuda.current_stream(device)
+    with closing(prefetched(copy_ahead, batches, depth)) as ready:
+        for on_device, copied in ready:
+            compute.wait_event(copied)
+            on_device.record_stream(compute)
+            yield on_device
+
+
+_END = object()  # what the prefetch thread queues after the last item
+
+
+def prefetched(fetch: Callable, items: Iterable, depth: int) -> Iterator:
+    """`fetch(item)` for each item, run on a background thread up to `depth` items ahead of the consumer.
+
+    Closing the generator (the consumer breaks, raises, or is interrupted) stops the thread and waits for it; an
+    exception in `fetch` is raised in the consumer."""
+    ready, stop = queue.Queue(maxsize=depth), threading.Event()
+
+    def offer(entry) -> bool:  # False once the consumer has gone
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer((fetch(item), None)):
+                    return
+        except BaseException as error:  # noqa: BLE001 (handed to the consumer, raised there)
+            offer((None, error))
+            return
+        offer(_END)
+
+    thread = threading.Thread(target=produce, name="catsdogs-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (entry := ready.get()) is not _END:
+            value, error = entry
+            if error is not None:
+                raise error
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def augment(images: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ import os
 import shlex
 import sys
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -238,7 +239,7 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
         log(f"data: {split.hub_dataset}, {split.hub_dataset.source}")
     log(f"training photos: {split.train.counts()}; validation photos: {split.val.counts()} ({split.source})")
     train_photos, val_photos = (load_photos(photos, model.image_size, device, config.workers, name, ranks.is_main,
-                                            config.cache, config.cache_dir)
+                                            config.cache, config.cache_dir, config.photos_on)
                                 for photos, name in ((split.train, "training"), (split.val, "validation")))
     loader = TrainingBatches(train_photos, config.batch_size, ranks, config.seed, config.augment, model.mean,
                              model.std)
@@ -331,28 +332,29 @@ def train_one_epoch(run: RunState, ddp_model: nn.Module, loader: TrainingBatches
     """
     criterion = nn.CrossEntropyLoss(label_smoothing=run.config.label_smoothing)
     run.model.train()
-    device = loader.photos.labels.device
+    device = loader.photos.device
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
     started = time.perf_counter()
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{run.config.epochs}", unit="batch",
                leave=False, dynamic_ncols=True, disable=not ranks.is_main,
                mininterval=0.1 if sys.stderr.isatty() else 30)  # log files: a line every 30 s
-    for step, (images, labels) in enumerate(loader.epoch(epoch)):
-        loss, logits = optimization_step(run, ddp_model, images, labels, criterion, precision)
-        loss_sum += loss.detach() * len(labels)
-        correct += (logits.argmax(dim=1) == labels).sum()
-        seen += len(labels)
-        if ranks.is_main and (step % 10 == 0 or step == len(loader) - 1):  # .item() waits for the GPU
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.2%}",
-                            img_s=f"{seen * ranks.world / (time.perf_counter() - started):.1f}",
-                            refresh=False)  # shown with the step's count, at the bar's next refresh
-        if step == 1:  # the first step warms up kernels: time from the end of it
-            warm = time.perf_counter()
-        if ranks.is_main and estimate_epochs and step == min(11, len(loader) - 1) and step > 1:
-            per_epoch = (time.perf_counter() - warm) / (step - 1) * len(loader)
-            tqdm.write(f"estimate: about {human_duration(per_epoch)} per epoch of training steps, "
-                       f"{human_duration(per_epoch * estimate_epochs)} for the {estimate_epochs} epochs to go")
-        bar.update()  # a manual count: tqdm's iterator shows a stale one when the bar is redrawn between refreshes
+    with closing(loader.epoch(epoch)) as batches:  # closed however the epoch ends: its prefetch thread stops
+        for step, (images, labels) in enumerate(batches):
+            loss, logits = optimization_step(run, ddp_model, images, labels, criterion, precision)
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.argmax(dim=1) == labels).sum()
+            seen += len(labels)
+            if ranks.is_main and (step % 10 == 0 or step == len(loader) - 1):  # .item() waits for the GPU
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.2%}",
+                                img_s=f"{seen * ranks.world / (time.perf_counter() - started):.1f}",
+                                refresh=False)  # shown with the step's count, at the bar's next refresh
+            if step == 1:  # the first step warms up kernels: time from the end of it
+                warm = time.perf_counter()
+            if ranks.is_main and estimate_epochs and step == min(11, len(loader) - 1) and step > 1:
+                per_epoch = (time.perf_counter() - warm) / (step - 1) * len(loader)
+                tqdm.write(f"estimate: about {human_duration(per_epoch)} per epoch of training steps, "
+                           f"{human_duration(per_epoch * estimate_epochs)} for the {estimate_epochs} epochs to go")
+            bar.update()  # a manual count: tqdm's iterator shows a stale one when the bar is redrawn between refreshes
     bar.close()
     totals = torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)])
     if ranks.distributed:
@@ -456,6 +458,6 @@ def _calibrate_outputs(config: TrainConfig, run: RunState, val_photos: DecodedPh
 
 def _calibrate_best(run: RunState, photos: DecodedPhotos) -> Calibration:
     """Fit the temperature of the best epoch's weights on the validation photos (main process, after training)."""
-    model = build_model(run.config).to(photos.images.device, memory_format=torch.channels_last)
+    model = build_model(run.config).to(photos.device, memory_format=torch.channels_last)
     model.load_state_dict(run.best_weights)
     return calibrate(predict_logits(model, photos.images), photos.labels)

@@ -98,7 +98,8 @@ def test_two_processes_started_together_write_one_cache_and_get_the_same_photos(
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=120) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
-    sources = sorted(line for out, _ in outputs for line in out.splitlines() if line.startswith("training photos"))
+    sources = sorted(line for out, _ in outputs for line in out.splitlines()
+                     if line.startswith(("training photos: decoded", "training photos: read")))
     hashes = {line for out, _ in outputs for line in out.splitlines() if line.startswith("hash")}
     assert len(hashes) == 1  # bit-identical photos in both
     assert sources[0].startswith("training photos: decoded now, cached at ")  # exactly one decoded...

@@ -67,7 +67,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
     expected = {"data": str(data), "val_data": str(val), "val_fraction": 0.25, "seed": 3, "epochs": 30,
                 "batch_size": 20, "lr": 0.001, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
                 "label_smoothing": 0.0, "dropout": 0.2, "augment": False, "device": "cpu",
-                "ema_decay": 0.99, "tta": "mirror", "memory_format": "contiguous",
+                "ema_decay": 0.99, "tta": "mirror", "memory_format": "contiguous", "photos_on": "host",
                 "output": str(tmp_path / "out"), "checkpoint": str(tmp_path / "ck" / "last.safetensors"),
                 "resume": False, "overwrite": True, "workers": 1,
                 "cache": False, "cache_dir": str(tmp_path / "cache"), "data_revision": None, "data_split": "train"}
@@ -79,7 +79,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
     args = ["--data", str(data), "--val-data", str(val), "--val-fraction", "0.25", "--seed", "3", "--epochs", "30",
             "--batch-size", "20", "--lr", "0.001", "--optimizer", "adam", "--schedule", "constant",
             "--weight-decay", "0", "--label-smoothing", "0", "--dropout", "0.2", "--no-augment", "--ema-decay", "0.99",
-            "--tta", "mirror", "--device", "cpu", "--memory-format", "contiguous",
+            "--tta", "mirror", "--device", "cpu", "--memory-format", "contiguous", "--photos-on", "host",
             "--output", expected["output"], "--checkpoint", expected["checkpoint"], "--overwrite", "--workers", "1",
             "--no-cache", "--cache-dir", expected["cache_dir"]]
     metrics = Path(expected["output"]) / "metrics.json"
