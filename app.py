@@ -47,7 +47,7 @@ from catsdogs.serving import LinkError, RequestSizeLimit, fetch_linked_photo  # 
 
 # Below this top-class (calibrated) probability the page says it is not sure. Measured on the shipped weights
 # (README, "Not sure"): the highest threshold that puts the note on at most one pet photo in eight.
-UNSURE_BELOW = 0.85
+UNSURE_BELOW = 0.975
 NOT_A_PHOTO = "This file is not a photo the app can read (is it a JPEG, PNG, WebP or GIF?)."
 # Limits per request (README, "Limits and memory"): each bounds the memory or the time one request can take.
 MAX_FILE_BYTES = 20 * 2**20  # one photo file, uploaded or linked
@@ -182,7 +182,7 @@ def unsure_note(probabilities: dict[str, float]) -> str:
     if max(probabilities.values()) >= UNSURE_BELOW:
         return ""
     return (f"⚠️ **Not sure this is a cat or a dog.** The model only knows these two classes; "
-            f"with a top score below {UNSURE_BELOW:.0%} the answer is a guess.")
+            f"with a top score below {UNSURE_BELOW:.1%} the answer is a guess.")
 
 
 def took(seconds: float) -> str:
@@ -363,7 +363,7 @@ def how_it_works(classifier: Classifier | None) -> str:
         "answer are red and yellow, those that did not keep their own colours. It shows what the network used, "
         "not what a person would.\n\n"
         f"**Limits.** It only knows cats and dogs: anything else still gets one of the two, often confidently "
-        f"(try the coffee cup). Below {UNSURE_BELOW:.0%} for the top class the page says it is not sure. It judges "
+        f"(try the coffee cup). Below {UNSURE_BELOW:.1%} for the top class the page says it is not sure. It judges "
         "the whole photo at once: several animals, drawings or a pet far away are guesses too."
     )
 

@@ -93,7 +93,6 @@ def measure(device: torch.device, data: Path, photos: int, batch: int, seconds: 
                       for where in ("device", "host"))
     copies_alone = streamed(host.photos.images, host_batches(host), device) if device.type == "cuda" else \
         (gather(host.photos.images, indices) for indices in host_batches(host))
-    torch.backends.cudnn.benchmark = True  # as train.py
     with ExitStack() as stack:  # every generator closed at the end: no prefetch thread outlives the benchmark
         feeds = {
             RESIDENT: (images for images, _ in forever(resident)),

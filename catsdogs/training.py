@@ -229,7 +229,6 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
     if config.batch_size % ranks.world:  # before the photos are decoded: that can take minutes
         raise DataError(f"--batch-size {config.batch_size} must be divisible by the {ranks.world} processes")
     precision = Precision.for_training(device)
-    torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
 
     torch.manual_seed(config.seed)  # the same initial weights in every process
     model = build_model(config)

@@ -106,3 +106,13 @@ def test_a_onednn_isa_cap_below_bf16_means_fp32_training(monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
     assert "capped" not in describe_device(CPU)
     assert cpu_has_native_bf16() == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def test_cudnn_times_its_kernels_for_every_consumer_not_only_training():
+    """The app's Classifier and evaluate never call train(); cuDNN's untimed bf16 pick halved batched predictions on
+    an H100 (README), so the device module turns timing on for whoever imports it."""
+    import subprocess
+    import sys
+
+    code = "import torch, catsdogs.inference; print(torch.backends.cudnn.benchmark)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "True\n"

@@ -137,10 +137,16 @@ def test_mirror_tta_averages_photo_and_mirror_logits_in_one_forward_pass(tmp_pat
     assert batches == [4, 2]  # batch_size bounds the images per forward pass, mirrors included
 
 
-def test_weights_without_a_tta_setting_load_without_tta(shipped_weights):
+def test_weights_without_a_tta_setting_load_without_tta(shipped_weights, tmp_path):
+    import shutil
+
     from catsdogs.hub import load_model
 
-    assert "tta" not in json.loads((shipped_weights / "config.json").read_text())  # written before the setting
-    assert load_model(shipped_weights).tta == "none"
+    shutil.copytree(shipped_weights, tmp_path / "old")  # as weights written before the setting existed
+    config = json.loads((shipped_weights / "config.json").read_text())
+    config.pop("tta")
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    assert load_model(tmp_path / "old").tta == "none"
+    assert load_model(shipped_weights).tta == "mirror"
     with pytest.raises(ValueError, match="tta must be one of none, mirror, not 'flip'"):
         CatsDogsCNN(tta="flip")
