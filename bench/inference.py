@@ -5,8 +5,9 @@
 
 Single photo: read a full-size JPEG -> preprocess -> forward -> probabilities,
 exactly as app.py does it (`Classifier.predict`, in the layout the Classifier
-chose by measuring), against the forward pass alone on a ready tensor in each
-memory layout, p50/p95, all taking turns call by call. Batched: images/s of the
+chose by measuring), against the network's work alone on a ready uint8 photo in each
+memory layout (`predict_logits`: with the weights' mirror TTA, the photo and its mirror
+image in one batch of 2), p50/p95, all taking turns call by call. Batched: images/s of the
 forward pass in each precision and layout, with the achieved GFLOP/s as a share
 of a large matmul's measured GFLOP/s on the same device.
 """
@@ -55,12 +56,11 @@ def in_layout(model: CatsDogsCNN, layout: Layout) -> CatsDogsCNN:
 def single_photo(classifier: Classifier, photos: list[Path], runs: int) -> list[list]:
     device, model, chosen = classifier.device, classifier.model, classifier.layout.layout
     next_photo = itertools.cycle(photos).__next__
-    ready = normalize(load_photo(photos[0], model.image_size)[None], model.mean, model.std).to(device)
+    ready = load_photo(photos[0], model.image_size)[None].to(device)
     forwards = {layout: in_layout(model, layout) for layout in Layout}
 
-    def forward(layout: Layout):
-        with torch.inference_mode(), Precision.for_inference(device).autocast():  # the precision of the app's path
-            return forwards[layout].probabilities(forwards[layout](ready))
+    def forward(layout: Layout):  # the network's whole work for one photo: its mirror image too, if config.json says
+        return forwards[layout].probabilities(predict_logits(forwards[layout], ready))
 
     calls = {f"photo end to end (app path, {chosen.label})": lambda: classifier.predict([next_photo()]),
              "decode + resize only": lambda: load_photo(next_photo(), model.image_size),
@@ -94,10 +94,13 @@ def batched(classifier: Classifier, batch: int, seconds_per_row: int) -> list[li
                                max(3, int(seconds_per_row / once)), device)
         name = precision.name + (" (TF32 convolutions)" if device.type == "cuda" and precision.dtype == torch.float32
                                  else "")
+        app_path = precision == Precision.for_inference(device) and model.tta == "mirror"
+        views = 2 if app_path else 1  # the app's path puts each photo's mirror image through the network too
+        name += ", the app's path (mirror TTA: 2 forwards a photo)" if app_path else ""
         for layout, (seconds, _) in measured.items():
             per_s = batch / percentile(seconds, 0.5)
-            rows.append([f"{device.type} {name}, batch {batch}, {layout.label}", per_s, per_s * flops / 1e9,
-                         peak / 1e9, f"{per_s * flops / peak:.0%}"])
+            rows.append([f"{device.type} {name}, batch {batch}, {layout.label}", per_s, per_s * views * flops / 1e9,
+                         peak / 1e9, f"{per_s * views * flops / peak:.0%}"])
     return rows
 
 

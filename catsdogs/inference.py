@@ -56,9 +56,10 @@ def choose_prediction_layout(model: CatsDogsCNN, requested: str = "auto") -> Lay
     return choose_layout(requested, device, step_in, rounds=PREDICTION_ROUNDS)
 
 
-# What keep_freed_memory lets glibc keep per heap (each thread that predicts has one): a batch-1 forward pass's
-# activations (~30 MB, the largest 12.6 MB) with room to spare; at 48 MB some already page-fault back in.
-KEEP_FREED_BYTES = 64 * 2**20
+# What keep_freed_memory lets glibc keep per heap (each thread that predicts has one): one photo's forward pass
+# with mirror TTA (the photo and its mirror image: ~60 MB of activations, the largest 25 MB) with room to spare;
+# at 64 MB, enough without TTA, its pages fault back in at every photo (README, "Performance").
+KEEP_FREED_BYTES = 128 * 2**20
 MMAP_THRESHOLD = 32 * 2**20  # glibc's maximum: blocks at least this big are mmapped, and unmapped when freed
 PIL_BLOCK_BYTES = 64 * 2**20  # Pillow's image blocks (16 MB by default): made mmap-sized, see keep_freed_memory
 
@@ -80,7 +81,7 @@ def keep_freed_memory(keep_bytes: int = KEEP_FREED_BYTES) -> None:
     except OSError:  # not glibc (macOS, Windows, musl): nothing to tune
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)  # the largest activation at batch 1 is 12.6 MB
+    libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)  # the largest activation of one photo and its mirror: 25 MB
     libc.mallopt(m_trim_threshold, keep_bytes)
 
 
