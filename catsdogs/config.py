@@ -66,7 +66,7 @@ class TrainConfig:
     photos_on: str = setting("auto", "where the decoded photos live while training on a GPU: auto = on the GPU when "
                              "they take at most half of its free memory, else on the host, streamed from the cache "
                              "file through pinned memory a batch or two ahead; device or host forces one. The same "
-                             "weights either way. On the CPU, device and host are the same place (the mapped cache "
+                             "batches either way. On the CPU, device and host are the same place (the mapped cache "
                              "file)", "run", choices=PHOTOS_ON)
     output: str = setting("runs/catsdogs", "where the best weights, their card, metrics and plots go", "run")
     checkpoint: str | None = setting(None, "written after every epoch (default: OUTPUT/checkpoint/last.safetensors;"

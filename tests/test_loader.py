@@ -85,7 +85,9 @@ def test_on_a_gpu_the_photos_go_there_when_they_take_at_most_half_of_its_free_me
         False, "900.0 MB left in the cache file, streamed to the GPU a batch at a time (--photos-on host)")
 
 
-def test_photos_on_host_trains_the_same_weights_as_the_default(tmp_path, capsys):
+def test_photos_on_host_on_the_cpu_is_the_default_path_and_trains_the_same_weights(tmp_path, capsys):
+    """On the CPU there is one place for the photos: the flag must change nothing (the GPU's streamed path is
+    checked by bench.feed on a GPU, not here)."""
     data = write_kaggle_folder(tmp_path / "photos", per_class=6)
     recipe = dict(data=str(data), val_fraction=0.25, epochs=1, batch_size=4, cache_dir=str(tmp_path / "cache"),
                   memory_format="channels_last")  # compared bit for bit: no measured choice of layout
