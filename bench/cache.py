@@ -57,13 +57,11 @@ def child(n: int, cache: bool, steps: int) -> dict:
     """In a fresh process: the photos loaded as train.py loads them, then `steps` training steps."""
     from catsdogs.cache import cache_key, default_dir
     from catsdogs.config import TrainConfig
-    from catsdogs.data import CLASS_NAMES
-    from catsdogs.device import Precision, Ranks
-    from catsdogs.loader import TrainingBatches, load_photos
-    from catsdogs.model import CatsDogsCNN
-    from catsdogs.training import RunState, optimization_step
+    from catsdogs.loader import PhotoLoader
+    from catsdogs.model import INPUT_SIZE
+    from catsdogs.training import start_run
 
-    hit = (default_dir() / f"{cache_key(first_photos(n), CatsDogsCNN().image_size)}.npy").exists()
+    hit = (default_dir() / f"{cache_key(first_photos(n), INPUT_SIZE)}.npy").exists()
     source = "read from cache" if cache and hit else "decoded now, cached" if cache else "decoded now (--no-cache)"
     peak, done = [rss_anon_mb()], threading.Event()
 
@@ -76,19 +74,14 @@ def child(n: int, cache: bool, steps: int) -> dict:
     started = time.perf_counter()
     device = torch.device("cpu")
     photos = first_photos(n)
-    torch.manual_seed(0)
-    model = CatsDogsCNN(class_names=CLASS_NAMES)
-    decoded = load_photos(photos, model.image_size, device, os.cpu_count() or 1, "training", False, cache)
+    config = TrainConfig(data=str(DATA), batch_size=64, memory_format="channels_last")
+    loader = PhotoLoader.load(photos, INPUT_SIZE, device, "training", os.cpu_count() or 1, False, cache,
+                              batch_size=config.batch_size, augment=True)
     ready = time.perf_counter() - started
-    config = TrainConfig(data=str(DATA), batch_size=64)
-    loader = TrainingBatches(decoded, config.batch_size, Ranks(), config.seed, True, model.mean, model.std)
-    model = model.to(device, memory_format=torch.channels_last)
-    precision = Precision.for_training(device)
-    run = RunState.start(config, model, precision, len(loader))
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    run = start_run(config, device, loader.steps, loader.process_batch)
     first_step = None
     for step, (images, labels) in enumerate(loader.epoch(1)):
-        optimization_step(run, model, images, labels, criterion, precision)
+        run.step(images, labels)
         if step == 0:
             first_step = time.perf_counter() - started
         if step + 1 == steps:

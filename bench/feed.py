@@ -25,57 +25,51 @@ from pathlib import Path
 import torch
 
 from bench.common import interleaved_rates, report
-from catsdogs.autotune import Layout, use_layout
-from catsdogs.data import CLASS_NAMES, find_photos
-from catsdogs.device import Precision, Ranks, pick_device
-from catsdogs.loader import TrainingBatches, epoch_shard, gather, load_photos, streamed
-from catsdogs.model import CatsDogsCNN
+from catsdogs.autotune import Layout
+from catsdogs.config import TrainConfig
+from catsdogs.data import find_photos
+from catsdogs.device import Ranks, pick_device
+from catsdogs.loader import PhotoLoader, epoch_shard, gather, streamed
+from catsdogs.model import INPUT_SIZE
+from catsdogs.training import start_run
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-200" / "train"
 
 
-def forever(loader: TrainingBatches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def forever(loader: PhotoLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The loader's batches, epoch after epoch."""
     for epoch in itertools.count(1):
         with closing(loader.epoch(epoch)) as batches:
             yield from batches
 
 
-def host_batches(loader: TrainingBatches) -> Iterator[torch.Tensor]:
+def host_batches(loader: PhotoLoader) -> Iterator[torch.Tensor]:
     """The index batches of every epoch, on the host."""
     for epoch in itertools.count(1):
-        yield from epoch_shard(len(loader.photos), epoch, loader.seed, Ranks()).split(loader.process_batch)
+        yield from epoch_shard(len(loader), epoch, loader.seed, Ranks()).split(loader.process_batch)
 
 
-def plain_copies(loader: TrainingBatches, device: torch.device) -> Iterator[torch.Tensor]:
+def plain_copies(loader: PhotoLoader, device: torch.device) -> Iterator[torch.Tensor]:
     """Each batch gathered and copied in the loop with a plain `.to(device)`, then augmented: no pinning, no thread."""
     for indices in host_batches(loader):
-        yield loader.prepare(gather(loader.photos.images, indices).to(device))
+        yield loader.prepare(gather(loader.images, indices).to(device))
 
 
 RESIDENT = "resident on the device, indexed + augmented there"
 STEP = "training step, photos {}"
 
 
-def training_steps(loaders: dict[str, TrainingBatches], device: torch.device, stack: ExitStack) -> dict[str, tuple]:
-    """A whole training step per call fed by each loader, on one model: train.py's optimiser, loss, precision and
-    channels_last. Written out here rather than taken from catsdogs.training, which imports catsdogs.hub and so
-    httpx2, absent on the GPU machine until `bench.gpu_session setup` installs it."""
-    torch.manual_seed(0)
-    model = use_layout(CatsDogsCNN(class_names=CLASS_NAMES).to(device).train(), Layout.CHANNELS_LAST)
-    precision = Precision.for_training(device)
-    optimizer, scaler = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05), precision.grad_scaler()
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+def training_steps(loaders: dict[str, PhotoLoader], device: torch.device, stack: ExitStack) -> dict[str, tuple]:
+    """A whole training step of train.py's own run (`start_run`: optimiser, loss, precision, channels_last) per
+    call, fed by each loader, on one model."""
+    some_loader = next(iter(loaders.values()))
+    config = TrainConfig(data="", batch_size=some_loader.batch_size, memory_format=Layout.CHANNELS_LAST.value)
+    run = start_run(config, device, some_loader.steps, some_loader.process_batch)
 
     def step_from(batches: Iterator[tuple[torch.Tensor, torch.Tensor]]):
         def step() -> int:
             images, labels = next(batches)
-            with precision.autocast():
-                loss = criterion(model(images).float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            run.step(images, labels)
             return len(labels)
         return step
 
@@ -87,12 +81,11 @@ def measure(device: torch.device, data: Path, photos: int, batch: int, seconds: 
     found, _ = find_photos(data)
     if photos:  # the same random ones every time: both classes
         found = found.subset(torch.randperm(len(found), generator=torch.Generator().manual_seed(0))[:photos].tolist())
-    size, mean, std = CatsDogsCNN().image_size, CatsDogsCNN().mean, CatsDogsCNN().std
-    resident, host = (TrainingBatches(load_photos(found, size, device, os.cpu_count() or 1, "benchmark", False,
-                                                  photos_on=where), batch, Ranks(), 0, True, mean, std)
+    resident, host = (PhotoLoader.load(found, INPUT_SIZE, device, "benchmark", os.cpu_count() or 1, False,
+                                       photos_on=where, batch_size=batch, augment=True)
                       for where in ("device", "host"))
-    copies_alone = streamed(host.photos.images, host_batches(host), device) if device.type == "cuda" else \
-        (gather(host.photos.images, indices) for indices in host_batches(host))
+    copies_alone = streamed(host.images, host_batches(host), device) if device.type == "cuda" else \
+        (gather(host.images, indices) for indices in host_batches(host))
     with ExitStack() as stack:  # every generator closed at the end: no prefetch thread outlives the benchmark
         feeds = {
             RESIDENT: (images for images, _ in forever(resident)),

@@ -4,7 +4,7 @@
 
 Every row runs on one pre-made batch of 512 random photos (--batch) (the data pipeline is bench.training's business), in
 channels_last, and prints as soon as it is measured (a row per line, JSON), so a run cut short still says what it
-measured. Rows: training steps (train.py's `optimization_step`, AdamW) and batched predictions, each
+measured. Rows: training steps (train.py's `RunState.step`, AdamW) and batched predictions, each
 - eager with bf16 autocast (what train.py and the app run), eager fp32 with TF32 convolutions, eager with the
   weights themselves in bf16 (no autocast casts);
 - `torch.compile` (default mode: fused elementwise kernels) and `mode="reduce-overhead"` (CUDA graphs: no
@@ -19,7 +19,6 @@ import json
 import time
 
 import torch
-from torch import nn
 
 from bench.common import synchronize
 from catsdogs.autotune import Layout, use_layout
@@ -27,7 +26,7 @@ from catsdogs.config import TrainConfig
 from catsdogs.data import CLASS_NAMES
 from catsdogs.device import Precision, pick_device
 from catsdogs.model import CatsDogsCNN
-from catsdogs.training import RunState, optimization_step
+from catsdogs.training import RunState
 
 BATCH = 512  # bench.training and train.py sweeps use 512 on a GPU
 
@@ -63,14 +62,13 @@ def variants(model: CatsDogsCNN, device: torch.device):
 def training_rows(device: torch.device, batch: int, seconds: float) -> None:
     images = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 2, (batch,), device=device)
-    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     config = TrainConfig(data="", schedule="constant", batch_size=batch)
     for name, candidate, precision in variants(fresh_model(device), device):
         inputs = images.to(next(candidate.parameters()).dtype)
-        run = RunState.start(config, getattr(candidate, "_orig_mod", candidate), precision, steps_per_epoch=1000)
+        run = RunState.around(config, getattr(candidate, "_orig_mod", candidate), precision, steps_per_epoch=1000,
+                              network=candidate)
         try:
-            speed = rate(lambda: optimization_step(run, candidate, inputs, labels, criterion, precision), batch,
-                         seconds, device)
+            speed = rate(lambda: run.step(inputs, labels), batch, seconds, device)
             emit({"what": "training step", "variant": name, "images_per_s": round(speed)})
         except Exception as error:  # one variant failing (a compiler error) must not lose the others' rows
             emit({"what": "training step", "variant": name, "error": f"{type(error).__name__}: {error}"[:300]})
@@ -99,11 +97,10 @@ def profile_step(device: torch.device, batch: int) -> None:
     """One eager bf16 training step (after warm-up) under the profiler: GPU busy share and the top kernels."""
     model = fresh_model(device)
     precision = Precision(device, torch.bfloat16)
-    run = RunState.start(TrainConfig(data="", schedule="constant", batch_size=batch), model, precision, 1000)
+    run = RunState.around(TrainConfig(data="", schedule="constant", batch_size=batch), model, precision, 1000)
     images = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 2, (batch,), device=device)
-    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
-    step = lambda: optimization_step(run, model, images, labels, criterion, precision)  # noqa: E731
+    step = lambda: run.step(images, labels)  # noqa: E731
     for _ in range(5):
         step()
     synchronize(device)

@@ -1,14 +1,15 @@
-"""The GPU part of issue 10 in a few device calls: the photos in chunks, smoke runs, benchmarks, the recipe sweep.
+"""The GPU benchmarks and the recipe sweep on a rented GPU machine: the photos shipped in chunks, smoke runs,
+benchmarks, the sweep, the results brought back (docs/gpu.md).
 
 Here, once (no GPU needed):
-    python -m bench.gpu_session pack        # .data/chunks/photos-K-of-N.tar.gz and .whl/: each call carries both
-There, one device call per chunk (README, "Running the GPU part", gives the exact calls):
+    python -m bench.gpu_session pack        # .data/chunks/photos-K-of-N.tar.gz and .whl/, to ship with the code
+There, after each chunk arrives:
     python3 -m bench.gpu_session setup                # the wheels -> /tmp/catsdogs-site, the chunks -> .data/photos/
     python3 -m bench.gpu_session smoke                # train.py on CUDA, torchrun (NCCL), evaluate, the Classifier
     python3 -m bench.gpu_session bench                # bench.inference and bench.training on CUDA
     python3 -m bench.gpu_session sweep --budget 500   # the recipes, chosen on validation; run again to go on
 
-Every step writes its logs and results to $OUT (the folder the device tool brings back; runs/gpu-out/ when unset).
+Every step writes its logs and results to $OUT (the folder to bring back; runs/gpu-out/ when unset).
 Nothing here imports gradio, which the GPU machine lacks: `smoke` checks it. That machine's huggingface_hub is
 1.x and it has no httpx2, so `pack` also downloads the pinned versions of what catsdogs needs and it lacks
 (NOT_THERE), and every step puts them first on the path.
@@ -28,14 +29,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-CHUNKS = ROOT / ".data" / "chunks"  # ignored by git; the device tool carries one chunk per call
+CHUNKS = ROOT / ".data" / "chunks"  # ignored by git; shipped to the GPU machine one chunk at a time
 PHOTOS = ROOT / ".data" / "photos"  # where `setup` unpacks them on the GPU machine
 TRAIN = "dogs-vs-cats-200/train"
 FULLRES = "dogs-vs-cats-fullres-sample"
 WHEELS = ROOT / ".whl"  # ignored by git; carried with every call
 SITE = Path("/tmp/catsdogs-site")  # where `setup` installs them on the GPU machine
-CARRY_LIMIT_MIB = 64  # the device tool's limit on the working tree plus what a call carries
-# Not on the GPU machine (KINDS.md of the device tool: huggingface_hub 1.33 there, no httpx2), at the versions
+CARRY_LIMIT_MIB = 64  # what one transfer to the GPU machine may hold, the code included
+# Not on a typical GPU machine's Python (huggingface_hub 1.x there, no httpx2), at the versions
 # installed here, i.e. the ones requirements.txt pins and the tests ran with; the rest it has.
 NOT_THERE = ("huggingface-hub", "httpx2", "httpcore2", "truststore")
 
@@ -55,7 +56,7 @@ def photo_order(path: Path) -> tuple[int, str]:
 # ---- pack (here) and setup (there) ----
 
 def download_wheels(folder: Path) -> None:
-    """The wheels of NOT_THERE for the GPU machine's Python 3.12 on x86-64, as the device tool's README says."""
+    """The wheels of NOT_THERE for the GPU machine's Python 3.12 on x86-64."""
     from importlib.metadata import version
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -102,7 +103,7 @@ def pack(data: Path, chunks: Path, max_mib: float, fullres: int) -> list[Path]:
 
 
 def working_tree_mib() -> float:
-    """What the device tool sends besides a carried chunk: tracked files and untracked files git does not ignore."""
+    """What is shipped besides a chunk: tracked files and untracked files git does not ignore."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout.split("\0")
     return sum((ROOT / name).stat().st_size for name in listed if name and (ROOT / name).is_file()) / 2**20
@@ -265,7 +266,7 @@ def describe_run(folder: Path) -> str:
             f"{metrics['best_epoch']} of {metrics['epochs_completed']}); up to {speed:,.0f} training images/s")
 
 
-# ---- bench: the README's GPU rows ----
+# ---- bench: the GPU rows of docs/performance.md ----
 
 def bench(photos: Path, seconds: int, device: str) -> int:
     out = out_dir()
@@ -395,19 +396,18 @@ def final_accuracies(folder: Path, photos: Path, device: str) -> dict[str, float
     alone and with the mirror; what EMA and TTA are worth, without a run of their own."""
     import torch
 
-    from catsdogs.cache import decoded_photos
     from catsdogs.checkpoint import load_checkpoint
-    from catsdogs.data import CLASS_NAMES, choose_split
-    from catsdogs.inference import predict_logits
-    from catsdogs.model import CatsDogsCNN
+    from catsdogs.data import CLASS_NAMES
+    from catsdogs.loader import PhotoLoader, find_split
+    from catsdogs.model import INPUT_SIZE, CatsDogsCNN
 
     metrics = read_metrics(folder)
     if not metrics or not (folder / "checkpoint" / "last.safetensors").exists():
         return None
     config = metrics["config"]
-    split = choose_split(config["data"], config["val_fraction"], config["seed"], config["val_data"])
-    val = decoded_photos(split.val, 224, os.cpu_count() or 1, "validation", False, config["cache"],
-                         config["cache_dir"])
+    split = find_split(config["data"], config["val_fraction"], config["seed"], config["val_data"])
+    val = PhotoLoader.load(split.val, INPUT_SIZE, torch.device(device), "validation", os.cpu_count() or 1, False,
+                           config["cache"], config["cache_dir"])
     checkpoint = load_checkpoint(folder / "checkpoint" / "last.safetensors")
     ema = checkpoint["ema"] or {f"module.{k}": v for k, v in checkpoint["model"].items()}  # no EMA: the same
     weights = {"last step": checkpoint["model"],
@@ -418,9 +418,9 @@ def final_accuracies(folder: Path, photos: Path, device: str) -> dict[str, float
             model = CatsDogsCNN(class_names=CLASS_NAMES, tta=tta)
             model.load_state_dict(state)
             model.to(torch.device(device), memory_format=torch.channels_last)
-            logits = predict_logits(model, val.images)
+            logits = val.logits(model)  # as training validates
             found[name + (" + mirror" if tta == "mirror" else "")] = \
-                (logits.argmax(dim=1).cpu() == val.labels).float().mean().item()
+                (logits.argmax(dim=1) == val.labels).float().mean().item()
     return found
 
 
@@ -451,7 +451,7 @@ def status_of(folder: Path, chosen: Recipe) -> str:
 
 def write_results(outcomes: list[Outcome], out: Path, budget: float, parallel: int, photos: Path) -> None:
     """results.md (the table, best first), results.json, the best weights as best-weights.tar.gz, the logs as
-    sweep-logs.tar.gz: four files (the device tool brings back at most eight)."""
+    sweep-logs.tar.gz: four files, few enough to bring back in one go."""
     ranked = sorted(outcomes, key=lambda o: o.accuracy, reverse=True)
     header = ["recipe", "train.py flags", "val accuracy (EMA + mirror, best epoch)", "best epoch / epochs run",
               "last epoch: " + " / ".join(FINAL_VARIANTS), "training time, median speed", "time to 95%", "status"]
@@ -486,7 +486,7 @@ def write_results(outcomes: list[Outcome], out: Path, budget: float, parallel: i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_subparsers(dest="step", required=True)
-    step = steps.add_parser("pack", help="here: the photos as chunks the device tool can carry, one per call")
+    step = steps.add_parser("pack", help="here: the photos as chunks small enough to ship one at a time")
     step.add_argument("--data", type=Path, default=SHARED_DATA)
     step.add_argument("--max-mib", type=float, default=56.0, help="per chunk (default 56: 64 less the working tree)")
     step.add_argument("--fullres", type=int, default=50, help="full-size photos to include for bench.inference")

@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import report
-from catsdogs.data import Photos, decode_photos, find_photos
-from catsdogs.hub_data import HubDataset, HubSnapshot
+from catsdogs.data import HubDataset, HubSnapshot, Photos, decode_photos, find_photos
+from catsdogs.hub_data import photos_in_snapshot
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-200" / "train"
 SIZE = 224
@@ -79,7 +79,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name in rows:
                 started = time.perf_counter()
-                photos = files if name == "jpeg files" else find_photos(snapshot)[0]
+                photos = files if name == "jpeg files" else photos_in_snapshot(snapshot)
                 images, _, skipped = decode_photos(photos, SIZE, args.workers, progress=False)
                 rows[name].append(len(images) / (time.perf_counter() - started))
                 assert not skipped

@@ -26,7 +26,8 @@ from bench.common import compute_peak, flops_per_photo, percentile, report, timi
 from catsdogs.autotune import Layout, use_layout
 from catsdogs.device import Precision, cpu_has_native_bf16
 from catsdogs.hub import SHIPPED_WEIGHTS
-from catsdogs.inference import Classifier, keep_freed_memory, predict_logits
+from catsdogs.inference import Classifier, keep_freed_memory
+from catsdogs.model import predict_logits
 from catsdogs.model import CatsDogsCNN
 from catsdogs.preprocess import load_photo, normalize
 

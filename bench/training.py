@@ -15,7 +15,7 @@ Three ways to train the same network on the same real photos, measured in one ru
 """
 
 import argparse
-import copy
+import dataclasses
 import itertools
 import os
 from pathlib import Path
@@ -31,13 +31,12 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
 from bench.common import compute_peak, flops_per_photo, interleaved_rates, report  # noqa: E402
-from catsdogs.autotune import Layout, use_layout  # noqa: E402
+from catsdogs.autotune import Layout  # noqa: E402
 from catsdogs.config import TrainConfig  # noqa: E402
 from catsdogs.data import CLASS_NAMES, Photos, find_photos  # noqa: E402
-from catsdogs.device import Precision, Ranks  # noqa: E402
-from catsdogs.loader import TrainingBatches, load_photos  # noqa: E402
-from catsdogs.model import CatsDogsCNN  # noqa: E402
-from catsdogs.training import RunState, choose_training_layout, optimization_step  # noqa: E402
+from catsdogs.loader import PhotoLoader  # noqa: E402
+from catsdogs.model import INPUT_SIZE, CatsDogsCNN  # noqa: E402
+from catsdogs.training import start_run  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-200" / "train"
 
@@ -62,35 +61,29 @@ class SeedStylePhotos(Dataset):
 
 def measure(device: torch.device, photos: Photos, seconds: float, rounds: int) -> list[list]:
     batch = 512 if device.type == "cuda" else 64
-    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     config = TrainConfig(data="", schedule="constant", batch_size=batch)
-    precision = Precision.for_training(device)
-
-    torch.manual_seed(0)
-    model = CatsDogsCNN(class_names=CLASS_NAMES).to(device).train()
-    decoded = load_photos(photos, model.image_size, device, workers=os.cpu_count() or 1, name="benchmark",
-                          verbose=False)
-    loader = TrainingBatches(decoded, batch, Ranks(), seed=0, augment=True, mean=model.mean, std=model.std)
+    loader = PhotoLoader.load(photos, INPUT_SIZE, device, "benchmark", workers=os.cpu_count() or 1, verbose=False,
+                              batch_size=batch, augment=True)
     epochs = (batches for epoch in itertools.count(1) for batches in loader.epoch(epoch))
-    chosen = choose_training_layout(config, model, precision, batch, Ranks())  # train.py's own decision
+    chosen = start_run(config, device, loader.steps, batch).layout  # train.py's own decision
     print(f"{device.type}: train.py would train in {chosen.describe()}", flush=True)
 
-    def ours_in(layout: Layout):  # train.py's own loader and step, the model in `layout`
-        candidate = use_layout(copy.deepcopy(model), layout)
-        run = RunState.start(config, candidate, precision, steps_per_epoch=len(loader))
+    def ours_in(layout: Layout):  # train.py's own run, loader and step, the model in `layout`
+        run = start_run(dataclasses.replace(config, memory_format=layout.value), device, loader.steps, batch)
 
         def step():
             images, labels = next(epochs)
-            optimization_step(run, candidate, images, labels, criterion, precision)
+            run.step(images, labels)
             return len(labels)  # an epoch's last batch may be smaller
-        return step, run, candidate
+        return step, run
 
     ours = {layout: ours_in(layout) for layout in Layout}
     premade_images, premade_labels = next(epochs)
-    _, chosen_run, chosen_model = ours[chosen.layout]
+    chosen_run = ours[chosen.layout][1]
+    precision, model = chosen_run.precision, chosen_run.model
 
     def premade():
-        optimization_step(chosen_run, chosen_model, premade_images, premade_labels, criterion, precision)
+        chosen_run.step(premade_images, premade_labels)
 
     seed_model = CatsDogsCNN(class_names=CLASS_NAMES).to(device).train()  # NCHW, fp32
     seed_optimizer = torch.optim.Adam(seed_model.parameters(), lr=1e-3)
@@ -115,7 +108,7 @@ def measure(device: torch.device, photos: Photos, seconds: float, rounds: int) -
              + (" (auto's choice)" if layout is chosen.layout else "") for layout in Layout}
     premade_name = f"the same step on one pre-made batch ({batch}, {precision.name}, {chosen.layout.label})"
     seed_name = "seed style: PIL DataLoader, batch 20, fp32, NCHW, Adam"
-    steps = {**{names[layout]: (step, batch) for layout, (step, _, _) in ours.items()},
+    steps = {**{names[layout]: (step, batch) for layout, (step, _) in ours.items()},
              premade_name: (premade, batch), seed_name: (seed_style, 20)}
     rates = interleaved_rates(steps, seconds, rounds, device)
     flops = flops_per_photo(model, training=True)

@@ -19,8 +19,9 @@ import torch
 from bench.common import report
 from catsdogs.data import decode_photos
 from catsdogs.evaluate import select_photos
+from catsdogs.loader import find
 from catsdogs.hub import SHIPPED_WEIGHTS, fetch_weights, load_model
-from catsdogs.inference import predict_logits
+from catsdogs.model import predict_logits
 from catsdogs.preprocess import load_photo
 
 
@@ -42,7 +43,7 @@ def main() -> None:
     folder = fetch_weights(args.model)
     model = load_model(folder)
     metrics = json.loads((folder / "metrics.json").read_text())["config"]
-    photos, split = select_photos(args.data, "validation", metrics["val_fraction"], metrics["seed"])
+    photos, split = select_photos(find(args.data), "validation", metrics["val_fraction"], metrics["seed"])
     images, labels, _ = decode_photos(photos, model.image_size)
     probabilities = model.probabilities(predict_logits(model, images))  # calibrated, as the app shows them
     confidence, correct = probabilities.max(dim=1).values, probabilities.argmax(dim=1) == labels

@@ -1,8 +1,8 @@
 """Which memory allocator training runs on: jemalloc when the system has it, decided before PyTorch loads.
 
 A CPU training step frees and re-allocates gigabytes of activations. glibc's malloc hands them back to the kernel
-and page-faults them in again on the next step; jemalloc, told to keep freed pages, reuses them (README,
-"Performance", for what that is worth on each CPU). An allocator can only be chosen when a process starts, so
+and page-faults them in again on the next step; jemalloc, told to keep freed pages, reuses them
+(docs/performance.md has what that is worth on each CPU). An allocator can only be chosen when a process starts, so
 `use_jemalloc` restarts the program once with jemalloc preloaded. This module imports nothing heavy, so the
 restart happens before PyTorch is loaded.
 """

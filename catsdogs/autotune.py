@@ -1,7 +1,7 @@
 """Which memory layout the network runs in: measured on the machine it runs on, for training and for predictions.
 
 channels_last (NHWC) is the usual winner on GPUs and on AVX512 CPUs, but not everywhere: on an AVX2-only CPU,
-oneDNN trains 1.5x slower in it than in the plain contiguous (NCHW) layout (README, "Performance"). So, the way
+oneDNN trains 1.5x slower in it than in the plain contiguous (NCHW) layout (measured: docs/performance.md). So, the way
 cuDNN's benchmark mode picks kernels, `choose_layout` times a few steps of each candidate at start, interleaved,
 and keeps channels_last unless NCHW is faster by a clear margin, so that noise does not flip the choice.
 It measures at every start rather than caching a choice per CPU: it costs seconds (a fraction of one training
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 DEFAULT_ROUNDS = 3  # timed steps per candidate, interleaved; the fastest of each counts
-MARGIN = 1.05  # NCHW must be this much faster to replace the default: within the 1.1x the issue allows
+MARGIN = 1.05  # NCHW must be this much faster to replace the default, so that timing noise never flips it
 
 
 class Layout(enum.Enum):

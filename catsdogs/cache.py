@@ -7,10 +7,12 @@ run, maps read-only.
 
 One photo list (training or validation photos, in order) at one input size is one file, `KEY.npy`: the photos
 that could be read as a raw uint8 (N, 3, S, S) array in NumPy's .npy format, and beside it `KEY.json` with their
-labels, the files that were skipped and why, and where the photos were. KEY is a hash of everything that decides
-the content: each photo's absolute path, label, size and modification time (for a Hub dataset's parquet cell: the
-dataset id, commit sha, split, file and row, which never change), the input size, DECODER_VERSION and Pillow's
-version, so an edited, added or removed photo makes a new file and a stale one is never read.
+labels, the files that were skipped and why, where the photos were, and checksums of the array and of the labels.
+KEY is a hash of everything that decides the content: each photo's absolute path, label and content (a fast
+xxHash of the file's bytes; for a Hub dataset's parquet cell: the dataset id, commit sha, split, file and row,
+which never change), the input size, DECODER_VERSION and Pillow's version, so an edited, added or removed photo
+makes a new file and a stale one is never read, whatever the files' times say. A cache whose array or labels no
+longer match their checksums (changed on disk) is said so, removed and decoded again.
 
 A write goes to temporary names in the cache folder, then `os.replace`s the JSON and then the array into place:
 a run killed while writing leaves only temporaries, which are never read (the next writer removes them). An
@@ -27,12 +29,14 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import PIL
 import torch
+import xxhash
 from numpy.lib import format as npy_format
 
 from catsdogs.data import ParquetPhoto, Photos, decode_into, decode_photos
@@ -49,21 +53,30 @@ def default_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "catsdogs"
 
 
-def cache_key(photos: Photos, size: int) -> str:
-    """A hash of what decides the decoded photos: each file's path, label, size and mtime; the size; the decoder."""
+def cache_key(photos: Photos, size: int, workers: int = 8) -> str:
+    """A hash of what decides the decoded photos: each file's path, label and content; the size; the decoder."""
     digest = hashlib.sha256(f"catsdogs-photos v{DECODER_VERSION} pillow {PIL.__version__} size {size}\n".encode())
-    for path, label in zip(photos.paths, photos.labels, strict=True):
-        if isinstance(path, ParquetPhoto):  # a commit's files never change: its identity says it all
-            digest.update(f"{path.identity}\t{label}\n".encode())
-            continue
-        path = Path(path).absolute()
-        try:
-            stat = path.stat()
-            state = f"{stat.st_size}\t{stat.st_mtime_ns}"
-        except OSError as error:  # decoding will skip it; if it comes back, the key changes
-            state = f"unreadable {error.errno}"
-        digest.update(f"{path}\t{label}\t{state}\n".encode())
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # reading the files dominates; xxHash releases the GIL
+        identities = pool.map(_identity, photos.paths)
+        for identity, label in zip(identities, photos.labels, strict=True):
+            digest.update(f"{identity}\t{label}\n".encode())
     return digest.hexdigest()[:24]
+
+
+def _identity(path: Path | ParquetPhoto) -> str:
+    """A photo's path and a hash of its bytes; a parquet cell's identity (a commit's files never change)."""
+    if isinstance(path, ParquetPhoto):
+        return path.identity
+    path = Path(path).absolute()
+    try:
+        return f"{path}\t{xxhash.xxh3_128_hexdigest(path.read_bytes())}"
+    except OSError as error:  # decoding will skip it; if it comes back, the key changes
+        return f"{path}\tunreadable {error.errno}"
+
+
+def checksum(array: np.ndarray) -> str:
+    """xxHash of an array's bytes (a mapped file is read once, at memory speed)."""
+    return xxhash.xxh3_128_hexdigest(memoryview(np.ascontiguousarray(array)).cast("B"))
 
 
 @dataclass
@@ -90,7 +103,7 @@ def decoded_photos(photos: Photos, size: int, workers: int, name: str, progress:
                                                 progress=progress)
         return CachedPhotos(images, labels, skipped, "decoded now, not cached (--no-cache)")
     folder = Path(cache_dir).expanduser() if cache_dir else default_dir()
-    key = cache_key(photos, size)
+    key = cache_key(photos, size, workers)
     try:
         return _from_cache(photos, size, workers, name, progress, folder, key)
     except CacheUnavailable as error:
@@ -103,7 +116,7 @@ def decoded_photos(photos: Photos, size: int, workers: int, name: str, progress:
 def _from_cache(photos: Photos, size: int, workers: int, name: str, progress: bool, folder: Path,
                 key: str) -> CachedPhotos:
     array, meta = folder / f"{key}.npy", folder / f"{key}.json"
-    found = _read(array, meta, size)
+    found = _read_intact(array, meta, size)
     if found is not None:
         return CachedPhotos(*found, f"read from cache {array}")
     try:
@@ -113,17 +126,33 @@ def _from_cache(photos: Photos, size: int, workers: int, name: str, progress: bo
         raise _unavailable(folder, error) from None
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process of this launch may be writing it: wait for it
-        found = _read(array, meta, size)
+        found = _read_intact(array, meta, size)
         if found is not None:
             return CachedPhotos(*found, f"read from cache {array} (written by another process)")
         for leftover in folder.glob(f"{key}.*.tmp-*"):  # a killed writer's: nobody else writes while we hold the lock
             leftover.unlink(missing_ok=True)
         _write(photos, size, workers, name, progress, folder, key)
-    found = _read(array, meta, size)
+    found = _read_intact(array, meta, size)
     if found is None:  # removed between the write and the read, e.g. by `python -m catsdogs.cache --clear`
         raise CacheUnavailable(f"the photo cache {array} vanished just after it was written (removed by another "
                                "process?): decoding the photos in memory for this run", "cache removed")
     return CachedPhotos(*found, f"decoded now, cached at {array}")
+
+
+class CacheChanged(Exception):
+    """A whole cache whose array or labels no longer match the checksums written with them."""
+
+
+def _read_intact(array: Path, meta: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, list] | None:
+    """The cache when it is whole and unchanged; a changed one is removed (and so decoded again), saying why."""
+    try:
+        return _read(array, meta, size)
+    except CacheChanged as changed:
+        print(f"warning: the photo cache {array} {changed}: it was changed on disk after it was written. Removing "
+              "it and decoding the photos again", file=sys.stderr)
+        for path in (array, meta):
+            path.unlink(missing_ok=True)
+        return None
 
 
 def _unavailable(folder: Path, error: OSError) -> CacheUnavailable:
@@ -134,20 +163,27 @@ def _unavailable(folder: Path, error: OSError) -> CacheUnavailable:
 
 
 def _read(array: Path, meta: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, list] | None:
-    """The cached photos mapped copy-on-write (the file is never written), or None when there is no whole cache."""
+    """The cached photos mapped copy-on-write (the file is never written), or None when there is no whole cache.
+    CacheChanged when the array or the labels do not match their checksums."""
     try:
         info = json.loads(meta.read_text())
         images = np.load(array, mmap_mode="c")
         if images.dtype != np.uint8 or images.shape != (len(info["labels"]), 3, size, size):
             return None
         skipped = [(Path(path), reason) for path, reason in info["skipped"]]
+        labels = np.array(info["labels"], dtype=np.int64)
+        expected = info["checksums"]
     except (OSError, ValueError, KeyError, TypeError):  # no file, half a file, or not ours
         return None
+    if checksum(labels) != expected["labels"]:
+        raise CacheChanged("holds other labels than it was written with")
+    if checksum(images) != expected["images"]:
+        raise CacheChanged("holds other pixels than it was written with")
     try:
         os.utime(meta)  # "last used", for --older-than
     except OSError:
         pass
-    return torch.from_numpy(images), torch.tensor(info["labels"], dtype=torch.long), skipped
+    return torch.from_numpy(images), torch.from_numpy(labels), skipped
 
 
 def _write(photos: Photos, size: int, workers: int, name: str, progress: bool, folder: Path, key: str) -> None:
@@ -175,9 +211,12 @@ def _write(photos: Photos, size: int, workers: int, name: str, progress: bool, f
             if isinstance(target, np.memmap):  # not for an empty photo list
                 target.flush()
             del target
+        written = np.load(temporary[0], mmap_mode="r")
+        checksums = {"images": checksum(written), "labels": checksum(labels.numpy())}
+        del written
         temporary[1].write_text(json.dumps({
             "key": key, "size": size, "decoder_version": DECODER_VERSION, "pillow": PIL.__version__,
-            "created": time.time(), "photos": len(labels), "labels": labels.tolist(),
+            "created": time.time(), "photos": len(labels), "labels": labels.tolist(), "checksums": checksums,
             "skipped": [[str(path), reason] for path, reason in skipped], "where": _where(photos),
         }))
         os.replace(temporary[1], folder / f"{key}.json")  # first the labels, then the array: the array says "whole"

@@ -10,9 +10,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from catsdogs.autotune import CHOICES
-from catsdogs.loader import PHOTOS_ON
 from catsdogs.model import TTA_MODES
 
+PHOTOS_ON = ("auto", "device", "host")  # --photos-on: where the decoded photos live while training on a GPU
 CHECKPOINT_IN_OUTPUT = "checkpoint/last.safetensors"  # relative to --output; the push leaves checkpoint/ out
 
 
@@ -20,6 +20,7 @@ def setting(default, help: str, group: str, recipe: bool = False, choices: tuple
     return field(default=default, metadata={"help": help, "group": group, "recipe": recipe, "choices": choices})
 
 
+PATH_SETTINGS = ("data", "val_data", "cache_dir", "output", "checkpoint")  # what outputs.portable_path shows
 GROUPS = ("data", "recipe", "run")  # the headings of --help, in this order
 
 

@@ -1,4 +1,4 @@
-"""Finding labelled photos in the layouts people actually have, splitting them, decoding them once.
+"""Labelled photos: finding them in the layouts people actually have, splitting them, decoding them.
 
 Layouts `find_photos` understands (`PATH` is what the user passes as `--data`):
 - Kaggle's flat folder: `PATH/cat.0.jpg`, `PATH/dog.0.jpg`, ...;
@@ -11,9 +11,11 @@ Layouts `find_photos` understands (`PATH` is what the user passes as `--data`):
   UTF-8, with or without Excel's byte-order mark. Rows with a bad label or a
   missing image are skipped and listed by line on stderr; a file that is not
   UTF-8 or not well-formed CSV (an unclosed quote) is refused with the line.
-- a dataset on the Hugging Face Hub, `hf://datasets/OWNER/NAME` (see `catsdogs.hub_data`):
-  `data_source` fetches its split through the Hub's cache, and its photos are
-  parquet cells (`ParquetPhoto`) or the files of an image folder.
+- a dataset on the Hugging Face Hub, `hf://datasets/OWNER/NAME` (`catsdogs.hub_data` fetches its split
+  through the Hub's cache; its photos are parquet cells, `ParquetPhoto`, or the files of an image folder;
+  `catsdogs.loader.find` tells the two kinds of --data apart).
+
+`choose_split` is the one decision of which photos validate.
 """
 
 import csv
@@ -26,15 +28,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, PhotoSource, load_photo
-
-if TYPE_CHECKING:
-    from catsdogs.hub_data import HubSnapshot
 
 CLASS_NAMES = ("cat", "dog")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -51,6 +49,31 @@ _LISTED_ROWS = 20  # skipped CSV rows listed one by one; beyond that, only count
 
 class DataError(ValueError):
     """The data cannot be used as given; the message says what was found and what is expected."""
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """A split of a dataset repo on the Hub, as the user named it."""
+
+    repo_id: str
+    revision: str | None  # branch, tag or commit; None: the default branch
+    split: str
+
+    def __str__(self) -> str:
+        return f"{HUB_PREFIX}{self.repo_id}" + (f"@{self.revision}" if self.revision else "") + f" (split {self.split})"
+
+
+@dataclass(frozen=True)
+class HubSnapshot:
+    """A HubDataset fetched: the files of its split at one commit, in the Hub's cache."""
+
+    dataset: HubDataset
+    commit: str  # the commit's full sha: what the model card names, and the decoded-photo cache keys on
+    folder: Path
+    source: str  # "downloaded" or "from the Hub's cache (...)", for the log
+
+    def __str__(self) -> str:
+        return f"{HUB_PREFIX}{self.dataset.repo_id}@{self.commit[:10]} (split {self.dataset.split})"
 
 
 @dataclass(frozen=True)
@@ -131,25 +154,8 @@ class Photos:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def data_source(data: str | Path, revision: str | None = None, split: str = "train") -> "Path | HubSnapshot":
-    """What `--data` names: a local folder or CSV as it is, or a Hub dataset's split fetched through the Hub's cache.
-    The one place that tells the two apart; `revision` and `split` only apply to Hub datasets."""
-    if not str(data).startswith("hf://"):  # hides only a local folder named "hf:"; hf://models/... is refused below
-        if revision is not None or split != "train":
-            raise DataError(f"--data-revision and --data-split only apply to Hub datasets ({HUB_PREFIX}OWNER/NAME), "
-                            f"and {data} is a local path")
-        return Path(data).expanduser()
-    from catsdogs.hub_data import fetch, parse  # here: hub_data builds on this module
-
-    return fetch(parse(str(data), revision, split))
-
-
-def find_photos(path: "str | Path | HubSnapshot") -> tuple[Photos, Photos | None]:
-    """Labelled photos under `path` (or in a fetched Hub dataset), and the layout's own validation photos if any."""
-    if not isinstance(path, str | Path):
-        from catsdogs.hub_data import photos_in_snapshot
-
-        return photos_in_snapshot(path), None
+def find_photos(path: str | Path) -> tuple[Photos, Photos | None]:
+    """Labelled photos under a local `path`, and the layout's own validation photos if any."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path} does not exist")
@@ -168,6 +174,21 @@ def find_photos(path: "str | Path | HubSnapshot") -> tuple[Photos, Photos | None
 
 
 @dataclass
+class Found:
+    """The labelled photos a --data names (`catsdogs.loader.find`), and the validation photos its layout holds."""
+
+    photos: Photos
+    layout_val: Photos | None  # a labelled val/ or test/ folder beside train/
+    named: str  # as the user named it, for messages
+    hub_dataset: HubSnapshot | None = None  # a Hub dataset: which one, at which commit
+
+    def everything(self) -> Photos:
+        """The photos and the layout's validation photos together."""
+        extra = self.layout_val or Photos()
+        return Photos(self.photos.paths + extra.paths, self.photos.labels + extra.labels)
+
+
+@dataclass
 class Split:
     """Which photos train and which validate, and where the validation photos come from, in words."""
 
@@ -175,39 +196,31 @@ class Split:
     val: Photos
     source: str
     generated: bool  # True: a seeded share of --data (split_photos); False: a folder of its own
-    hub_dataset: "HubSnapshot | None" = None  # where --data is a Hub dataset: which one, at which commit
+    hub_dataset: HubSnapshot | None = None  # where --data is a Hub dataset: which one, at which commit
 
 
-def choose_split(data: "str | Path | HubSnapshot", val_fraction: float, seed: int,
-                 val_data: str | Path | None = None) -> Split:
+def choose_split(data: Found, val_fraction: float, seed: int, val_data: Found | None = None) -> Split:
     """The one decision of which photos are validation: training and evaluation both call this.
 
     In order: `val_data` when given; else the labelled val/ or test/ folder beside train/ in `data`;
     else a deterministic stratified `val_fraction` of `data`, drawn with `seed`.
     """
-    if val_data is not None and str(val_data).startswith("hf://"):
-        raise DataError("--val-data takes a local folder or CSV; a Hub --data is validated on a held-out share "
-                        "of its --data-split")
-    photos, layout_val = find_photos(data)
-    hub_dataset = None if isinstance(data, str | Path) else data
     if val_data is not None:
-        val, val_extra = find_photos(val_data)
-        if val_extra is not None:
-            val = Photos(val.paths + val_extra.paths, val.labels + val_extra.labels)
+        val = val_data.everything()
         resolved = lambda paths: {p.resolve() if isinstance(p, Path) else p for p in paths}  # noqa: E731
-        shared = resolved(photos.paths) & resolved(val.paths)
+        shared = resolved(data.photos.paths) & resolved(val.paths)
         if shared:
             print(f"warning: {len(shared)} of the --val-data photos are also training photos; "
                   "the validation accuracy will be optimistic")
-        return Split(photos, val, f"all photos in `{val_data}` (--val-data)", generated=False)
-    if layout_val is not None:
-        return Split(photos, layout_val, "the labelled test/validation folder beside train/ in the data folder",
-                     generated=False)
-    train, val = split_photos(photos, val_fraction, seed)
-    of = (f"split '{hub_dataset.dataset.split}' of {HUB_PREFIX}{hub_dataset.dataset.repo_id}" if hub_dataset
-          else "the photos")
+        return Split(data.photos, val, f"all photos in `{val_data.named}` (--val-data)", generated=False)
+    if data.layout_val is not None:
+        return Split(data.photos, data.layout_val, "the labelled test/validation folder beside train/ in the data "
+                     "folder", generated=False)
+    train, val = split_photos(data.photos, val_fraction, seed)
+    hub = data.hub_dataset
+    of = f"split '{hub.dataset.split}' of {HUB_PREFIX}{hub.dataset.repo_id}" if hub else "the photos"
     return Split(train, val, f"a deterministic stratified {val_fraction:.0%} of {of} (seed {seed})",
-                 generated=True, hub_dataset=hub_dataset)
+                 generated=True, hub_dataset=hub)
 
 
 def split_photos(photos: Photos, val_fraction: float, seed: int) -> tuple[Photos, Photos]:

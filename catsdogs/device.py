@@ -14,7 +14,7 @@ import torch
 
 
 # Every caller runs the network on 224x224 photos, so cuDNN may time its kernels once per batch shape and keep the
-# fastest. Its untimed pick for bf16 convolutions runs batched predictions at half the speed (README, Performance).
+# fastest. Its untimed pick for bf16 convolutions runs batched predictions at half the speed.
 torch.backends.cudnn.benchmark = True
 
 

@@ -6,8 +6,8 @@
     python -m catsdogs.evaluate --data hf://datasets/microsoft/cats_vs_dogs --data-revision SHA --split validation
 
 `--split validation` re-creates the exact split train.py validated on (its --val-fraction and --seed are read
-from the weights' metrics.json), and the photos are decoded and scored exactly as training scored them after
-each epoch, so the accuracy is the one training reported for the weights.
+from the weights' metrics.json), and the photos are decoded and scored by the same loader training validates
+with (`catsdogs.loader.PhotoLoader`), so the accuracy is the one training reported for the weights.
 """
 
 import argparse
@@ -19,17 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from catsdogs import plots
-from catsdogs.calibrate import BINS, measure
-
-from catsdogs.cache import decoded_photos
-from catsdogs.data import CLASS_NAMES, DataError, Photos, choose_split, data_source, find_photos
-from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model
-from catsdogs.hub_data import HubSnapshot
+from catsdogs.data import CLASS_NAMES, DataError, Found, Photos, choose_split
 from catsdogs.device import pick_device
-from catsdogs.inference import predict_logits
+from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model
+from catsdogs.loader import PhotoLoader, find
+from catsdogs.metrics import BINS, confusion_matrix, measure, per_class
 from catsdogs.model import CatsDogsCNN
 
 SPLITS = ("all", "validation", "training")
@@ -38,20 +34,17 @@ SPLITS = ("all", "validation", "training")
 class IncompatibleModel(ValueError):
     """The weights load, but classify other classes than the photos are labelled with."""
 
-BATCH = 256  # predict_logits' own batch: the same batches as training's validate(), so the same numbers
 
-
-def select_photos(data: str | Path | HubSnapshot, split: str, val_fraction: float, seed: int) -> tuple[Photos, dict]:
+def select_photos(found: Found, split: str, val_fraction: float, seed: int) -> tuple[Photos, dict]:
     """The photos of `split`, as data.choose_split chooses them for training, and a record of how they were chosen."""
     if split == "all":
-        photos, layout_val = find_photos(data)
-        if layout_val is None:
-            return photos, {"name": split, "description": f"all {len(photos)} photos"}
-        everything = Photos(photos.paths + layout_val.paths, photos.labels + layout_val.labels)
-        description = (f"all photos (train/ {len(photos)} + the validation folder {len(layout_val)}) "
+        if found.layout_val is None:
+            return found.photos, {"name": split, "description": f"all {len(found.photos)} photos"}
+        everything = found.everything()
+        description = (f"all photos (train/ {len(found.photos)} + the validation folder {len(found.layout_val)}) "
                        f"-> {len(everything)} photos")
         return everything, {"name": split, "description": description}
-    chosen = choose_split(data, val_fraction, seed)
+    chosen = choose_split(found, val_fraction, seed)
     photos = chosen.val if split == "validation" else chosen.train
     if not chosen.generated:  # train/ beside a labelled val/ or test/: that folder is the validation split
         where = "the labelled test/validation folder beside train/" if split == "validation" else "the train/ folder"
@@ -98,7 +91,7 @@ def score(model: str | Path, data: str | Path, split: str = "all", revision: str
     trained_with = metrics.get("config", {})
     val_fraction = trained_with.get("val_fraction", 0.1) if val_fraction is None else val_fraction
     seed = trained_with.get("seed", 0) if seed is None else seed
-    source = data_source(data, data_revision, data_split)
+    source = find(data, data_revision, data_split)
     photos, split_info = select_photos(source, split, val_fraction, seed)
     if not len(photos):
         raise DataError(f"no photos to evaluate: {split_info['description']}")
@@ -109,19 +102,14 @@ def score(model: str | Path, data: str | Path, split: str = "all", revision: str
                         f"with (its --data {trained_with.get('data')}, --val-data {trained_with.get('val_data')}); "
                         "the accuracy will differ from the one training reported")
 
-    decoded = decoded_photos(photos, network.image_size, workers, split, progress, cache, cache_dir)
-    images, labels, skipped = decoded.images, decoded.labels, decoded.skipped
-    if progress:
-        print(f"{split} photos: {decoded.source}", file=sys.stderr)
-    if not len(labels):
-        raise DataError(f"none of the {len(photos)} photos could be read ({split_info['description']})")
-    unreadable = {str(path) for path, _ in skipped}  # str: read back from the cache, a skipped photo is a Path
     device = pick_device()
+    with contextlib.redirect_stdout(sys.stderr):  # where the photos came from: a note, not the report
+        loaded = PhotoLoader.load(photos, network.image_size, device, split, workers, progress, cache, cache_dir)
     network = network.to(device, memory_format=torch.channels_last)  # as trained and validated
-    batches = tqdm(images.split(BATCH), desc="scoring", unit="batch", leave=False, disable=not progress)
-    logits = torch.cat([predict_logits(network, batch, BATCH).cpu() for batch in batches])
-    return Scores(network, folder, metrics, split_info, str(source), warnings, logits, labels,
-                  [path for path in photos.paths if str(path) not in unreadable], skipped, device)
+    logits, labels = loaded.logits(network, progress).cpu(), loaded.labels.cpu()
+    unreadable = {str(path) for path, _ in loaded.skipped}  # str: read back from the cache, a skipped photo is a Path
+    return Scores(network, folder, metrics, split_info, source.named, warnings, logits, labels,
+                  [path for path in photos.paths if str(path) not in unreadable], loaded.skipped, device)
 
 
 def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: str | None = None,
@@ -138,8 +126,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
     probabilities = scores.network.probabilities(scores.logits)  # calibrated, as the app shows them
     labels = scores.labels
     predicted, confidence = probabilities.argmax(dim=1), probabilities.max(dim=1).values
-    classes = len(CLASS_NAMES)
-    confusion = torch.bincount(labels * classes + predicted, minlength=classes * classes).view(classes, classes)
+    confusion = confusion_matrix(labels, predicted, len(CLASS_NAMES))
     correct = confusion.trace().item()
     calibration = measure(scores.logits, labels, scores.network.temperature)  # the weights' own temperature
     if reliability_png:
@@ -154,7 +141,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
         "data": scores.data,
         "split": scores.split, "device": str(scores.device), "n": len(labels), "correct": correct,
         "accuracy": correct / len(labels), "trained_val_accuracy": scores.metrics.get("best_val_accuracy"),
-        "class_names": list(CLASS_NAMES), "per_class": _per_class(confusion), "confusion_matrix": confusion.tolist(),
+        "class_names": list(CLASS_NAMES), "per_class": per_class(confusion, CLASS_NAMES), "confusion_matrix": confusion.tolist(),
         "calibration": {"temperature": calibration.temperature, "bins": BINS, "ece": calibration.ece_after,
                         "nll": calibration.nll_after, "ece_without_temperature": calibration.ece_before,
                         "nll_without_temperature": calibration.nll_before}, "mistakes": [
@@ -163,17 +150,6 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
         "skipped": [{"path": str(path), "reason": reason} for path, reason in scores.skipped],
         "warnings": scores.warnings,
     }
-
-
-def _per_class(confusion: torch.Tensor) -> dict[str, dict]:
-    """Precision, recall, F1 and support of each class from `confusion[true][predicted]`; None where undefined."""
-    per_class = {}
-    for c, name in enumerate(CLASS_NAMES):
-        hits, support, claimed = confusion[c, c].item(), confusion[c].sum().item(), confusion[:, c].sum().item()
-        per_class[name] = {"precision": hits / claimed if claimed else None,  # None: undefined, not 0
-                           "recall": hits / support if support else None,
-                           "f1": 2 * hits / (support + claimed) if support + claimed else None, "support": support}
-    return per_class
 
 
 def _metrics(folder: Path) -> dict:

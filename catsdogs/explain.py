@@ -3,7 +3,7 @@
 Grad-CAM weighs a convolution's feature maps by how much each one raises the class's score, and keeps the
 positive part: the regions that made the network say that class. It is taken at the fourth block's convolution
 (a 24×24 grid over the 224×224 input); the last convolution's 10×10 grid marked one or two blobs on our photos,
-the fourth block's outlines eyes, ears and fur (README, "Where it looked").
+the fourth block's outlines eyes, ears and fur.
 """
 
 import copy

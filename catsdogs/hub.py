@@ -1,39 +1,38 @@
-"""Weights on disk and on the Hugging Face Hub: the output folder, the push, and loading weights back.
+"""The Hugging Face Hub client, and weights loaded back from a folder or a Hub repo.
 
-The output folder is what gets published, file for file: `model.safetensors`,
-`config.json`, the model card `README.md`, `metrics.json` and the plots. A
-model is loaded from such a folder, local or a Hub repo fetched through the
-Hub's cache, never from anything but safetensors.
+`snapshot` is the one way anything is fetched from the Hub (weights here, datasets in `catsdogs.hub_data`): a quick
+question with a timeout first, the Hub's cache when the Hub cannot be reached, and every error of huggingface_hub
+turned into a HubError that says what to do. The push uploads an output folder (`catsdogs.outputs`) as it is. A
+model is loaded from a folder of safetensors weights and their config.json, never from anything else.
 """
 
 import contextlib
 import io
 import json
 import math
-import os
 import shlex
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import torch
 import yaml
 from huggingface_hub import HfApi, ModelCard, constants, snapshot_download
 from huggingface_hub.errors import (
+    GatedRepoError,
     HfHubHTTPError,
     HFValidationError,
+    IncompleteSnapshotError,
     LocalEntryNotFoundError,
     LocalTokenNotFoundError,
+    OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from matplotlib.figure import Figure
 from safetensors import SafetensorError
 
-from catsdogs.config import TrainConfig
-from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, TTA_MODES, CatsDogsCNN
-
-TOKEN_HELP = "run `hf auth login` or set HF_TOKEN to a token with write access (https://huggingface.co/settings/tokens)"
+from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, TTA_MODES, CatsDogsCNN, predict_logits
 
 
 WEIGHTS_FILES = ("model.safetensors", "config.json")  # what a model needs; the card and metrics are optional
@@ -47,60 +46,56 @@ class HubError(RuntimeError):
     """Talking to the Hub, or loading weights, failed; the message says why and what to do."""
 
 
-def save_outputs(
-    model: CatsDogsCNN,
-    output_dir: str | Path,
-    card: dict[str, Any],
-    metrics: dict[str, Any],
-    figures: dict[str, Figure],
-) -> None:
-    """Write weights, config, card, metrics and plots into `output_dir`, replacing what was there.
-
-    Everything is written into a temporary folder first and then moved in file by
-    file, so a run killed mid-save never leaves a half-written file behind.
-    """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".saving-") as tmp:
-        model.save_pretrained(tmp, model_card_kwargs=card)  # model.safetensors, config.json, README.md
-        (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        for name, figure in figures.items():
-            figure.savefig(Path(tmp) / name, dpi=110, bbox_inches="tight")
-        for file in Path(tmp).iterdir():
-            file.chmod(0o644)  # some writers create 0600 files; weights are meant to be shared
-            os.replace(file, output_dir / file.name)
+def token_help(access: str) -> str:
+    """What to do about a missing or insufficient token; `access` is "read" or "write"."""
+    return (f"run `hf auth login` or set HF_TOKEN to a token with {access} access "
+            "(https://huggingface.co/settings/tokens)")
 
 
-def card_details(summary: dict) -> dict:
-    """What the model card template shows, from a run's summary (metrics.json): training and a re-calibration
-    (python -m catsdogs.calibrate) render the same card."""
-    if not summary.get("history"):  # weights that train.py did not write: only what is known
-        return {"calibration": summary.get("calibration")}
-    config = summary["config"]
-    return {
-        "val_accuracy": round(summary["best_val_accuracy"], 4),
-        **_dataset_fields(config["data"], summary.get("hub_dataset")),
-        "summary": summary,
-        "recipe": {name: config[name] for name in TrainConfig(data=config["data"]).recipe() if name in config},
-        "training_time": human_duration(summary["training_seconds"]),
-        "calibration": summary.get("calibration"),
-    }
+@dataclass(frozen=True)
+class Snapshot:
+    """Files of a Hub repo at one commit, in the Hub's cache."""
+
+    folder: Path
+    commit: str  # the full sha
+    source: str  # where they came from, in words, for the log
 
 
-def _dataset_fields(data: str, hub_dataset: dict | None) -> dict:
-    """How the card names the data: a Hub dataset by id and commit, in its metadata, so the Hub links the model to
-    it; local photos by their folder."""
-    if hub_dataset is None:
-        return {"dataset_name": "/".join(Path(data).parts[-2:])}  # e.g. dogs-vs-cats/train, not just train
-    return {"dataset_type": hub_dataset["id"], "dataset_name": hub_dataset["id"],
-            "dataset_revision": hub_dataset["revision"], "datasets": [hub_dataset["id"]],
-            "dataset_split": hub_dataset["split"]}
+def snapshot(repo_id: str, repo_type: str, revision: str | None, allow_patterns: list[str], what: str) -> Snapshot:
+    """The files of `repo_id` matching `allow_patterns` through the Hub's cache: downloaded when the Hub answers,
+    else the cached copy. `what` names them in messages (e.g. "hf://datasets/a/b (split train)")."""
+    kwargs = dict(repo_id=repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns)
+    try:
+        try:  # first a quick question with huggingface_hub's own timeout for metadata (HF_HUB_ETAG_TIMEOUT, 10 s by
+            # default): without one, the client waits forever on a network that drops packets
+            HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        except (httpx2.TransportError, OfflineModeIsEnabled) as unreachable:
+            return _cached(kwargs, what, unreachable)
+        folder = Path(snapshot_download(**kwargs))
+    except GatedRepoError as error:
+        raise HubError(f"{what} is gated: accept its conditions on the Hub, then {token_help('read')}") from error
+    except RepositoryNotFoundError as error:
+        raise HubError(f"no {repo_type} repo {repo_id} on the Hub at {constants.ENDPOINT} (if it is private or "
+                       f"gated, {token_help('read')})") from error
+    except RevisionNotFoundError as error:
+        raise HubError(f"the {repo_type} repo {repo_id} has no revision '{revision}' (a branch, tag or commit)") \
+            from error
+    except HFValidationError as error:
+        raise HubError(f"{repo_id} is not a valid Hub repo id ({error})") from error
+    except (HfHubHTTPError, httpx2.TransportError, OSError) as error:
+        raise HubError(f"fetching {what} from the Hub at {constants.ENDPOINT} failed: {error}") from error
+    return Snapshot(folder, folder.name, f"downloaded into the Hub's cache {folder}")
 
 
-def human_duration(seconds: float) -> str:
-    minutes, seconds = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
+def _cached(kwargs: dict, what: str, unreachable: Exception) -> Snapshot:
+    try:
+        folder = Path(snapshot_download(local_files_only=True, **kwargs))
+    except (LocalEntryNotFoundError, OSError) as error:
+        cached = "only part of it is" if isinstance(error, IncompleteSnapshotError) else "it is not"
+        raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} ({type(unreachable).__name__}) to fetch "
+                       f"{what}, and {cached} in the Hub's cache ({constants.HF_HUB_CACHE}): check the "
+                       "connection") from error
+    return Snapshot(folder, folder.name, f"the Hub's cache (the Hub at {constants.ENDPOINT} cannot be reached)")
 
 
 def check_write_access(repo_id: str, token: str | None = None) -> str:
@@ -108,15 +103,15 @@ def check_write_access(repo_id: str, token: str | None = None) -> str:
     try:
         who = HfApi(token=token).whoami()
     except LocalTokenNotFoundError as error:
-        raise HubError(f"no Hugging Face token found: {TOKEN_HELP}") from error
+        raise HubError(f"no Hugging Face token found: {token_help('write')}") from error
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else "?"
-        raise HubError(f"the Hub rejected the token (HTTP {status}); it is invalid or expired: {TOKEN_HELP}") from error
+        raise HubError(f"the Hub rejected the token (HTTP {status}); it is invalid or expired: {token_help('write')}") from error
     except httpx2.TransportError as error:
         raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} ({error}); check the connection") from error
     role = who.get("auth", {}).get("accessToken", {}).get("role")
     if role == "read":
-        raise HubError(f"the token of '{who['name']}' is read-only and cannot push: {TOKEN_HELP}")
+        raise HubError(f"the token of '{who['name']}' is read-only and cannot push: {token_help('write')}")
     namespace = repo_id.split("/")[0] if "/" in repo_id else who["name"]
     writable = {who["name"], *(org.get("name") for org in who.get("orgs", []))}
     if namespace not in writable:
@@ -135,7 +130,7 @@ def push_outputs(output_dir: str | Path, repo_id: str, private: bool = False, to
             ignore_patterns=list(UPLOAD_EXCLUDE),
         )
     except LocalTokenNotFoundError as error:
-        raise HubError(f"no Hugging Face token found: {TOKEN_HELP}. Then retry the upload: {retry}") from error
+        raise HubError(f"no Hugging Face token found: {token_help('write')}. Then retry the upload: {retry}") from error
     except (HfHubHTTPError, httpx2.TransportError, OSError) as error:
         raise HubError(
             f"the push to {repo_id} failed ({type(error).__name__}: {error}). The weights are safe in "
@@ -163,21 +158,8 @@ def fetch_weights(source: str | Path, revision: str | None = None) -> Path:
         raise HubError(f"{source} is neither a weights folder nor a Hub repo id like user/catsdogs")
     else:
         where = f"{source}@{revision}" if revision else str(source)
-        try:
-            folder = Path(snapshot_download(str(source), revision=revision,
-                                            allow_patterns=[*WEIGHTS_FILES, "README.md", "metrics.json"]))
-        except HFValidationError as error:
-            raise HubError(f"{source} is not a valid Hub repo id ({error})") from error
-        except RevisionNotFoundError as error:
-            raise HubError(f"the Hub repo {source} has no revision '{revision}'") from error
-        except RepositoryNotFoundError as error:
-            raise HubError(f"no model repo {source} on the Hub at {constants.ENDPOINT} "
-                           "(if it is private, set HF_TOKEN to a token that can read it)") from error
-        except LocalEntryNotFoundError as error:
-            raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} to fetch {where}, "
-                           "and it is not in the local cache") from error
-        except (HfHubHTTPError, httpx2.TransportError) as error:
-            raise HubError(f"fetching {where} from the Hub at {constants.ENDPOINT} failed: {error}") from error
+        folder = snapshot(str(source), "model", revision, [*WEIGHTS_FILES, "README.md", "metrics.json"],
+                          where).folder
     missing = [name for name in WEIGHTS_FILES if not (folder / name).is_file()]
     if missing:
         raise HubError(f"{source} has no {' or '.join(missing)}: it does not hold catsdogs weights")
@@ -185,10 +167,11 @@ def fetch_weights(source: str | Path, revision: str | None = None) -> Path:
 
 
 def load_model(folder: str | Path) -> CatsDogsCNN:
-    """The model in a weights folder (see `fetch_weights`), on the CPU, in eval mode.
+    """The model in a weights folder (see `fetch_weights`), on the CPU, in eval mode: the one check of weights that
+    the app and every command share.
 
     Every way the folder can be wrong (unreadable files, a config.json with values the network cannot run with,
-    weights of another shape) is a HubError that says what is wrong.
+    weights of another shape, values that make its answers meaningless) is a HubError that says what is wrong.
     """
     try:
         problem = config_problem(json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")))
@@ -198,9 +181,34 @@ def load_model(folder: str | Path) -> CatsDogsCNN:
         raise HubError(f"the config.json in {folder} is not a catsdogs config: {problem}")
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the mixin prints "Loading weights from local directory"
-            return CatsDogsCNN.from_pretrained(folder).eval()
+            model = CatsDogsCNN.from_pretrained(folder).eval()
     except (OSError, ValueError, TypeError, RuntimeError, SafetensorError, json.JSONDecodeError) as error:
         raise HubError(f"the weights in {folder} cannot be loaded ({type(error).__name__}: {error})") from error
+    problem = answer_problem(model)
+    if problem:
+        raise HubError(f"the weights in {folder} load but {problem}")
+    return model
+
+
+def probe_photos(size: int = INPUT_SIZE) -> torch.Tensor:
+    """Three different uint8 pictures: black, white, and a colour gradient."""
+    ramp = torch.linspace(0, 255, size).round().to(torch.uint8)
+    gradient = torch.stack([ramp.view(1, -1).expand(size, size), ramp.view(-1, 1).expand(size, size),
+                            ramp.flip(0).view(1, -1).expand(size, size)])
+    return torch.stack([torch.zeros_like(gradient), torch.full_like(gradient, 255), gradient])
+
+
+def answer_problem(model: CatsDogsCNN) -> str | None:
+    """Why the model's answers are meaningless (NaN or infinite probabilities, the same logits for different
+    pictures: degenerate weights, or a temperature, mean or std that swamps everything), or None."""
+    logits = predict_logits(model, probe_photos(model.image_size))
+    probabilities = model.probabilities(logits)
+    if not torch.isfinite(probabilities).all():
+        return ("give NaN or infinite probabilities (check config.json's temperature, mean and std, and the "
+                "weights for NaN)")
+    if torch.equal(logits[0], logits[1]) and torch.equal(logits[1], logits[2]):
+        return "give the same answer to every picture (degenerate weights)"
+    return None
 
 
 def config_problem(config: Any) -> str | None:

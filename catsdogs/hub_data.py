@@ -19,55 +19,16 @@ A set whose classes are not exactly cat and dog is refused, saying which classes
 import json
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2
 import yaml
-from huggingface_hub import DatasetCard, HfApi, constants, get_cached_repo_tree, snapshot_download
-from huggingface_hub.errors import (
-    CachedRepoTreeNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    HFValidationError,
-    IncompleteSnapshotError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub import DatasetCard, get_cached_repo_tree
+from huggingface_hub.errors import CachedRepoTreeNotFoundError, HFValidationError
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
-from catsdogs.data import HUB_PREFIX, IMAGE_COLUMNS, LABEL_COLUMNS, DataError, ParquetPhoto, Photos, class_of, \
-    find_photos, pick_columns
-
-REACH_TIMEOUT = 10.0  # seconds the first request may take before the Hub counts as unreachable (the client's is none)
-TOKEN_HELP = "if it is private or gated, set HF_TOKEN or run `hf auth login` with a token that can read it"
-
-
-@dataclass(frozen=True)
-class HubDataset:
-    """A split of a dataset repo on the Hub, as the user named it."""
-
-    repo_id: str
-    revision: str | None  # branch, tag or commit; None: the default branch
-    split: str
-
-    def __str__(self) -> str:
-        return f"{HUB_PREFIX}{self.repo_id}" + (f"@{self.revision}" if self.revision else "") + f" (split {self.split})"
-
-
-@dataclass(frozen=True)
-class HubSnapshot:
-    """A HubDataset fetched: the files of its split at one commit, in the Hub's cache."""
-
-    dataset: HubDataset
-    commit: str  # the commit's full sha: what the model card names, and the decoded-photo cache keys on
-    folder: Path
-    source: str  # "downloaded" or "from the Hub's cache (...)", for the log
-
-    def __str__(self) -> str:
-        return f"{HUB_PREFIX}{self.dataset.repo_id}@{self.commit[:10]} (split {self.dataset.split})"
+from catsdogs.data import HUB_PREFIX, IMAGE_COLUMNS, LABEL_COLUMNS, DataError, HubDataset, HubSnapshot, ParquetPhoto, \
+    Photos, class_of, find_photos, pick_columns
+from catsdogs.hub import snapshot
 
 
 def parse(data: str, revision: str | None, split: str) -> HubDataset:
@@ -93,32 +54,9 @@ def _split_patterns(split: str) -> list[str]:
 
 
 def fetch(dataset: HubDataset) -> HubSnapshot:
-    """The split's files through the Hub's cache: downloaded when the Hub answers, else the cached copy."""
-    kwargs = dict(repo_id=dataset.repo_id, repo_type="dataset", allow_patterns=_split_patterns(dataset.split))
-    try:
-        try:  # first a quick question with a timeout: the client itself would wait forever on a silent network
-            HfApi().dataset_info(dataset.repo_id, revision=dataset.revision, timeout=REACH_TIMEOUT)
-        except (httpx2.TransportError, OfflineModeIsEnabled) as unreachable:
-            try:
-                folder = Path(snapshot_download(revision=dataset.revision, local_files_only=True, **kwargs))
-            except (LocalEntryNotFoundError, OSError) as error:
-                cached = "only part of it is" if isinstance(error, IncompleteSnapshotError) else "it is not"
-                raise DataError(f"cannot reach the Hub at {constants.ENDPOINT} ({type(unreachable).__name__}) to "
-                                f"fetch {dataset}, and {cached} in the Hub's cache ({constants.HF_HUB_CACHE}): "
-                                "check the connection") from error
-            return HubSnapshot(dataset, folder.name, folder, f"the Hub's cache (the Hub at {constants.ENDPOINT} "
-                                                             "cannot be reached)")
-        folder = Path(snapshot_download(revision=dataset.revision, **kwargs))
-    except GatedRepoError as error:
-        raise DataError(f"{dataset} is gated: accept its conditions on the Hub, then {TOKEN_HELP}") from error
-    except RepositoryNotFoundError as error:
-        raise DataError(f"no dataset {dataset.repo_id} on the Hub at {constants.ENDPOINT} ({TOKEN_HELP})") from error
-    except RevisionNotFoundError as error:
-        raise DataError(f"the dataset {dataset.repo_id} has no revision '{dataset.revision}' (a branch, tag or "
-                        "commit)") from error
-    except (HfHubHTTPError, httpx2.TransportError, OSError) as error:
-        raise DataError(f"fetching {dataset} from the Hub at {constants.ENDPOINT} failed: {error}") from error
-    return HubSnapshot(dataset, folder.name, folder, f"downloaded into the Hub's cache {folder}")
+    """The split's files through the Hub's cache (`catsdogs.hub.snapshot`)."""
+    fetched = snapshot(dataset.repo_id, "dataset", dataset.revision, _split_patterns(dataset.split), str(dataset))
+    return HubSnapshot(dataset, fetched.commit, fetched.folder, fetched.source)
 
 
 def photos_in_snapshot(snapshot: HubSnapshot) -> Photos:

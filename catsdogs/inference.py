@@ -2,7 +2,6 @@
 
 import copy
 import ctypes
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,34 +9,10 @@ import torch
 from PIL import Image
 
 from catsdogs.autotune import Layout, LayoutChoice, choose_layout, use_layout
-from catsdogs.device import Precision, pick_device
+from catsdogs.device import pick_device
 from catsdogs.hub import HubError, card_metric, fetch_weights, load_model
-from catsdogs.model import CatsDogsCNN
-from catsdogs.preprocess import BAD_IMAGE_ERRORS, PhotoSource, load_photo, normalize
-
-
-@torch.inference_mode()
-def predict_logits(model: CatsDogsCNN, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """uint8 photos (N, 3, S, S), on any device -> float32 logits (N, classes) on the model's device.
-
-    The one place the weights' test-time augmentation (`model.tta`, from config.json) is applied, so evaluation,
-    calibration, validation and the app agree. "mirror": each photo and its mirror image go through the network in
-    one batch, and their logits are averaged (README, "Mirror test-time augmentation", for why logits, not
-    probabilities); at most `batch_size` images go through at once either way.
-    """
-    device = next(model.parameters()).device
-    views = 2 if model.tta == "mirror" else 1
-    was_training = model.training
-    model.eval()
-    outputs = []
-    with Precision.for_inference(device).autocast():
-        for batch in images.split(max(1, batch_size // views)):
-            batch = normalize(batch.to(device, non_blocking=True), model.mean, model.std)
-            if views == 2:
-                batch = torch.cat([batch, batch.flip(-1)])  # flip(-1): left-right, the mirror image
-            outputs.append(model(batch).float().unflatten(0, (views, -1)).mean(dim=0))
-    model.train(was_training)
-    return torch.cat(outputs) if outputs else torch.empty((0, len(model.class_names)), device=device)
+from catsdogs.model import CatsDogsCNN, predict_logits
+from catsdogs.preprocess import BAD_IMAGE_ERRORS, PhotoSource, load_photo
 
 
 PREDICTION_ROUNDS = 10  # timed one-photo forward passes per layout: ~20 of 10-40 ms each, under a second
@@ -58,7 +33,7 @@ def choose_prediction_layout(model: CatsDogsCNN, requested: str = "auto") -> Lay
 
 # What keep_freed_memory lets glibc keep per heap (each thread that predicts has one): one photo's forward pass
 # with mirror TTA (the photo and its mirror image: ~60 MB of activations, the largest 25 MB) with room to spare;
-# at 64 MB, enough without TTA, its pages fault back in at every photo (README, "Performance").
+# at 64 MB, enough without TTA, its pages fault back in at every photo.
 KEEP_FREED_BYTES = 128 * 2**20
 MMAP_THRESHOLD = 32 * 2**20  # glibc's maximum: blocks at least this big are mmapped, and unmapped when freed
 PIL_BLOCK_BYTES = 64 * 2**20  # Pillow's image blocks (16 MB by default): made mmap-sized, see keep_freed_memory
@@ -70,10 +45,10 @@ def keep_freed_memory(keep_bytes: int = KEEP_FREED_BYTES) -> None:
     Classifier's).
 
     One forward pass allocates and frees tens of MB of activations; by default glibc returns such blocks and the
-    next call page-faults them in again (README, "Performance", for what that costs). Raising the mmap threshold
+    next call page-faults them in again (docs/performance.md has what that costs). Raising the mmap threshold
     keeps those blocks on the heap; Pillow's image blocks are then raised above it, or a big photo's 16 MB
-    blocks would stay on the heap too and the process would keep the size of its biggest request (README,
-    "Limits and memory": the memory a server keeps after big requests).
+    blocks would stay on the heap too and the process would keep the size of its biggest request (docs/limits.md: the memory a server
+    keeps after big requests).
     """
     Image.core.set_block_size(PIL_BLOCK_BYTES)  # what Pillow's PILLOW_BLOCK_SIZE sets
     try:
@@ -106,16 +81,13 @@ class Classifier:
         self.model = load_model(self.folder).to(self.device)
         self.val_accuracy = card_metric(self.folder, "accuracy")
         self.val_calibration_error = card_metric(self.folder, "expected_calibration_error")
-        try:  # the layout, a warm-up (the first forward is slow), and the proof that these weights can run at all
+        try:  # the layout, and a warm-up on the device (the first forward is slow)
             self.layout = choose_prediction_layout(self.model, memory_format)  # (describe() says which, and why)
             use_layout(self.model, self.layout.layout)
-            warm_up = self.predict([Image.new("RGB", (self.model.image_size,) * 2)])[0]
+            self.predict([Image.new("RGB", (self.model.image_size,) * 2)])
         except (RuntimeError, ValueError, TypeError) as error:
             raise HubError(f"the weights in {self.folder} load but cannot run "
                            f"({type(error).__name__}: {error})") from error
-        if not all(math.isfinite(p) for p in warm_up.values()):
-            raise HubError(f"the weights in {self.folder} give no usable probabilities ({warm_up}): "
-                           "they hold NaN or inf")
 
     @property
     def class_names(self) -> list[str]:

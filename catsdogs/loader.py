@@ -1,11 +1,13 @@
-"""The photos on the training device, and the batches cut from them (the loader of Keller Jordan's airbench).
+"""The one way photos go from `--data` to batches (the loader of Keller Jordan's airbench): find, decode, cache,
+place, shard, epoch.
 
-Every photo is decoded once to a uint8 tensor at the input size (and kept in the photo cache, `catsdogs.cache`,
-for later runs). On a GPU the photos are copied there whole when they fit (`place_photos` decides); otherwise, and
-on the CPU, they stay in the mapped cache file, from which each batch reads only its own photos, a batch or two
-ahead on a background thread (to the GPU through pinned memory). Each batch is then augmented and normalised on
-the device with tensor ops, so JPEG decoding never starves the network. `for images, labels in loader.epoch(n)`
-is all the training loop sees.
+`find` reads what --data names (a local folder or CSV, or a Hub dataset) and `find_split` picks the validation photos
+(`catsdogs.data.choose_split`). A `PhotoLoader` then owns one photo list: every photo decoded once to a uint8 tensor
+at the input size (kept in the photo cache, `catsdogs.cache`, for later runs), placed on a GPU whole when it fits
+(`place_photos`), otherwise left in the mapped cache file, from which each batch reads only its own photos, a batch or
+two ahead on a background thread (to the GPU through pinned memory). `epoch(n)` gives this process's shuffled,
+augmented, normalised training batches; `logits(model)` scores this process's share in order, the same way for
+training's validation and for `catsdogs.evaluate`.
 """
 
 import math
@@ -13,7 +15,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -21,35 +23,41 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
+from tqdm import tqdm
 
 from catsdogs.cache import decoded_photos, human_size
-from catsdogs.data import DataError, Photos
+from catsdogs.data import HUB_PREFIX, DataError, Found, Photos, Split, choose_split, find_photos
 from catsdogs.device import Ranks
+from catsdogs.hub_data import fetch, parse, photos_in_snapshot
+from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD, CatsDogsCNN, predict_logits
 from catsdogs.preprocess import normalize
 
-
-@dataclass
-class DecodedPhotos:
-    """Photos decoded to uint8 (N, 3, S, S) on a device, their labels, and the files that could not be read."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    skipped: list
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def device(self) -> torch.device:
-        """The training device: the labels are always there; the images may stay on the host (`place_photos`)."""
-        return self.labels.device
-
-    def shard(self, ranks: Ranks) -> tuple[torch.Tensor, torch.Tensor]:
-        """This process's share (every world-th photo) as strided views: no copy of the photos."""
-        return self.images[ranks.rank::ranks.world], self.labels[ranks.rank::ranks.world]
+SCORING_BATCH = 256  # photos per forward pass when scoring (with mirror TTA, half of them and their mirror images)
 
 
-PHOTOS_ON = ("auto", "device", "host")  # --photos-on
+def find(data: str | Path, revision: str | None = None, split: str = "train") -> Found:
+    """The labelled photos `--data` names: a local folder or CSV as it is, or a Hub dataset's split fetched
+    through the Hub's cache. The one place that tells the two apart; `revision` and `split` only apply to Hub
+    datasets."""
+    if not str(data).startswith("hf://"):  # hides only a local folder named "hf:"; hf://models/... is refused below
+        if revision is not None or split != "train":
+            raise DataError(f"--data-revision and --data-split only apply to Hub datasets ({HUB_PREFIX}OWNER/NAME), "
+                            f"and {data} is a local path")
+        return Found(*find_photos(Path(data).expanduser()), named=str(data))
+    snapshot = fetch(parse(str(data), revision, split))
+    return Found(photos_in_snapshot(snapshot), None, named=str(snapshot), hub_dataset=snapshot)
+
+
+def find_split(data: str | Path, val_fraction: float, seed: int, val_data: str | Path | None = None,
+               revision: str | None = None, split: str = "train") -> Split:
+    """The training and validation photos of a run (see `catsdogs.data.choose_split`)."""
+    if val_data is not None and str(val_data).startswith("hf://"):
+        raise DataError("--val-data takes a local folder or CSV; a Hub --data is validated on a held-out share "
+                        "of its --data-split")
+    return choose_split(find(data, revision, split), val_fraction, seed,
+                        None if val_data is None else find(val_data))
+
+
 GPU_SHARE = 0.5  # of the GPU's free memory, the most the photos may take there
 
 
@@ -81,30 +89,101 @@ def place_photos(nbytes: int, device: torch.device, requested: str = "auto") -> 
     return Placement(False, f"{size} left in the cache file, streamed to the GPU a batch at a time ({why})")
 
 
-def load_photos(photos: Photos, size: int, device: torch.device, workers: int, name: str,
-                verbose: bool, cache: bool = True, cache_dir: str | Path | None = None,
-                photos_on: str = "auto") -> DecodedPhotos:
-    """`photos` decoded once, from the photo cache (`catsdogs.cache`) or decoded now, and placed for `device`.
+@dataclass
+class PhotoLoader:
+    """One photo list decoded to uint8 (N, 3, S, S), placed for the training device, and served as batches.
 
-    The labels go to `device`; the images too when `place_photos` puts them there (`photos_on`: --photos-on).
-    Otherwise they stay in the mapped cache file: a batch indexed from them reads just its photos (from the page
-    cache, shared by every process), so a process's own memory does not grow with the number of photos. `name`
-    says which split they are in messages.
+    `batch_size` is the global batch of a training epoch; each of the `ranks.world` processes gets its own equal
+    part of it. Every process scores its own share of the photos (every world-th one).
     """
-    decoded = decoded_photos(photos, size, workers, name, verbose, cache, cache_dir)
-    images, labels, skipped = decoded.images, decoded.labels, decoded.skipped
-    if verbose:
-        print(f"{name} photos: {decoded.source}")
-    if skipped and verbose:
-        print(f"skipped {len(skipped)} unreadable {name} files:")
-        for path, reason in skipped:
-            print(f"  {path}: {reason}")
-    if len(set(labels.tolist())) < 2:
-        raise DataError(f"after skipping unreadable files, the {name} photos hold only one class")
-    placement = place_photos(images.nbytes, device, photos_on)
-    if verbose:
-        print(f"{name} photos: {placement.description}")
-    return DecodedPhotos(_copy_to(images, device) if placement.on_device else images, labels.to(device), skipped)
+
+    images: torch.Tensor  # on the device, or in the mapped cache file (`place_photos`)
+    labels: torch.Tensor  # always on the device
+    skipped: list = field(default_factory=list)  # (file, why) of the photos that could not be read
+    batch_size: int = SCORING_BATCH
+    ranks: Ranks = field(default_factory=Ranks)
+    seed: int = 0
+    augment: bool = False
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    @classmethod
+    def load(cls, photos: Photos, size: int, device: torch.device, name: str, workers: int, verbose: bool,
+             cache: bool = True, cache_dir: str | Path | None = None, photos_on: str = "auto",
+             **batching) -> "PhotoLoader":
+        """`photos` decoded once, from the photo cache or decoded now, and placed for `device` (`photos_on`:
+        --photos-on). `name` says which split they are in messages; `batching` sets the dataclass's other fields.
+
+        Images left in the mapped cache file are read a batch at a time (from the page cache, shared by every
+        process), so a process's own memory does not grow with the number of photos.
+        """
+        decoded = decoded_photos(photos, size, workers, name, verbose, cache, cache_dir)
+        if verbose:
+            print(f"{name} photos: {decoded.source}")
+            if decoded.skipped:
+                print(f"skipped {len(decoded.skipped)} unreadable {name} files:")
+                for path, reason in decoded.skipped:
+                    print(f"  {path}: {reason}")
+        if not len(decoded.labels):
+            raise DataError(f"none of the {len(photos)} {name} photos could be read")
+        placement = place_photos(decoded.images.nbytes, device, photos_on)
+        if verbose:
+            print(f"{name} photos: {placement.description}")
+        images = _copy_to(decoded.images, device) if placement.on_device else decoded.images
+        return cls(images, decoded.labels.to(device), decoded.skipped, **batching)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def require_both_classes(self, name: str) -> None:
+        """Training and validating need photos of every class."""
+        if len(set(self.labels.tolist())) < 2:
+            raise DataError(f"after skipping unreadable files, the {name} photos hold only one class")
+
+    @property
+    def device(self) -> torch.device:
+        """The training device: the labels are always there; the images may stay on the host (`place_photos`)."""
+        return self.labels.device
+
+    @property
+    def process_batch(self) -> int:
+        return self.batch_size // self.ranks.world
+
+    @property
+    def steps(self) -> int:
+        """Training steps per epoch."""
+        return math.ceil(len(self) // self.ranks.world / self.process_batch)
+
+    def shard(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's share (every world-th photo) as strided views: no copy of the photos."""
+        return self.images[self.ranks.rank::self.ranks.world], self.labels[self.ranks.rank::self.ranks.world]
+
+    def logits(self, model: CatsDogsCNN, progress: bool = False) -> torch.Tensor:
+        """The logits of this process's share, in order, SCORING_BATCH photos at a time, on the model's device."""
+        images = self.shard()[0].split(SCORING_BATCH)
+        batches = tqdm(images, desc="scoring", unit="batch", leave=False, disable=not progress)
+        return torch.cat([predict_logits(model, batch, SCORING_BATCH) for batch in batches])
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's training batches of `epoch`: shuffled by (seed, epoch), augmented, normalised."""
+        shard = epoch_shard(len(self), epoch, self.seed, self.ranks)
+        on_device = shard.to(self.device).split(self.process_batch)
+        if self.images.is_cuda:  # resident on the GPU: indexing there takes microseconds, nothing to fetch ahead
+            fetched = (gather(self.images, indices) for indices in on_device)
+        elif self.device.type == "cuda":
+            fetched = streamed(self.images, shard.split(self.process_batch), self.device)
+        else:  # the CPU: gathering a batch (~1 ms) overlaps the step before it
+            fetched = prefetched(partial(gather, self.images), shard.split(self.process_batch), depth=1)
+        with closing(fetched):
+            for indices, photos in zip(on_device, fetched, strict=True):
+                yield self.prepare(photos), self.labels[indices]
+
+    def prepare(self, photos: torch.Tensor) -> torch.Tensor:
+        """Decoded uint8 photos -> the network's normalised float input, augmented when training asks for it."""
+        images = photos.float().div_(255)
+        if self.augment:
+            images = augment(images)
+        return normalize(images, self.mean, self.std)
 
 
 def _copy_to(images: torch.Tensor, device: torch.device, rows: int = 1024) -> torch.Tensor:
@@ -121,44 +200,6 @@ def epoch_shard(n: int, epoch: int, seed: int, ranks: Ranks) -> torch.Tensor:
                                  seed=seed, drop_last=True)
     sampler.set_epoch(epoch)
     return torch.tensor(list(sampler))
-
-
-class TrainingBatches:
-    """This process's training batches of every epoch: shuffled by (seed, epoch), augmented, normalised.
-
-    `batch_size` is the global batch; each of the `ranks.world` processes gets its own equal part of it.
-    """
-
-    def __init__(self, photos: DecodedPhotos, batch_size: int, ranks: Ranks, seed: int, augment: bool,
-                 mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        self.photos, self.ranks, self.seed, self.augment = photos, ranks, seed, augment
-        self.mean, self.std = mean, std
-        self.process_batch = batch_size // ranks.world
-
-    def __len__(self) -> int:
-        """Steps per epoch."""
-        return math.ceil(len(self.photos) // self.ranks.world / self.process_batch)
-
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        shard = epoch_shard(len(self.photos), epoch, self.seed, self.ranks)
-        images, device = self.photos.images, self.photos.device
-        on_device = shard.to(device).split(self.process_batch)
-        if images.is_cuda:  # resident on the GPU: indexing there takes microseconds, nothing to fetch ahead
-            fetched = (gather(images, indices) for indices in on_device)
-        elif device.type == "cuda":
-            fetched = streamed(images, shard.split(self.process_batch), device)
-        else:  # the CPU: gathering a batch (~1 ms) overlaps the step before it
-            fetched = prefetched(partial(gather, images), shard.split(self.process_batch), depth=1)
-        with closing(fetched):
-            for indices, photos in zip(on_device, fetched, strict=True):
-                yield self.prepare(photos), self.photos.labels[indices]
-
-    def prepare(self, photos: torch.Tensor) -> torch.Tensor:
-        """Decoded uint8 photos -> the network's normalised float input, augmented when training asks for it."""
-        images = photos.float().div_(255)
-        if self.augment:
-            images = augment(images)
-        return normalize(images, self.mean, self.std)
 
 
 def gather(images: torch.Tensor, indices: torch.Tensor, pin: bool = False) -> torch.Tensor:

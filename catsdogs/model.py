@@ -19,6 +19,9 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from huggingface_hub.repocard_data import EvalResult
 from torch import nn
 
+from catsdogs.device import Precision
+from catsdogs.preprocess import normalize
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_SIZE = 224  # the layer table's 800 flattened features hold only for 224x224 inputs
@@ -115,3 +118,27 @@ class CatsDogsCNN(
                 for metric, value in metrics.items()
             ]
         return card
+
+
+@torch.inference_mode()
+def predict_logits(model: CatsDogsCNN, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """uint8 photos (N, 3, S, S), on any device -> float32 logits (N, classes) on the model's device.
+
+    The one place the weights' test-time augmentation (`model.tta`, from config.json) is applied, so evaluation,
+    calibration, validation and the app agree. "mirror": each photo and its mirror image go through the network in
+    one batch, and their logits are averaged (logits rather than probabilities: averaging them keeps the
+    temperature's calibration); at most `batch_size` images go through at once either way.
+    """
+    device = next(model.parameters()).device
+    views = 2 if model.tta == "mirror" else 1
+    was_training = model.training
+    model.eval()
+    outputs = []
+    with Precision.for_inference(device).autocast():
+        for batch in images.split(max(1, batch_size // views)):
+            batch = normalize(batch.to(device, non_blocking=True), model.mean, model.std)
+            if views == 2:
+                batch = torch.cat([batch, batch.flip(-1)])  # flip(-1): left-right, the mirror image
+            outputs.append(model(batch).float().unflatten(0, (views, -1)).mean(dim=0))
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty((0, len(model.class_names)), device=device)

@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 # The most pixels a photo may have once decoded (after a JPEG's reduction while decoding): a 48/50-megapixel
 # camera's PNG or WebP still fits. Decoding one at this size costs +0.2 GB (RGB PNG) to +0.4 GB (RGBA PNG): the
 # decoded image, reduced before anything else is copied (see `upright_rgb`); +0.77 GB for a WebP, whose decoder
-# needs ~15 bytes a pixel. README, "Limits and memory", has the measured figures.
+# needs ~15 bytes a pixel (docs/limits.md has the measured figures).
 MAX_PIXELS = 50_000_000
 REDUCING_GAP = 3.0  # photo_to_uint8 reduces by whole factors down to 3x the network's input, then resamples
 

@@ -30,15 +30,14 @@ from tqdm import tqdm
 from catsdogs import plots
 from catsdogs.allocator import describe_allocator
 from catsdogs.autotune import Layout, LayoutChoice, choose_layout, use_layout
-from catsdogs.calibrate import MIN_PHOTOS, Calibration, calibrate
 from catsdogs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from catsdogs.config import TrainConfig
-from catsdogs.data import CLASS_NAMES, DataError, Split, choose_split, data_source
+from catsdogs.data import CLASS_NAMES, DataError, Split
 from catsdogs.device import Precision, Ranks, describe_device, pick_device
-from catsdogs.hub import card_details, human_duration, save_outputs
-from catsdogs.inference import predict_logits
-from catsdogs.loader import DecodedPhotos, TrainingBatches, load_photos
-from catsdogs.model import CatsDogsCNN
+from catsdogs.outputs import card_details, human_duration, portable_command, portable_config, portable_path, save_outputs
+from catsdogs.loader import PhotoLoader, find_split
+from catsdogs.metrics import MIN_PHOTOS, Calibration, calibrate, confusion_matrix
+from catsdogs.model import INPUT_SIZE, CatsDogsCNN, predict_logits
 
 
 class OutputError(ValueError):
@@ -95,6 +94,8 @@ class RunState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     config: TrainConfig  # its recipe() is saved: a resumed run must repeat it
+    precision: Precision
+    network: nn.Module  # what a step runs: the model, or its DistributedDataParallel wrapper under torchrun
     data_fingerprint: str  # of the training and validation photo lists
     steps_per_epoch: int
     epoch: int = 0  # epochs finished
@@ -105,13 +106,30 @@ class RunState:
     seconds: float = 0.0  # training time of the finished epochs, over every launch of the run
     calibration: Calibration | None = None  # of the best weights, fitted once the last epoch is done (not saved)
     ema: AveragedModel | None = None  # the moving average of the weights (--ema-decay), updated after every step
+    layout: LayoutChoice | None = None  # the memory layout the model trains in, and why
 
     @classmethod
-    def start(cls, config: TrainConfig, model: CatsDogsCNN, precision: Precision, steps_per_epoch: int,
-              data_fingerprint: str = "") -> "RunState":
+    def around(cls, config: TrainConfig, model: CatsDogsCNN, precision: Precision, steps_per_epoch: int,
+               network: nn.Module | None = None, data_fingerprint: str = "") -> "RunState":
+        """A run that trains `model` as it is (its device and layout), through `network` when given."""
         optimizer = make_optimizer(config, model)
         return cls(model, optimizer, make_scheduler(config, optimizer, steps_per_epoch), precision.grad_scaler(),
-                   config, data_fingerprint, steps_per_epoch, ema=make_ema(config, model))
+                   config, precision, network or model, data_fingerprint, steps_per_epoch,
+                   ema=make_ema(config, model))
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward and one optimiser step in the device's training precision. Returns (loss, logits)."""
+        with self.precision.autocast():
+            logits = self.network(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema:
+            self.ema.update_parameters(self.model)
+        return loss, logits
 
     @property
     def evaluated(self) -> CatsDogsCNN:
@@ -203,6 +221,24 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_
     raise ValueError(f"unknown schedule {config.schedule!r}")
 
 
+def start_run(config: TrainConfig, device: torch.device, steps_per_epoch: int, process_batch: int,
+              ranks: Ranks = Ranks(), data_fingerprint: str = "") -> RunState:
+    """A training run ready for its first step: the model built from the run's seed (the same initial weights in
+    every process), on `device` in the memory layout that trains fastest there (--memory-format), wrapped in
+    DistributedDataParallel under torchrun, with its optimiser, schedule, gradient scaler and moving average.
+    `train` and the benchmarks start their runs here."""
+    precision = Precision.for_training(device)
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    layout = choose_training_layout(config, model, precision, process_batch, ranks)
+    use_layout(model, layout.layout)
+    network = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if ranks.distributed else model
+    run = RunState.around(config, model, precision, steps_per_epoch, network, data_fingerprint)
+    run.layout = layout
+    return run
+
+
 def train(config: TrainConfig, command: str | None = None) -> TrainResult:
     """Train, checkpointing every epoch, on one device or, under torchrun, on all of them."""
     ranks = Ranks.from_env()
@@ -228,38 +264,30 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
     log = print if ranks.is_main else (lambda *args, **kwargs: None)
     if config.batch_size % ranks.world:  # before the photos are decoded: that can take minutes
         raise DataError(f"--batch-size {config.batch_size} must be divisible by the {ranks.world} processes")
-    precision = Precision.for_training(device)
-
-    torch.manual_seed(config.seed)  # the same initial weights in every process
-    model = build_model(config)
-    split = choose_split(data_source(config.data, config.data_revision, config.data_split), config.val_fraction,
-                         config.seed, config.val_data)
+    split = find_split(config.data, config.val_fraction, config.seed, config.val_data, config.data_revision,
+                       config.data_split)
     if split.hub_dataset:
         log(f"data: {split.hub_dataset}, {split.hub_dataset.source}")
     log(f"training photos: {split.train.counts()}; validation photos: {split.val.counts()} ({split.source})")
-    train_photos, val_photos = (load_photos(photos, model.image_size, device, config.workers, name, ranks.is_main,
-                                            config.cache, config.cache_dir, config.photos_on)
-                                for photos, name in ((split.train, "training"), (split.val, "validation")))
-    loader = TrainingBatches(train_photos, config.batch_size, ranks, config.seed, config.augment, model.mean,
-                             model.std)
-    log(f"training on {describe_device(device, precision)}" + (
-        f", {ranks.world} processes of {loader.process_batch} photos per step, DDP over {dist.get_backend()}"
+    decoding = dict(device=device, workers=config.workers, verbose=ranks.is_main, cache=config.cache,
+                    cache_dir=config.cache_dir, photos_on=config.photos_on, ranks=ranks)
+    train_photos = PhotoLoader.load(split.train, INPUT_SIZE, name="training", batch_size=config.batch_size,
+                                    seed=config.seed, augment=config.augment, **decoding)
+    val_photos = PhotoLoader.load(split.val, INPUT_SIZE, name="validation", **decoding)
+    train_photos.require_both_classes("training")
+    val_photos.require_both_classes("validation")
+    fingerprint = f"{split.train.fingerprint()}-{split.val.fingerprint()}"
+    run = start_run(config, device, train_photos.steps, train_photos.process_batch, ranks, fingerprint)
+    log(f"training on {describe_device(device, run.precision)}" + (
+        f", {ranks.world} processes of {train_photos.process_batch} photos per step, DDP over {dist.get_backend()}"
         if ranks.distributed else "")
         + (f"; memory allocator: {describe_allocator()}" if device.type == "cpu" else ""))
-
-    model = model.to(device)
-    layout = choose_training_layout(config, model, precision, loader.process_batch, ranks)
-    log(layout.describe())
-    use_layout(model, layout.layout)
-    ddp_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
-        if ranks.distributed else model
-    fingerprint = f"{split.train.fingerprint()}-{split.val.fingerprint()}"
-    run = RunState.start(config, model, precision, len(loader), fingerprint)
+    log(run.layout.describe())
     if config.resume:
         run.resume_from(config.checkpoint)  # every process resumes from the same file
         log(f"resuming from {config.checkpoint} after epoch {run.epoch} "
             f"(best validation accuracy so far {run.best_accuracy:.2%})")
-    describe = lambda: _summary(config, command, describe_device(device, precision), ranks, split,  # noqa: E731
+    describe = lambda: _summary(config, command, describe_device(device, run.precision), ranks, split,  # noqa: E731
                                 train_photos, val_photos, run)
     if run.epoch >= config.epochs:
         log(f"the checkpoint already holds all {config.epochs} epochs; nothing to train")
@@ -271,9 +299,9 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
             # Reseeded from (seed, epoch, rank): a resumed run continues the exact random stream in every process.
             torch.manual_seed(config.seed * 1_000_003 + epoch * 1_009 + ranks.rank)
             loss, accuracy, seconds, per_s = train_one_epoch(
-                run, ddp_model, loader, epoch, precision, ranks,
-                estimate_epochs=config.epochs - epoch + 1 if epoch == first_of_launch else 0)
-            val = validate(run.evaluated, val_photos, ranks)
+                run, train_photos, epoch, ranks, estimate_epochs=config.epochs - epoch + 1 if epoch == first_of_launch
+                else 0)
+            val = validate(run.evaluated, val_photos)
             record = EpochRecord(epoch, loss, accuracy, run.optimizer.param_groups[0]["lr"], seconds, per_s,
                                  val.loss, val.accuracy, val.confusion)
             improved = run.finish_epoch(record, seconds_before + time.perf_counter() - started)
@@ -290,7 +318,7 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
         raise TrainingInterrupted(epoch, saved, reason) from None
     except dist.DistError as error:  # another process of the run died: its peers cannot go on
         raise TrainingInterrupted(epoch, saved, f"another process of the run failed ({error})") from None
-    return TrainResult(model, describe())
+    return TrainResult(run.model, describe())
 
 
 TUNING_BATCH = 8  # photos per timed step when choosing the layout: enough to rank them, cheap on a slow CPU
@@ -301,7 +329,6 @@ def choose_training_layout(config: TrainConfig, model: CatsDogsCNN, precision: P
     """--memory-format; with auto, timed training steps (this run's optimiser, loss and precision) of a copy of
     the model in each layout, on random images. Under torchrun every process takes the first one's choice."""
     device = next(model.parameters()).device
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     generator = torch.Generator(device).manual_seed(0)  # the run's own random stream stays untouched
     batch = min(process_batch, TUNING_BATCH)
     images = torch.randn(batch, 3, model.image_size, model.image_size, device=device, generator=generator)
@@ -309,9 +336,8 @@ def choose_training_layout(config: TrainConfig, model: CatsDogsCNN, precision: P
     timing_config = dataclasses.replace(config, schedule="constant")  # a schedule sized for these few steps
 
     def step_in(layout: Layout):
-        candidate = use_layout(copy.deepcopy(model), layout)
-        run = RunState.start(timing_config, candidate, precision, steps_per_epoch=1)
-        return lambda: optimization_step(run, candidate, images, labels, criterion, precision)
+        run = RunState.around(timing_config, use_layout(copy.deepcopy(model), layout), precision, steps_per_epoch=1)
+        return lambda: run.step(images, labels)
 
     cuda_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):  # dropout in the timed steps draws from the global stream
@@ -323,34 +349,33 @@ def choose_training_layout(config: TrainConfig, model: CatsDogsCNN, precision: P
     return choice
 
 
-def train_one_epoch(run: RunState, ddp_model: nn.Module, loader: TrainingBatches, epoch: int, precision: Precision,
-                    ranks: Ranks, estimate_epochs: int = 0) -> tuple[float, float, float, float]:
+def train_one_epoch(run: RunState, loader: PhotoLoader, epoch: int, ranks: Ranks,
+                    estimate_epochs: int = 0) -> tuple[float, float, float, float]:
     """One pass over this process's shard. Returns loss, accuracy, seconds and images/s, over all processes.
 
     With `estimate_epochs`, the main process says after a few steps how long that many epochs will take.
     """
-    criterion = nn.CrossEntropyLoss(label_smoothing=run.config.label_smoothing)
     run.model.train()
-    device = loader.photos.device
+    device = loader.device
     loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
     started = time.perf_counter()
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{run.config.epochs}", unit="batch",
+    bar = tqdm(total=loader.steps, desc=f"epoch {epoch}/{run.config.epochs}", unit="batch",
                leave=False, dynamic_ncols=True, disable=not ranks.is_main,
                mininterval=0.1 if sys.stderr.isatty() else 30)  # log files: a line every 30 s
     with closing(loader.epoch(epoch)) as batches:  # closed however the epoch ends: its prefetch thread stops
         for step, (images, labels) in enumerate(batches):
-            loss, logits = optimization_step(run, ddp_model, images, labels, criterion, precision)
+            loss, logits = run.step(images, labels)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()
             seen += len(labels)
-            if ranks.is_main and (step % 10 == 0 or step == len(loader) - 1):  # .item() waits for the GPU
+            if ranks.is_main and (step % 10 == 0 or step == loader.steps - 1):  # .item() waits for the GPU
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.2%}",
                                 img_s=f"{seen * ranks.world / (time.perf_counter() - started):.1f}",
                                 refresh=False)  # shown with the step's count, at the bar's next refresh
             if step == 1:  # the first step warms up kernels: time from the end of it
                 warm = time.perf_counter()
-            if ranks.is_main and estimate_epochs and step == min(11, len(loader) - 1) and step > 1:
-                per_epoch = (time.perf_counter() - warm) / (step - 1) * len(loader)
+            if ranks.is_main and estimate_epochs and step == min(11, loader.steps - 1) and step > 1:
+                per_epoch = (time.perf_counter() - warm) / (step - 1) * loader.steps
                 tqdm.write(f"estimate: about {human_duration(per_epoch)} per epoch of training steps, "
                            f"{human_duration(per_epoch * estimate_epochs)} for the {estimate_epochs} epochs to go")
             bar.update()  # a manual count: tqdm's iterator shows a stale one when the bar is redrawn between refreshes
@@ -363,36 +388,16 @@ def train_one_epoch(run: RunState, ddp_model: nn.Module, loader: TrainingBatches
     return loss_sum / seen, correct / seen, elapsed, seen / elapsed
 
 
-def optimization_step(run: RunState, ddp_model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                      criterion: nn.Module, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, backward and one optimiser step in the device's training precision. Returns (loss, logits)."""
-    with precision.autocast():
-        logits = ddp_model(images)
-    loss = criterion(logits.float(), labels)
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.scheduler.step()
-    if run.ema:
-        run.ema.update_parameters(run.model)
-    return loss, logits
-
-
-def validate(model: CatsDogsCNN, photos: DecodedPhotos, ranks: Ranks) -> Validation:
+def validate(model: CatsDogsCNN, photos: PhotoLoader) -> Validation:
     """Loss, accuracy and confusion matrix on the validation photos, each process scoring its share."""
-    images, labels = photos.shard(ranks)
-    logits = predict_logits(model, images)
-    predicted = logits.argmax(dim=1)
-    classes = len(model.class_names)
+    logits, labels = photos.logits(model), photos.shard()[1]
     loss_sum = F.cross_entropy(logits, labels, reduction="sum")
-    correct = (predicted == labels).sum().float()
-    confusion = torch.bincount(labels * classes + predicted, minlength=classes * classes).float()
-    if ranks.distributed:
-        for total in (loss_sum, correct, confusion):
+    confusion = confusion_matrix(labels, logits.argmax(dim=1), len(model.class_names)).float()
+    if photos.ranks.distributed:
+        for total in (loss_sum, confusion):
             dist.all_reduce(total)
-    n = len(photos)
-    return Validation(loss_sum.item() / n, correct.item() / n, confusion.view(classes, classes).long().tolist())
+    return Validation(loss_sum.item() / len(photos), confusion.trace().item() / len(photos),
+                      confusion.long().tolist())
 
 
 def check_outputs(config: TrainConfig) -> None:
@@ -411,16 +416,16 @@ def check_outputs(config: TrainConfig) -> None:
 
 
 def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split: Split,
-             train_photos: DecodedPhotos, val_photos: DecodedPhotos, run: RunState) -> dict:
+             train_photos: PhotoLoader, val_photos: PhotoLoader, run: RunState) -> dict:
     """What metrics.json and the model card say about the run so far."""
     return {
-        "command": command, "config": asdict(config),
+        "command": portable_command(command), "config": portable_config(config),
         "device": device + (f" x {ranks.world} processes" if ranks.distributed else ""),
         "n_train": len(train_photos), "n_val": len(val_photos),
         "train_counts": split.train.counts(), "val_counts": split.val.counts(), "validation_source": split.source,
         **({"hub_dataset": {"id": split.hub_dataset.dataset.repo_id, "revision": split.hub_dataset.commit,
                             "split": split.hub_dataset.dataset.split}} if split.hub_dataset else {}),
-        "skipped_files": [[str(p), r] for p, r in train_photos.skipped + val_photos.skipped],
+        "skipped_files": [[portable_path(p), r] for p, r in train_photos.skipped + val_photos.skipped],
         "epochs_completed": run.epoch, "best_epoch": run.best_epoch, "best_val_accuracy": run.best_accuracy,
         "training_seconds": run.seconds, "history": [asdict(r) for r in run.history],
         **({"calibration": run.calibration.summary()} if run.calibration else {}),
@@ -443,8 +448,9 @@ def _write_outputs(config: TrainConfig, run: RunState, summary: dict) -> None:
     save_outputs(model, config.output, card_details(summary), summary, figures)
 
 
-def _calibrate_outputs(config: TrainConfig, run: RunState, val_photos: DecodedPhotos, log, describe) -> None:
-    """The best epoch is chosen: make its probabilities honest (README, "Calibration") and write them out."""
+def _calibrate_outputs(config: TrainConfig, run: RunState, val_photos: PhotoLoader, log, describe) -> None:
+    """The best epoch is chosen: make its probabilities honest (a temperature, `catsdogs.metrics`) and write them
+    out."""
     if len(val_photos) < MIN_PHOTOS:
         log(f"calibration: skipped, {len(val_photos)} validation photos are too few to fit a temperature "
             f"(at least {MIN_PHOTOS}); the probabilities are the plain softmax")
@@ -455,7 +461,7 @@ def _calibrate_outputs(config: TrainConfig, run: RunState, val_photos: DecodedPh
     _write_outputs(config, run, describe())
 
 
-def _calibrate_best(run: RunState, photos: DecodedPhotos) -> Calibration:
+def _calibrate_best(run: RunState, photos: PhotoLoader) -> Calibration:
     """Fit the temperature of the best epoch's weights on the validation photos (main process, after training)."""
     model = build_model(run.config).to(photos.device, memory_format=torch.channels_last)
     model.load_state_dict(run.best_weights)

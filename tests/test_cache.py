@@ -1,6 +1,7 @@
 """The decoded-photo cache: hit and miss by content, killed writes, several processes, unwritable folders, the CLI."""
 
 import errno
+import io
 import json
 import os
 import subprocess
@@ -61,10 +62,50 @@ def test_a_second_load_reads_the_cache_and_an_edited_photo_misses_it(photos, tmp
     assert third.source.startswith("decoded now") and cache_key(photos, 64) != key
     assert torch.equal(third.images[0], load_photo(edited, 64)) and not torch.equal(third.images[0], first.images[0])
 
-    os.utime(photos.paths[1], ns=(time.time_ns(), time.time_ns() + 10**9))  # touched only: a miss too
-    assert load(photos, folder).source.startswith("decoded now")
+    os.utime(photos.paths[1], ns=(time.time_ns(), time.time_ns() + 10**9))  # touched only: the same pixels
+    assert load(photos, folder).source.startswith("read from cache")
     assert load(photos, folder, cache=False).source == "decoded now, not cached (--no-cache)"
-    assert len([name for name in files(folder) if name.endswith(".npy")]) == 3
+    assert len([name for name in files(folder) if name.endswith(".npy")]) == 2
+
+
+def test_a_photo_replaced_with_its_size_and_times_kept_misses_the_cache(photos, tmp_path):
+    """What `cp -p`, `rsync -t` and `tar` do: other content, the same name, size and modification time."""
+    folder = tmp_path / "cache"
+    first = load(photos, folder)
+    cat = photos.paths[0]
+    stat = cat.stat()
+    other = io.BytesIO()
+    pet_photo("dog", 999).save(other, "JPEG", quality=20)
+    assert len(other.getvalue()) < stat.st_size
+    cat.write_bytes(other.getvalue().ljust(stat.st_size, b"\0"))  # bytes after a JPEG's end are not read
+    os.utime(cat, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (cat.stat().st_size, cat.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    again = load(photos, folder)
+    assert again.source.startswith("decoded now")
+    assert not torch.equal(again.images[0], first.images[0])
+    assert torch.equal(again.images[0], load_photo(cat, 64))
+
+
+@pytest.mark.parametrize("change", ["pixels", "labels"])
+def test_a_cache_changed_on_disk_is_said_removed_and_decoded_again(photos, tmp_path, capsys, change):
+    folder = tmp_path / "cache"
+    reference = decode_photos(photos, 64, 2, progress=False)
+    load(photos, folder)
+    key = cache_key(photos, 64)
+    if change == "pixels":  # the middle of the array overwritten, its size kept
+        with open(folder / f"{key}.npy", "r+b") as array:
+            array.seek(array.seek(0, os.SEEK_END) // 2)
+            array.write(bytes(4096))
+    else:  # every label flipped
+        meta = json.loads((folder / f"{key}.json").read_text())
+        (folder / f"{key}.json").write_text(json.dumps(meta | {"labels": [1 - y for y in meta["labels"]]}))
+    capsys.readouterr()
+    again = load(photos, folder)
+    assert f"the photo cache {folder / key}.npy holds other {change} than it was written with" in \
+        capsys.readouterr().err
+    assert again.source.startswith("decoded now, cached at")
+    assert_same_photos(again, reference)
+    assert load(photos, folder).source.startswith("read from cache")
 
 
 def test_a_killed_write_is_never_read(photos, tmp_path):
@@ -84,8 +125,8 @@ def test_a_killed_write_is_never_read(photos, tmp_path):
 LOAD_IN_A_PROCESS = """
 import hashlib, sys, torch
 from catsdogs.data import find_photos
-from catsdogs.loader import load_photos
-photos = load_photos(find_photos(sys.argv[1])[0], 64, torch.device("cpu"), 1, "training", True)
+from catsdogs.loader import PhotoLoader
+photos = PhotoLoader.load(find_photos(sys.argv[1])[0], 64, torch.device("cpu"), "training", 1, True)
 print("hash", hashlib.sha256(photos.images.numpy().tobytes() + photos.labels.numpy().tobytes()).hexdigest())
 """
 

@@ -8,7 +8,7 @@ import torch
 from imagegen import write_kaggle_folder
 
 from catsdogs import CatsDogsCNN
-from catsdogs.calibrate import BOUNDS, MIN_PHOTOS, calibrate, expected_calibration_error, fit_temperature, reliability
+from catsdogs.metrics import BOUNDS, MIN_PHOTOS, calibrate, expected_calibration_error, fit_temperature, reliability
 from catsdogs.calibrate import main as calibrate_cli
 from catsdogs.config import TrainConfig
 from catsdogs.evaluate import main as evaluate_cli

@@ -15,10 +15,8 @@ from imagegen import write_kaggle_folder
 from catsdogs import CatsDogsCNN
 from catsdogs.evaluate import main
 from catsdogs.hub import WEIGHTS_FILES, load_model, push_outputs
-from catsdogs.inference import predict_logits
-from catsdogs.data import choose_split
-from catsdogs.device import Ranks
-from catsdogs.loader import load_photos
+from catsdogs.model import predict_logits
+from catsdogs.loader import PhotoLoader, find_split
 from catsdogs.training import validate
 
 
@@ -62,15 +60,15 @@ def test_borderline_decisions_match_training_validate(trained, tmp_path, capsys)
     """The easy task's 100% would hide a different scoring path: shift the weights so that some photos sit on the
     decision boundary, then compare with what training's own validate() says about the same weights."""
     config, _, _ = trained
-    val_photos = choose_split(config.data, config.val_fraction, config.seed, config.val_data).val
-    split = load_photos(val_photos, 224, torch.device("cpu"), 2, "validation", verbose=False)
+    val_photos = find_split(config.data, config.val_fraction, config.seed, config.val_data).val
+    split = PhotoLoader.load(val_photos, 224, torch.device("cpu"), "validation", workers=2, verbose=False)
     model = load_model(config.output)
     margins = predict_logits(model, split.images).diff(dim=1).flatten()  # dog minus cat logit
     with torch.no_grad():
         model.head.bias[1] -= margins.quantile(0.75)  # a quarter of the photos flip to cat, some barely
     model.save_pretrained(tmp_path / "shifted")
     shutil.copy(Path(config.output) / "metrics.json", tmp_path / "shifted")
-    expected = validate(model.to(memory_format=torch.channels_last), split, Ranks())
+    expected = validate(model.to(memory_format=torch.channels_last), split)
     capsys.readouterr()  # huggingface_hub prints "Loading weights from local directory" to stdout
     report = run(capsys, "--model", str(tmp_path / "shifted"), "--data", config.data, "--split", "validation")
     assert 0.5 < expected.accuracy < 1

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -148,12 +149,18 @@ BAD_CONFIGS = {  # config.json values -> what the error must say
     "unknown tta": ({"tta": "flip"}, "tta must be one of 'none', 'mirror', not 'flip'"),
     "not an object": ([1, 2], "it holds a list"),
     "three classes for two-class weights": ({"class_names": ["a", "b", "c"]}, "(?s)cannot be loaded .*size mismatch"),
+    "tiny temperature": ({"temperature": 1e-300}, "load but give NaN or infinite probabilities"),
+    "tiny std": ({"std": [1e-300] * 3}, "load but give NaN or infinite probabilities"),
+    "huge mean": ({"mean": [1e308] * 3}, "load but give NaN or infinite probabilities"),
 }
 
 
 @pytest.mark.parametrize("problem", BAD_CONFIGS)
-def test_a_bad_config_is_a_hub_error_that_says_what_is_wrong(shipped_weights, tmp_path, problem):
+def test_a_bad_config_is_refused_by_the_app_and_evaluate_saying_what_is_wrong(shipped_weights, tmp_path, problem,
+                                                                              capsys):
     import json
+
+    from catsdogs.evaluate import main as evaluate
 
     from catsdogs.hub import HubError
     from catsdogs.inference import Classifier
@@ -164,6 +171,21 @@ def test_a_bad_config_is_a_hub_error_that_says_what_is_wrong(shipped_weights, tm
     (tmp_path / "config.json").write_text(json.dumps({**config, **change} if isinstance(change, dict) else change))
     with pytest.raises(HubError, match=message):
         Classifier(tmp_path)
+    capsys.readouterr()
+    assert evaluate(["--model", str(tmp_path), "--data", str(write_kaggle_folder(tmp_path / "photos", 2))]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and re.search(message, printed.err), printed.err
+
+
+def test_weights_that_answer_every_picture_alike_are_a_hub_error(tmp_path):
+    from catsdogs.hub import HubError, load_model
+
+    model = CatsDogsCNN()
+    with torch.no_grad():
+        model.fc[1].weight.zero_()  # the first 512-unit layer passes nothing on: the head's bias is every answer
+    model.save_pretrained(tmp_path)
+    with pytest.raises(HubError, match="give the same answer to every picture"):
+        load_model(tmp_path)
 
 
 def test_weights_that_load_but_give_nan_are_a_hub_error(tmp_path):
@@ -186,3 +208,29 @@ def test_loading_weights_prints_nothing(tmp_path, capfd):
     capfd.readouterr()
     load_model(tmp_path)
     assert capfd.readouterr() == ("", "")
+
+
+def test_the_app_falls_back_within_seconds_when_the_hub_does_not_answer(monkeypatch, tmp_path):
+    """A Hub address that takes connections but never answers, as behind a network that drops packets: the first
+    question times out (HF_HUB_ETAG_TIMEOUT) and the app serves the shipped weights, saying why."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    import app
+    from catsdogs.hub import HubError, fetch_weights
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the connections; nobody ever reads or answers
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 2)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+        started = time.monotonic()
+        with pytest.raises(HubError, match=r"cannot reach the Hub at http://127.0.0.1:\d+ \(ReadTimeout\)"):
+            fetch_weights("tester/pets")
+        assert time.monotonic() - started < 2 + 3
+        classifier, warning = app.load_classifier("tester/pets", None)
+    assert classifier is not None and classifier.folder == app.SHIPPED_WEIGHTS
+    assert "Serving the shipped weights/ instead" in warning and "ReadTimeout" in warning, warning

@@ -20,7 +20,9 @@ from huggingface_hub import HfApi
 from imagegen import jpeg_bytes, write_hub_image_folder, write_hub_parquet
 
 from catsdogs.cache import cache_key, decoded_photos
-from catsdogs.data import DataError, ParquetPhoto, choose_split, data_source, find_photos
+from catsdogs.data import DataError, ParquetPhoto, choose_split
+from catsdogs.hub import HubError
+from catsdogs.loader import find
 from catsdogs.preprocess import load_photo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,9 +46,10 @@ def expected_photo(row: int, per_class: int, start: int = 0) -> tuple[torch.Tens
 
 def test_parquet_photos_are_decoded_from_the_right_rows_once(hub, tmp_path):
     commit = publish(write_hub_parquet(tmp_path / "repo", per_class=20, shards=2, row_group=16))
-    snapshot = data_source(DATA)
+    found = find(DATA)
+    snapshot = found.hub_dataset
     assert snapshot.commit == commit and "downloaded" in snapshot.source
-    photos, own_val = find_photos(snapshot)
+    photos, own_val = found.photos, found.layout_val
     assert own_val is None and photos.counts() == {"cat": 20, "dog": 20}
     assert all(isinstance(p, ParquetPhoto) for p in photos.paths)
     assert photos.paths[0].identity == f"{DATA}@{commit}/train/data/train-00000-of-00002.parquet row 0"
@@ -67,31 +70,31 @@ def test_parquet_photos_are_decoded_from_the_right_rows_once(hub, tmp_path):
 def test_a_pinned_revision_gives_its_own_photos_and_cache_key(hub, tmp_path):
     first = publish(write_hub_parquet(tmp_path / "v1", per_class=10, shards=1))
     second = publish(write_hub_parquet(tmp_path / "v2", per_class=12, shards=1, start=100))
-    pinned, latest = data_source(DATA, revision=first), data_source(DATA)
-    assert (pinned.commit, latest.commit) == (first, second)
-    old, new = find_photos(pinned)[0], find_photos(latest)[0]
+    pinned, latest = find(DATA, revision=first), find(DATA)
+    assert (pinned.hub_dataset.commit, latest.hub_dataset.commit) == (first, second)
+    old, new = pinned.photos, latest.photos
     assert (len(old), len(new)) == (20, 24)
     assert cache_key(old, SIZE) != cache_key(new.subset(list(range(20))), SIZE)  # same files and rows, other commit
     split = choose_split(pinned, val_fraction=0.25, seed=0)  # the one validation decision applies unchanged
-    assert (len(split.train), len(split.val)) == (16, 4) and split.hub_dataset == pinned
+    assert (len(split.train), len(split.val)) == (16, 4) and split.hub_dataset == pinned.hub_dataset
     assert f"of split 'train' of {DATA}" in split.source
 
 
 def test_the_second_run_reads_the_hubs_cache_when_the_hub_is_down(hub, tmp_path):
     commit = publish(write_hub_parquet(tmp_path / "repo", per_class=6, shards=1))
-    online = find_photos(data_source(DATA))[0]
+    online = find(DATA).photos
     hub.kill()
     started = time.monotonic()
-    offline = data_source(DATA)
+    offline = find(DATA)
     assert time.monotonic() - started < 5
-    assert offline.commit == commit and "cannot be reached" in offline.source
-    assert find_photos(offline)[0] == online
-    assert data_source(DATA, revision=commit).commit == commit
+    assert offline.hub_dataset.commit == commit and "cannot be reached" in offline.hub_dataset.source
+    assert offline.photos == online
+    assert find(DATA, revision=commit).hub_dataset.commit == commit
     started = time.monotonic()
-    with pytest.raises(DataError, match=r"cannot reach the Hub at http://127.0.0.1:\d+ \(ConnectError\) to fetch "
+    with pytest.raises(HubError, match=r"cannot reach the Hub at http://127.0.0.1:\d+ \(ConnectError\) to fetch "
                                         r"hf://datasets/tester/never-fetched \(split train\), and it is not in the "
                                         r"Hub's cache"):
-        data_source("hf://datasets/tester/never-fetched")
+        find("hf://datasets/tester/never-fetched")
     assert time.monotonic() - started < 5
 
 
@@ -100,10 +103,10 @@ def test_a_split_never_fetched_is_not_taken_from_a_partial_cache(hub, tmp_path):
     (folder / "data" / "train-00000-of-00001.parquet").rename(folder / "data" / "test-00000-of-00001.parquet")
     write_hub_parquet(folder, per_class=2, shards=1, unreadable=0)
     publish(folder)
-    data_source(DATA)  # fetches only the train split's files
+    find(DATA)  # fetches only the train split's files
     hub.kill()
-    with pytest.raises(DataError, match=r"\(split test\), and only part of it is in the Hub's cache"):
-        data_source(DATA, split="test")
+    with pytest.raises(HubError, match=r"\(split test\), and only part of it is in the Hub's cache"):
+        find(DATA, split="test")
 
 
 def test_a_private_dataset_needs_a_token_that_can_read_it(hub, tmp_path, monkeypatch):
@@ -111,10 +114,11 @@ def test_a_private_dataset_needs_a_token_that_can_read_it(hub, tmp_path, monkeyp
     api.create_repo("tester/secret", repo_type="dataset", private=True)
     api.upload_folder(repo_id="tester/secret", repo_type="dataset",
                       folder_path=write_hub_parquet(tmp_path / "repo", per_class=2, shards=1, unreadable=0))
-    with pytest.raises(DataError, match="no dataset tester/secret on the Hub at .* set HF_TOKEN or run `hf auth"):
-        data_source("hf://datasets/tester/secret")
+    with pytest.raises(HubError, match="no dataset repo tester/secret on the Hub at .* run `hf auth login` or set "
+                                       "HF_TOKEN to a token with read access"):
+        find("hf://datasets/tester/secret")
     monkeypatch.setenv("HF_TOKEN", READ_TOKEN)
-    assert find_photos(data_source("hf://datasets/tester/secret"))[0].counts() == {"cat": 2, "dog": 2}
+    assert find("hf://datasets/tester/secret").photos.counts() == {"cat": 2, "dog": 2}
 
 
 def write_other_classes(folder: Path) -> Path:
@@ -122,8 +126,8 @@ def write_other_classes(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("data, revision, split, message", [
-    ("hf://datasets/tester/nothing", None, "train", "no dataset tester/nothing on the Hub at http://127.0.0.1:"),
-    (DATA, "v9", "train", "the dataset tester/pets has no revision 'v9' (a branch, tag or commit)"),
+    ("hf://datasets/tester/nothing", None, "train", "no dataset repo tester/nothing on the Hub at http://127.0.0.1:"),
+    (DATA, "v9", "train", "the dataset repo tester/pets has no revision 'v9' (a branch, tag or commit)"),
     (DATA, None, "test", "has no split 'test': no test-*.parquet file and no test/ folder. Its files: .gitattributes, "
                          "README.md, data/train-00000-of-00001.parquet"),
     ("hf://tester/pets", None, "train", "hf://tester/pets is not a Hub dataset: spell it hf://datasets/OWNER/NAME"),
@@ -133,14 +137,14 @@ def write_other_classes(folder: Path) -> Path:
 def test_datasets_that_cannot_be_used_are_refused_with_what_was_found(hub, tmp_path, data, revision, split, message):
     publish(write_hub_parquet(tmp_path / "pets", per_class=2, shards=1, unreadable=0))
     publish(write_other_classes(tmp_path / "birds"), "tester/birds")
-    with pytest.raises(DataError) as error:
-        find_photos(data_source(data, revision, split))
+    with pytest.raises((DataError, HubError)) as error:
+        find(data, revision, split)
     assert message in str(error.value)
 
 
 def test_a_local_path_takes_no_hub_revision(tmp_path):
     with pytest.raises(DataError, match="--data-revision and --data-split only apply to Hub datasets"):
-        data_source(tmp_path, revision="main")
+        find(tmp_path, revision="main")
 
 
 @pytest.mark.parametrize("path", ["train.parquet", "default/train/0000.parquet"])  # the latter: refs/convert/parquet
@@ -149,7 +153,7 @@ def test_string_labels_and_plain_image_bytes(hub, tmp_path, path):
     (tmp_path / "repo" / path).parent.mkdir(parents=True)
     pq.write_table(pa.table({"img": [b for _, b in rows], "category": [c for c, _ in rows]}), tmp_path / "repo" / path)
     publish(tmp_path / "repo")
-    photos = find_photos(data_source(DATA))[0]
+    photos = find(DATA).photos
     assert photos.labels == [0, 0, 0, 1, 1, 1]
     decoded = decoded_photos(photos, SIZE, workers=2, name="training", progress=False, cache=False)
     assert torch.equal(decoded.images[4], load_photo(io.BytesIO(rows[4][1]), SIZE))
@@ -157,8 +161,8 @@ def test_string_labels_and_plain_image_bytes(hub, tmp_path, path):
 
 def test_an_image_folder_dataset(hub, tmp_path):
     commit = publish(write_hub_image_folder(tmp_path / "repo", per_class=5))
-    snapshot = data_source(DATA)
-    photos = find_photos(snapshot)[0]
+    found = find(DATA)
+    snapshot, photos = found.hub_dataset, found.photos
     assert photos.counts() == {"cat": 5, "dog": 5} and snapshot.commit == commit
     assert all(Path(p).is_relative_to(snapshot.folder / "train") for p in photos.paths)  # read in the Hub's cache
     (tmp_path / "birds" / "train" / "bird").mkdir(parents=True)
@@ -166,7 +170,7 @@ def test_an_image_folder_dataset(hub, tmp_path):
     (tmp_path / "birds" / "train" / "bird" / "0.jpg").write_bytes(jpeg_bytes("cat", 0))
     publish(tmp_path / "birds", "tester/birds")
     with pytest.raises(DataError, match=r"the sub-folders of train/: found 3 classes \['bird', 'cat', 'dog'\]"):
-        find_photos(data_source("hf://datasets/tester/birds"))
+        find("hf://datasets/tester/birds")
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -9,8 +9,7 @@ from imagegen import write_kaggle_folder
 
 from catsdogs.config import TrainConfig
 from catsdogs.device import Ranks
-from catsdogs.loader import (DecodedPhotos, Placement, TrainingBatches, epoch_shard, gather, place_photos,
-                             prefetched)
+from catsdogs.loader import Placement, PhotoLoader, epoch_shard, gather, place_photos, prefetched
 from catsdogs.training import train
 
 
@@ -18,11 +17,11 @@ def prefetch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "catsdogs-prefetch"]
 
 
-def batches_of(n: int = 40, batch_size: int = 8) -> TrainingBatches:
+def batches_of(n: int = 40, batch_size: int = 8) -> PhotoLoader:
     generator = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=generator)
-    photos = DecodedPhotos(images, torch.arange(n) % 2, [])
-    return TrainingBatches(photos, batch_size, Ranks(), seed=3, augment=True, mean=(0.5,) * 3, std=(0.25,) * 3)
+    return PhotoLoader(images, torch.arange(n) % 2, batch_size=batch_size, seed=3, augment=True, mean=(0.5,) * 3,
+                       std=(0.25,) * 3)
 
 
 def test_prefetched_batches_are_the_ones_fetched_in_turn_with_the_same_random_draws():
@@ -30,9 +29,9 @@ def test_prefetched_batches_are_the_ones_fetched_in_turn_with_the_same_random_dr
     torch.manual_seed(7)
     fetched = list(loader.epoch(2))
     torch.manual_seed(7)  # the same batches gathered in the loop itself, augmented with the same draws
-    in_turn = [(loader.prepare(gather(loader.photos.images, indices)), loader.photos.labels[indices])
-               for indices in epoch_shard(len(loader.photos), 2, loader.seed, Ranks()).split(loader.process_batch)]
-    assert len(fetched) == len(in_turn) == len(loader)
+    in_turn = [(loader.prepare(gather(loader.images, indices)), loader.labels[indices])
+               for indices in epoch_shard(len(loader), 2, loader.seed, Ranks()).split(loader.process_batch)]
+    assert len(fetched) == len(in_turn) == loader.steps
     for (images, labels), (expected_images, expected_labels) in zip(fetched, in_turn, strict=True):
         assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
     assert not prefetch_threads()

@@ -115,7 +115,7 @@ def test_weights_that_do_not_match_the_table_fail_to_load(tmp_path):
 
 def test_mirror_tta_averages_photo_and_mirror_logits_in_one_forward_pass(tmp_path):
     from catsdogs.hub import load_model
-    from catsdogs.inference import predict_logits
+    from catsdogs.model import predict_logits
 
     torch.manual_seed(0)
     plain = CatsDogsCNN().eval()

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import shlex
 import shutil
 import signal
@@ -22,8 +23,11 @@ from catsdogs import CatsDogsCNN, plots
 from catsdogs.allocator import find_jemalloc
 from catsdogs.checkpoint import load_checkpoint
 from catsdogs.config import TrainConfig
-from catsdogs.data import choose_split
+from catsdogs.loader import find_split
+from catsdogs.outputs import portable_command, portable_path
 from catsdogs.training import make_scheduler
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~])/(?:[\w.-]+/)+[\w.-]+")  # /a/b, not https://x/y nor a relative a/b
 
 
 def test_accuracy_rises_well_above_chance(trained):
@@ -40,12 +44,42 @@ def test_output_folder_is_complete(trained):
     metrics = json.loads((output / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics["history"]] == [1, 2, 3]
     assert metrics["best_val_accuracy"] == summary["best_val_accuracy"]
-    assert sorted(path for path, _ in metrics["skipped_files"]) == sorted(map(str, bad))
+    assert sorted(path for path, _ in metrics["skipped_files"]) == sorted(map(portable_path, bad))
     for png in ("training_curves.png", "confusion_matrix.png"):
         assert Image.open(output / png).size[0] > 300
     card = (output / "README.md").read_text()
     assert f"value: {round(summary['best_val_accuracy'], 4)}" in card  # structured eval results
     assert "786,402 parameters" in card and "python train.py --test" in card
+
+
+def test_the_card_and_metrics_show_no_absolute_path(trained):
+    """The photos, the output and the checkpoint are in temporary folders, named by their absolute paths: what gets
+    published names them relative to the working folder, or by their last two names."""
+    config, _, _ = trained
+    output = Path(config.output)
+    for name in ("README.md", "metrics.json"):
+        text = (output / name).read_text()
+        for path in (config.data, config.output, config.checkpoint, Path(config.data).parent):
+            assert str(path) not in text, f"{name} shows {path}"
+        assert not ABSOLUTE_PATH.search(text), ABSOLUTE_PATH.search(text)
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["config"]["data"] == "/".join(Path(config.data).parts[-2:])
+
+
+def test_portable_paths_and_commands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert portable_path(tmp_path / "photos" / "train") == "photos/train"  # inside the working folder
+    assert portable_path("/elsewhere/deep/pets/train") == "pets/train"
+    assert portable_path("~/pets") == "pets" and portable_path(Path.home() / "data" / "cats" / "train") == "cats/train"
+    assert portable_path("hf://datasets/a/b") == "hf://datasets/a/b" and portable_path("rel/x") == "rel/x"
+    assert portable_command("python train.py --data /a/b/c --output=/x/y/z --epochs 3 --tta mirror") == \
+        "python train.py --data b/c --output=y/z --epochs 3 --tta mirror"
+
+
+def test_the_shipped_card_and_metrics_show_no_absolute_path():
+    for name in ("README.md", "metrics.json", "config.json"):
+        text = (ROOT / "weights" / name).read_text()
+        assert not ABSOLUTE_PATH.search(text), ABSOLUTE_PATH.search(text)
 
 
 def test_output_holds_the_best_weights_and_loads_identically(trained):
@@ -176,7 +210,7 @@ def test_the_moving_average_is_validated_and_saved_and_the_mirror_is_recorded(tm
 
 def test_validation_photos_that_are_also_trained_on_are_flagged(easy_photos, capsys):
     data, _ = easy_photos
-    split = choose_split(data, 0.1, 0, val_data=data)
+    split = find_split(data, 0.1, 0, val_data=data)
     assert len(split.val) == len(split.train) == 83 and "--val-data" in split.source  # 80 photos + 3 bad files
     assert "83 of the --val-data photos are also training photos" in capsys.readouterr().out
 

@@ -1,0 +1,102 @@
+"""What a training run writes: the output folder, published as it is by `--push`.
+
+`model.safetensors`, `config.json`, the model card `README.md`, `metrics.json` and the plots. The paths these
+files record are portable (`portable_path`): relative to the working folder the run started in, or only the last
+two names of a folder outside it, so a published card never shows the training machine's folder layout.
+"""
+
+import json
+import os
+import shlex
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from catsdogs.config import PATH_SETTINGS, TrainConfig
+from catsdogs.model import CatsDogsCNN
+
+
+def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any], metrics: dict[str, Any],
+                 figures: dict[str, Figure]) -> None:
+    """Write weights, config, card, metrics and plots into `output_dir`, replacing what was there.
+
+    Everything is written into a temporary folder first and then moved in file by
+    file, so a run killed mid-save never leaves a half-written file behind.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".saving-") as tmp:
+        model.save_pretrained(tmp, model_card_kwargs=card)  # model.safetensors, config.json, README.md
+        (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        for name, figure in figures.items():
+            figure.savefig(Path(tmp) / name, dpi=110, bbox_inches="tight")
+        for file in Path(tmp).iterdir():
+            file.chmod(0o644)  # some writers create 0600 files; weights are meant to be shared
+            os.replace(file, output_dir / file.name)
+
+
+def portable_path(path: str | Path | None) -> str | None:
+    """A path as a card may show it: a Hub dataset or a relative path as named, an absolute one relative to the
+    working folder when inside it, else only its last two names below the home folder (e.g. dogs-vs-cats/train)."""
+    if path is None or str(path).startswith("hf://"):
+        return path
+    named = Path(path).expanduser()
+    if not named.is_absolute():
+        return str(path)
+    if named.is_relative_to(Path.cwd()):
+        return str(named.relative_to(Path.cwd()))
+    below = named.relative_to(Path.home()) if named.is_relative_to(Path.home()) else named
+    return "/".join(below.parts[-2:])
+
+
+def portable_command(command: str) -> str:
+    """A launch command with the values of its path flags (--data, --output, ...) made portable."""
+    flags = {"--" + name.replace("_", "-") for name in PATH_SETTINGS}
+    words = shlex.split(command)
+    for i, word in enumerate(words):
+        flag, equals, value = word.partition("=")
+        if flag in flags and equals:
+            words[i] = f"{flag}={portable_path(value)}"
+        elif i and words[i - 1] in flags:
+            words[i] = portable_path(word)
+    return shlex.join(words)
+
+
+def portable_config(config: TrainConfig) -> dict[str, Any]:
+    """The run's settings as metrics.json records them, paths made portable."""
+    settings = {name: getattr(config, name) for name in config.__dataclass_fields__}
+    return settings | {name: portable_path(settings[name]) for name in PATH_SETTINGS}
+
+
+def card_details(summary: dict) -> dict:
+    """What the model card template shows, from a run's summary (metrics.json): training and a re-calibration
+    (python -m catsdogs.calibrate) render the same card."""
+    if not summary.get("history"):  # weights that train.py did not write: only what is known
+        return {"calibration": summary.get("calibration")}
+    config = summary["config"]
+    return {
+        "val_accuracy": round(summary["best_val_accuracy"], 4),
+        **_dataset_fields(config["data"], summary.get("hub_dataset")),
+        "summary": summary,
+        "recipe": {name: config[name] for name in TrainConfig(data=config["data"]).recipe() if name in config},
+        "training_time": human_duration(summary["training_seconds"]),
+        "calibration": summary.get("calibration"),
+    }
+
+
+def _dataset_fields(data: str, hub_dataset: dict | None) -> dict:
+    """How the card names the data: a Hub dataset by id and commit, in its metadata, so the Hub links the model to
+    it; local photos by their folder."""
+    if hub_dataset is None:
+        return {"dataset_name": "/".join(Path(data).parts[-2:])}  # e.g. dogs-vs-cats/train, not just train
+    return {"dataset_type": hub_dataset["id"], "dataset_name": hub_dataset["id"],
+            "dataset_revision": hub_dataset["revision"], "datasets": [hub_dataset["id"]],
+            "dataset_split": hub_dataset["split"]}
+
+
+def human_duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
