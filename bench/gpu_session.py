@@ -38,7 +38,7 @@ SITE = Path("/tmp/catsdogs-site")  # where `setup` installs them on the GPU mach
 CARRY_LIMIT_MIB = 64  # what one transfer to the GPU machine may hold, the code included
 # Not on a typical GPU machine's Python (huggingface_hub 1.x there, no httpx2), at the versions
 # installed here, i.e. the ones requirements.txt pins and the tests ran with; the rest it has.
-NOT_THERE = ("huggingface-hub", "httpx2", "httpcore2", "truststore")
+NOT_THERE = ("huggingface-hub", "httpx2", "httpcore2", "truststore", "xxhash")
 
 
 def out_dir() -> Path:
