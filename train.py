@@ -74,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as stop:
         if stop.completed == 0:
             say(f"\n{stop.reason} in epoch 1, before any epoch finished: nothing was saved.", file=sys.stderr)
-            return 130
+            return stop.status
         resume = command if "--resume" in argv else command + " --resume"
         weights = f", the best weights so far in {config.output}/" if os.path.exists(
             os.path.join(config.output, "model.safetensors")) else ""
         say(f"\n{stop.reason} in epoch {stop.epoch}: {stop.completed} finished epochs are saved in "
             f"{config.checkpoint}{weights}.\nresume with: {resume}", file=sys.stderr)
-        return 130
+        return stop.status
     except KeyboardInterrupt:
         say("\ninterrupted before training started: nothing was saved.", file=sys.stderr)
         return 130

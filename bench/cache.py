@@ -13,6 +13,12 @@ Every figure comes from a fresh subprocess (as a new `train.py` would be) on the
 - the feed rate: random batches of 64 photos indexed from the mapped cache file (catsdogs.loader.gather, as
   training indexes them; the file is in the page cache, just written), in images/s, without the model, and the
   same from the photos copied into memory.
+
+    python -m bench.cache --keys               # what keying on the photos' content and the checksums cost
+
+With --keys: the time to compute a cache key (every photo file read and hashed) for all the shared photos, cold
+(each file's pages dropped from the page cache first, with posix_fadvise) and warm, against a key of each file's
+size and modification time alone; and the time to check a cache's checksums when it is mapped, cold and warm.
 """
 
 import argparse
@@ -121,10 +127,57 @@ def feed_rate(n: int, cache_dir: Path, batches: int = 300) -> tuple[float, float
     return rates[0], rates[1]
 
 
+def drop_from_page_cache(paths) -> None:
+    """Make the next read of these files come from the disk (no privileges needed: the pages are clean)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def key_costs(cache_dir: Path) -> None:
+    from catsdogs.cache import cache_key, decoded_photos
+    from catsdogs.data import find_photos
+    from catsdogs.model import INPUT_SIZE
+
+    photos, _ = find_photos(DATA)
+    full_size, _ = find_photos(DATA.parents[1] / "dogs-vs-cats-fullres-sample")
+    photos.paths += full_size.paths
+    photos.labels += full_size.labels
+    rows, workers = [], os.cpu_count() or 1
+    started = time.perf_counter()
+    for path in photos.paths:
+        stat = path.stat()
+        hash((str(path.absolute()), stat.st_size, stat.st_mtime_ns))
+    rows.append(["size and modification time only", "warm", time.perf_counter() - started])
+    for state in ("cold", "warm"):
+        if state == "cold":
+            drop_from_page_cache(photos.paths)
+        started = time.perf_counter()
+        cache_key(photos, INPUT_SIZE, workers)
+        rows.append([f"content key ({workers} threads)", state, time.perf_counter() - started])
+    some = photos.subset(list(range(0, len(photos), 4)))  # a quarter: the cache file of 5,800 photos is 0.9 GB
+    decoded_photos(some, INPUT_SIZE, workers, "benchmark", False, cache_dir=cache_dir)
+    array = next(cache_dir.glob("*.npy"))
+    for state in ("cold", "warm"):
+        if state == "cold":
+            drop_from_page_cache([array])
+        started = time.perf_counter()
+        decoded_photos(some, INPUT_SIZE, workers, "benchmark", False, cache_dir=cache_dir)
+        rows.append([f"map a cache of {len(some):,} photos ({array.stat().st_size / 1e9:.2f} GB), key and checksums",
+                     state, time.perf_counter() - started])
+    megabytes = sum(path.stat().st_size for path in photos.paths) / 1e6
+    report(f"Photo cache keys and checksums, {len(photos):,} photo files ({megabytes:.0f} MB)",
+           ["what", "page cache", "seconds"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=5000, help="photos of the first-run/cached-run timing")
     parser.add_argument("--memory", type=int, nargs=2, default=(1000, 6000), help="photo counts of the memory rows")
+    parser.add_argument("--keys", action="store_true", help="time the content keys and checksums instead")
     parser.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -134,6 +187,11 @@ def main() -> None:
     if not DATA.is_dir():
         sys.exit(f"the real photos are not at {DATA}")
     cache_dir = Path(tempfile.mkdtemp(prefix="bench-photo-cache-"))
+    if args.keys:
+        try:
+            return key_costs(cache_dir)
+        finally:
+            shutil.rmtree(cache_dir, ignore_errors=True)
     try:
         rows = []
         for n, steps in ((args.photos, 1), *((m, 3) for m in args.memory)):

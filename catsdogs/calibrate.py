@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from catsdogs import plots
+from catsdogs.checkpoint import WriteError
 from catsdogs.data import DataError
 from catsdogs.evaluate import score
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.redirect_stdout(sys.stderr):
             result = calibrate_folder(args.model, args.data, args.split)
-    except (DataError, HubError, ValueError) as error:
+    except (DataError, HubError, ValueError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"temperature {result.temperature:.4f} written to {args.model}/config.json; on {result.photos} photos the "

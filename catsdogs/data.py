@@ -18,6 +18,7 @@ Layouts `find_photos` understands (`PATH` is what the user passes as `--data`):
 `choose_split` is the one decision of which photos validate.
 """
 
+import codecs
 import csv
 import functools
 import hashlib
@@ -301,10 +302,13 @@ def _read_csv_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode Text", Notepad's "Unicode"
+            raise DataError(f"{csv_path} is UTF-16 text, not UTF-8. Save it as UTF-8 (Excel: 'CSV UTF-8'), or "
+                            "convert it: `iconv -f utf-16 -t utf-8 old.csv > new.csv`") from None
         line = raw[:error.start].count(b"\n") + 1
         raise DataError(
             f"{csv_path} is not UTF-8 text (byte {raw[error.start]:#04x} on line {line}). Save it as UTF-8 (Excel: "
-            "'CSV UTF-8'), or convert it, e.g. `iconv -f cp1252 -t utf-8 old.csv > new.csv`"
+            "'CSV UTF-8'), or convert it, e.g. `iconv -f cp1252 -t utf-8 old.csv > new.csv` for Windows text"
         ) from None
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows, start = [], 1

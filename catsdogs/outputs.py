@@ -14,27 +14,33 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from catsdogs.checkpoint import require_room, writing
 from catsdogs.config import PATH_SETTINGS, TrainConfig
 from catsdogs.model import CatsDogsCNN
+
+FIGURE_BYTES = 2**20  # the most a plot's PNG takes
 
 
 def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any], metrics: dict[str, Any],
                  figures: dict[str, Figure]) -> None:
     """Write weights, config, card, metrics and plots into `output_dir`, replacing what was there.
 
-    Everything is written into a temporary folder first and then moved in file by
-    file, so a run killed mid-save never leaves a half-written file behind.
+    Everything is written into a temporary folder first and then moved in file by file, so a run killed mid-save
+    never leaves a half-written file behind; a full disk is a WriteError, the earlier files left whole.
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".saving-") as tmp:
-        model.save_pretrained(tmp, model_card_kwargs=card)  # model.safetensors, config.json, README.md
-        (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        for name, figure in figures.items():
-            figure.savefig(Path(tmp) / name, dpi=110, bbox_inches="tight")
-        for file in Path(tmp).iterdir():
-            file.chmod(0o644)  # some writers create 0600 files; weights are meant to be shared
-            os.replace(file, output_dir / file.name)
+    with writing(f"the weights and their card to {output_dir}/"):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        weights = sum(p.nbytes for p in model.state_dict().values())
+        require_room(output_dir, weights + FIGURE_BYTES * len(figures), f"the weights and their card ({output_dir}/)")
+        with tempfile.TemporaryDirectory(dir=output_dir, prefix=".saving-") as tmp:
+            model.save_pretrained(tmp, model_card_kwargs=card)  # model.safetensors, config.json, README.md
+            (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            for name, figure in figures.items():
+                figure.savefig(Path(tmp) / name, dpi=110, bbox_inches="tight")
+            for file in Path(tmp).iterdir():
+                file.chmod(0o644)  # some writers create 0600 files; weights are meant to be shared
+                os.replace(file, output_dir / file.name)
 
 
 def portable_path(path: str | Path | None) -> str | None:

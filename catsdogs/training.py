@@ -30,7 +30,7 @@ from tqdm import tqdm
 from catsdogs import plots
 from catsdogs.allocator import describe_allocator
 from catsdogs.autotune import Layout, LayoutChoice, choose_layout, use_layout
-from catsdogs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from catsdogs.checkpoint import CheckpointError, WriteError, load_checkpoint, save_checkpoint
 from catsdogs.config import TrainConfig
 from catsdogs.data import CLASS_NAMES, DataError, Split
 from catsdogs.device import Precision, Ranks, describe_device, pick_device
@@ -45,11 +45,12 @@ class OutputError(ValueError):
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped early (Ctrl-C, a kill, a failed process): everything up to the last finished epoch is saved."""
+    """Training stopped early (Ctrl-C, a kill, a failed process, a full disk): everything up to the last finished
+    epoch whose checkpoint was written is saved. `status` is the exit status train.py ends with."""
 
-    def __init__(self, epoch: int, completed: int, reason: str = "interrupted"):
+    def __init__(self, epoch: int, completed: int, reason: str = "interrupted", status: int = 130):
         super().__init__(f"{reason} in epoch {epoch}; {completed} epochs are saved")
-        self.epoch, self.completed, self.reason = epoch, completed, reason
+        self.epoch, self.completed, self.reason, self.status = epoch, completed, reason, status
 
 
 @dataclass
@@ -318,6 +319,8 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
         raise TrainingInterrupted(epoch, saved, reason) from None
     except dist.DistError as error:  # another process of the run died: its peers cannot go on
         raise TrainingInterrupted(epoch, saved, f"another process of the run failed ({error})") from None
+    except WriteError as error:  # a full or read-only disk: the last checkpoint written stays whole
+        raise TrainingInterrupted(epoch, saved, str(error), status=1) from None
     return TrainResult(run.model, describe())
 
 
@@ -425,7 +428,8 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
         "train_counts": split.train.counts(), "val_counts": split.val.counts(), "validation_source": split.source,
         **({"hub_dataset": {"id": split.hub_dataset.dataset.repo_id, "revision": split.hub_dataset.commit,
                             "split": split.hub_dataset.dataset.split}} if split.hub_dataset else {}),
-        "skipped_files": [[portable_path(p), r] for p, r in train_photos.skipped + val_photos.skipped],
+        "skipped_files": [[portable_path(str(p)), r.replace(str(p), portable_path(str(p)))]
+                          for p, r in train_photos.skipped + val_photos.skipped],
         "epochs_completed": run.epoch, "best_epoch": run.best_epoch, "best_val_accuracy": run.best_accuracy,
         "training_seconds": run.seconds, "history": [asdict(r) for r in run.history],
         **({"calibration": run.calibration.summary()} if run.calibration else {}),

@@ -102,6 +102,13 @@ def test_csv_that_is_not_utf8_is_refused_with_the_line(tmp_path):
         find_photos(tmp_path / "latin.csv")
 
 
+def test_a_utf16_csv_gets_the_conversion_that_fits_it(tmp_path):
+    write_kaggle_folder(tmp_path, per_class=1)
+    (tmp_path / "unicode.csv").write_bytes("image,label\ncat.0.jpg,cat\n".encode("utf-16"))  # with its byte-order mark
+    with pytest.raises(DataError, match=r"is UTF-16 text, not UTF-8.*`iconv -f utf-16 -t utf-8 old.csv > new.csv`"):
+        find_photos(tmp_path / "unicode.csv")
+
+
 @pytest.mark.parametrize("body, message", [
     ('cat.0.jpg,cat\n"dog.0.jpg,dog\ncat.1.jpg,cat\n', r"line 3: not a well-formed CSV \(unexpected end of data\)"),
     ('cat.0.jpg,cat\n"dog.0.jpg,dog\ncat.1.jpg",cat\n', r"line 3: a quoted field runs over lines 3-4"),

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import re
 import shlex
 import shutil
@@ -279,3 +280,66 @@ def test_curves_of_a_short_run_have_whole_epochs_and_percentages():
     assert list(accuracy.get_xticks()) == [1] and list(loss.get_xticks()) == [1]
     assert accuracy.get_title() == "Accuracy (%)"
     assert sorted(line.get_ydata()[0] for line in accuracy.get_lines()) == pytest.approx([62, 71])
+
+
+def test_a_write_that_fails_midway_ends_with_the_resume_command_and_the_checkpoint_whole(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """The second epoch's checkpoint is written under a file size limit (RLIMIT_FSIZE) smaller than it: the kernel
+    fails the write midway, as it does when the disk fills up."""
+    import resource
+
+    import train as train_cli
+    from catsdogs import training
+
+    data = write_kaggle_folder(tmp_path / "photos", per_class=6)
+    checkpoint = tmp_path / "ck" / "last.safetensors"
+    real_save, saves = training.save_checkpoint, []
+
+    def disk_fills_up_after_the_first(state, path):
+        saves.append(state["epoch"])
+        if len(saves) < 2:
+            return real_save(state, path)
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, limits[1]))
+        try:
+            real_save(state, path)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+            signal.signal(signal.SIGXFSZ, handler)
+
+    monkeypatch.setattr(training, "save_checkpoint", disk_fills_up_after_the_first)
+    argv = ["--data", str(data), "--epochs", "3", "--batch-size", "4", "--val-fraction", "0.25",
+            "--memory-format", "channels_last", "--output", str(tmp_path / "out"), "--checkpoint", str(checkpoint)]
+    assert train_cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write the checkpoint {checkpoint}: File too large in epoch 2: 1 finished epochs are " \
+           f"saved in {checkpoint}" in err, err
+    assert f"resume with: python train.py {shlex.join(argv)} --resume" in err and "Traceback" not in err
+    assert load_checkpoint(checkpoint)["epoch"] == 1 and os.listdir(checkpoint.parent) == [checkpoint.name]
+
+
+def test_a_full_disk_is_said_in_words():
+    from safetensors import SafetensorError
+
+    from catsdogs.checkpoint import WriteError, writing
+
+    full = 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+    with pytest.raises(WriteError, match="^cannot write the weights: No space left on device$"):
+        with writing("the weights"):
+            raise SafetensorError(full)
+
+
+def test_too_little_room_for_a_checkpoint_is_said_before_writing(tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    from catsdogs import checkpoint
+    from catsdogs.checkpoint import WriteError, save_checkpoint
+
+    save_checkpoint({"weights": torch.zeros(1000)}, tmp_path / "first.safetensors")
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda folder: usage._replace(free=2 * 2**20))
+    with pytest.raises(WriteError, match=rf"the disk is full: the checkpoint {tmp_path}/second.safetensors needs "
+                                         rf"\d+ MB and {tmp_path} has 2 MB free"):
+        save_checkpoint({"weights": torch.zeros(1000)}, tmp_path / "second.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.safetensors"]
