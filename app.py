@@ -17,6 +17,7 @@ import argparse
 import atexit
 import base64
 import csv
+import ctypes
 import io
 import ipaddress
 import os
@@ -63,6 +64,9 @@ LINK_SECONDS = 20  # the links of one request must have downloaded by then, howe
 # always leave a slot for uploads.
 LINKS_AT_ONCE = max(1, PREDICT_SLOTS - 1)
 CACHE_SECONDS = 600  # uploads and linked photos are deleted from Gradio's cache after 10 minutes
+# Visitors whose session state (the photo tab's answer, Gradio's copy of the page's config: ~65 KB) is kept: the
+# newest ones; Gradio's default of 10,000 lets a stream of new visitors grow the server by ~1 GB before any goes.
+SESSIONS_KEPT = 1000
 CSV_FOLDER = tempfile.mkdtemp(prefix="catsdogs-tables-")  # the batch tables' CSV files, gone when the app stops
 atexit.register(shutil.rmtree, CSV_FOLDER, ignore_errors=True)
 
@@ -107,7 +111,18 @@ VISIT: ContextVar[Visit] = ContextVar("visit")
 
 class FetchesLinks:
     """A file component mixin: a link (gradio_client.handle_file(url)) is fetched by the Demo's LinkFetcher
-    (public addresses, size and time limits), not by Gradio's own download, which reads it whole into memory."""
+    (public addresses, size and time limits), not by Gradio's own download, which reads it whole into memory.
+    `class X(FetchesLinks, gr.Image)` is drawn by gr.Image's own frontend."""
+
+    is_template = True
+
+    def get_block_name(self) -> str:
+        """The Gradio component this one is drawn as: the class after this mixin (Gradio's default takes the
+        first base class, the mixin)."""
+        classes = type(self).__mro__
+        return classes[classes.index(FetchesLinks) + 1].__name__.lower()
+
+    get_block_class = get_block_name
 
     async def async_move_resource_to_block_cache(self, url_or_file_path):
         if isinstance(url_or_file_path, str) and url_or_file_path.startswith(("http://", "https://")):
@@ -128,8 +143,6 @@ class PetPhoto(FetchesLinks, gr.Image):
     downloads a link whole into memory, and a text file renamed .jpg fails inside Gradio with a bare "Error".
     """
 
-    is_template = True  # rendered by gr.Image's own frontend, not looked up as a custom component
-
     def preprocess(self, payload):
         if payload is not None and payload.url and payload.url.startswith("data:"):
             header, _, data = payload.url.partition(",")
@@ -149,8 +162,6 @@ class PetPhoto(FetchesLinks, gr.Image):
 
 class PetPhotos(FetchesLinks, gr.File):
     """gr.File (several photos) whose links are fetched like PetPhoto's."""
-
-    is_template = True  # rendered by gr.File's own frontend
 
 
 class Demo(gr.Blocks):
@@ -533,6 +544,16 @@ def build_demo(classifier: Classifier | None, startup_warning: str = "",
     return demo
 
 
+def one_malloc_heap_per_slot() -> None:
+    """Cap glibc's malloc arenas at PREDICT_SLOTS. Each arena keeps up to keep_freed_memory's amount of freed
+    memory, and by default glibc opens up to 8 per core as Gradio's many worker threads take turns computing: the
+    server then grows by up to that amount per arena, round after round of load."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, PREDICT_SLOTS)  # -8: M_ARENA_MAX
+    except OSError:  # not glibc: nothing to tune
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("CATSDOGS_MODEL") or str(SHIPPED_WEIGHTS),
@@ -551,12 +572,14 @@ def main() -> None:
     args = parser.parse_args()
 
     keep_freed_memory()  # this process serves one model: keep its activations' memory between requests
+    one_malloc_heap_per_slot()
     classifier, warning = load_classifier(args.model, args.revision)
     if classifier is not None:
         print(f"serving {classifier.source} on {classifier.device.type}; {classifier.layout.describe()}", flush=True)
     demo = build_demo(classifier, warning, tuple(args.allow_links_from))
     demo.queue(default_concurrency_limit=PREDICT_SLOTS, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_BYTES, theme=THEME, css=CSS,
+                state_session_capacity=SESSIONS_KEPT,
                 app_kwargs={"middleware": [Middleware(RequestSizeLimit, max_bytes=MAX_REQUEST_BYTES,
                                                       upload_bytes=MAX_UPLOAD_BYTES)]})
 

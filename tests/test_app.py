@@ -22,6 +22,7 @@ from link_site import link_site
 from PIL import Image
 
 from bench.app_memory import Server, status_mb
+from bench.app_memory_rounds import malloc_arenas
 from catsdogs.hub import push_outputs
 
 
@@ -457,3 +458,20 @@ def test_every_photo_input_fetches_links_itself():
               (block._id for block in fn.inputs)}
     file_inputs = [block for block in inputs if isinstance(block, (gr.Image, gr.File, gr.Gallery))]
     assert len(file_inputs) == 3 and all(isinstance(block, demo_app.FetchesLinks) for block in file_inputs)
+    assert sorted(block.get_block_name() for block in file_inputs) == ["file", "image", "image"]  # their frontends
+
+
+@pytestmark_linux
+def test_concurrent_requests_share_one_malloc_arena_per_prediction_slot(app, shared_data):
+    import app as demo_app
+
+    def send(index: int) -> None:
+        client = Client(app.url, verbose=False)
+        for photo in clear_photos(shared_data)[index % 2::2][:2]:
+            client.predict(handle_file(photo), api_name="/predict")
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert malloc_arenas(app.proc.pid) <= demo_app.PREDICT_SLOTS  # glibc's default: up to 16 on 2 cores
