@@ -17,13 +17,16 @@ import argparse
 import atexit
 import base64
 import csv
+import ctypes
 import io
+import ipaddress
 import os
 import re
 import shutil
 import tempfile
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,6 +37,7 @@ os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
+from gradio.exceptions import InvalidPathError  # noqa: E402
 from huggingface_hub import ModelCard, constants  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
@@ -43,7 +47,7 @@ from catsdogs.explain import Explainer  # noqa: E402
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError  # noqa: E402
 from catsdogs.inference import Classifier, keep_freed_memory  # noqa: E402
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge  # noqa: E402
-from catsdogs.serving import LinkError, RequestSizeLimit, fetch_linked_photo  # noqa: E402
+from catsdogs.serving import LinkError, LinkFetcher, RequestSizeLimit, Visit  # noqa: E402
 
 # Below this top-class (calibrated) probability the page says it is not sure. Measured on the shipped weights
 # (README, "Not sure"): the highest threshold that puts the note on at most one pet photo in eight.
@@ -54,7 +58,15 @@ MAX_FILE_BYTES = 20 * 2**20  # one photo file, uploaded or linked
 MAX_BATCH_FILES = 100  # photos per "Several photos" batch: ~5-10 s of the 2 CPU cores, one queue slot
 MAX_REQUEST_BYTES = 8 * 2**20  # any other request body (JSON, parsed in memory): a phone photo as a data: URL fits
 MAX_UPLOAD_BYTES = MAX_BATCH_FILES * MAX_FILE_BYTES + 2**20  # one upload request (streamed to disk, not memory)
+PREDICT_SLOTS = 2  # photo events running at once (the queue's concurrency limit for them)
+LINK_SECONDS = 20  # the links of one request must have downloaded by then, however slowly their servers send
+# Links download inside a prediction slot: at most PREDICT_SLOTS - 1 at once, one per visitor, so slow links
+# always leave a slot for uploads.
+LINKS_AT_ONCE = max(1, PREDICT_SLOTS - 1)
 CACHE_SECONDS = 600  # uploads and linked photos are deleted from Gradio's cache after 10 minutes
+# Visitors whose session state (the photo tab's answer, Gradio's copy of the page's config: ~65 KB) is kept: the
+# newest ones; Gradio's default of 10,000 lets a stream of new visitors grow the server by ~1 GB before any goes.
+SESSIONS_KEPT = 1000
 CSV_FOLDER = tempfile.mkdtemp(prefix="catsdogs-tables-")  # the batch tables' CSV files, gone when the app stops
 atexit.register(shutil.rmtree, CSV_FOLDER, ignore_errors=True)
 
@@ -93,15 +105,43 @@ def too_large(error: Exception) -> str:
     return f"This image is too large: {error}. Send a smaller copy of it."
 
 
-class PetPhoto(gr.Image):
+# The current request's Visit (set by Demo.process_api), for the components that fetch links.
+VISIT: ContextVar[Visit] = ContextVar("visit")
+
+
+class FetchesLinks:
+    """A file component mixin: a link (gradio_client.handle_file(url)) is fetched by the Demo's LinkFetcher
+    (public addresses, size and time limits), not by Gradio's own download, which reads it whole into memory.
+    `class X(FetchesLinks, gr.Image)` is drawn by gr.Image's own frontend."""
+
+    is_template = True
+
+    def get_block_name(self) -> str:
+        """The Gradio component this one is drawn as: the class after this mixin (Gradio's default takes the
+        first base class, the mixin)."""
+        classes = type(self).__mro__
+        return classes[classes.index(FetchesLinks) + 1].__name__.lower()
+
+    get_block_class = get_block_name
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path):
+        if isinstance(url_or_file_path, str) and url_or_file_path.startswith(("http://", "https://")):
+            try:
+                path = str(await VISIT.get().fetch(url_or_file_path, self.GRADIO_CACHE))
+            except LinkError as error:
+                raise gr.Error(f"The linked photo cannot be used: {error}.") from None
+            self.temp_files.add(path)
+            return path
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+
+class PetPhoto(FetchesLinks, gr.Image):
     """gr.Image that never decodes a photo itself: every input reaches the handler as a file (or the bytes of a
     `data:` URL), for Classifier to decode under its pixel limit; what cannot be read becomes an UnreadablePhoto.
 
     Without this, gr.Image decodes a `data:` URL (an API call, a live frame) in full before any check, Gradio
     downloads a link whole into memory, and a text file renamed .jpg fails inside Gradio with a bare "Error".
     """
-
-    is_template = True  # rendered by gr.Image's own frontend, not looked up as a custom component
 
     def preprocess(self, payload):
         if payload is not None and payload.url and payload.url.startswith("data:"):
@@ -119,31 +159,48 @@ class PetPhoto(gr.Image):
         except (UnidentifiedImageError, OSError, ValueError):
             return UnreadablePhoto(NOT_A_PHOTO)
 
-    async def async_move_resource_to_block_cache(self, url_or_file_path):
-        """A linked photo (gradio_client.handle_file(url)) is fetched with a size limit, not read whole."""
-        if isinstance(url_or_file_path, str) and url_or_file_path.startswith(("http://", "https://")):
-            try:
-                path = str(await fetch_linked_photo(url_or_file_path, self.GRADIO_CACHE, MAX_FILE_BYTES))
-            except LinkError as error:
-                raise gr.Error(f"The linked photo cannot be used: {error}.", print_exception=False) from None
-            self.temp_files.add(path)
-            return path
-        return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+class PetPhotos(FetchesLinks, gr.File):
+    """gr.File (several photos) whose links are fetched like PetPhoto's."""
 
 
 class Demo(gr.Blocks):
-    """gr.Blocks whose API calls with inputs of the wrong kind get the reason, not Gradio's bare {"error": null}."""
+    """gr.Blocks whose API calls with inputs of the wrong kind get the reason, not Gradio's bare {"error": null};
+    whose links are fetched by `links` with the limits of the visitor who sent them; and whose gr.Errors (a
+    person's bad photo or link) are one line in the log, not a traceback."""
+
+    def __init__(self, links: LinkFetcher, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.links = links
+
+    async def process_api(self, block_fn, inputs, state=None, request=None, **kwargs):
+        block_fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
+        VISIT.set(self.links.visit(client_address(request[0] if isinstance(request, list) else request)))
+        try:
+            return await super().process_api(block_fn, inputs, state, request, **kwargs)
+        except gr.Error as error:
+            print(f"refused /{block_fn.api_name}: {' '.join(str(error.message).split())}", flush=True)
+            error.print_exception = False  # Gradio prints the traceback of any other error
+            raise
 
     async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
         try:
             return await super().preprocess_data(block_fn, inputs, state, explicit_call)
         except gr.Error:  # already a message for the user (gr.Error is a ValueError too)
             raise
+        except InvalidPathError:  # Gradio's message names the file's full path on this server
+            raise gr.Error(bad_input(block_fn, "a file that was not uploaded to this app")) from None
         except ValidationError as error:  # the value is not what the component takes (e.g. a string for a photo)
             problems = "; ".join(f"{problem['msg']} (got {problem['input']!r:.60})" for problem in error.errors()[:3])
-            raise gr.Error(bad_input(block_fn, problems), print_exception=False) from None
+            raise gr.Error(bad_input(block_fn, problems)) from None
         except ValueError as error:  # too few values, a file path that was never uploaded, ...
-            raise gr.Error(bad_input(block_fn, str(error).splitlines()[0].rstrip(".")), print_exception=False) from None
+            raise gr.Error(bad_input(block_fn, str(error).splitlines()[0].rstrip("."))) from None
+
+
+def client_address(request: gr.Request | None) -> str:
+    """Who sent a request, as its connection's address (Gradio's gr.Request.client)."""
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None) or "unknown"
 
 
 def bad_input(block_fn, problem: str) -> str:
@@ -443,8 +500,8 @@ def live_tab(predictor: Predictor) -> None:
 def batch_tab(predictor: Predictor) -> tuple[gr.File, gr.Dataframe]:
     headers = ["photo", "prediction", *(f"{c} %" for c in predictor.class_names), "note"]
     with gr.Tab("Several photos"):
-        files = gr.File(file_count="multiple", file_types=["image"], label=f"Photos (up to {MAX_BATCH_FILES})",
-                        elem_id="batch")
+        files = PetPhotos(file_count="multiple", file_types=["image"], label=f"Photos (up to {MAX_BATCH_FILES})",
+                          elem_id="batch")
         run = gr.Button("Classify all", variant="primary", elem_id="batch-run")
         timing = gr.Markdown(elem_id="batch-timing", elem_classes="caption")
         gallery = gr.Gallery(label="Answers", columns=4, height="auto", object_fit="contain", elem_id="gallery")
@@ -468,10 +525,13 @@ def api_endpoints(predictor: Predictor, photo: PetPhoto, label: gr.Label, heatma
         "answer, each class's probability in percent and a note (not sure, or why the file could not be read)."))
 
 
-def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.Blocks:
+def build_demo(classifier: Classifier | None, startup_warning: str = "",
+               link_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()) -> gr.Blocks:
     predictor = Predictor(classifier, startup_warning)
+    links = LinkFetcher(MAX_FILE_BYTES, LINK_SECONDS, at_once=LINKS_AT_ONCE, per_client=1,
+                        also_allowed=link_networks)
     # Uploads and linked photos live in Gradio's cache: every CACHE_SECONDS, files older than that are deleted.
-    with Demo(title="Cat or dog?", delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as demo:
+    with Demo(links, title="Cat or dog?", delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as demo:
         header(startup_warning)
         photo, label, heatmap = photo_tab(predictor)
         live_tab(predictor)
@@ -482,6 +542,16 @@ def build_demo(classifier: Classifier | None, startup_warning: str = "") -> gr.B
         gr.Markdown(info_caption(classifier), elem_id="info", elem_classes="caption")
         api_endpoints(predictor, photo, label, heatmap, files, table)
     return demo
+
+
+def one_malloc_heap_per_slot() -> None:
+    """Cap glibc's malloc arenas at PREDICT_SLOTS. Each arena keeps up to keep_freed_memory's amount of freed
+    memory, and by default glibc opens up to 8 per core as Gradio's many worker threads take turns computing: the
+    server then grows by up to that amount per arena, round after round of load."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, PREDICT_SLOTS)  # -8: M_ARENA_MAX
+    except OSError:  # not glibc: nothing to tune
+        pass
 
 
 def main() -> None:
@@ -496,15 +566,20 @@ def main() -> None:
                         "else %(default)s)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="port to listen on (default: $GRADIO_SERVER_PORT, else %(default)s)")
+    parser.add_argument("--allow-links-from", type=ipaddress.ip_network, action="append", default=[],
+                        metavar="NETWORK", help="also fetch linked photos from this network, e.g. 10.0.0.0/8 for "
+                        "an intranet (repeatable; by default only from public addresses)")
     args = parser.parse_args()
 
     keep_freed_memory()  # this process serves one model: keep its activations' memory between requests
+    one_malloc_heap_per_slot()
     classifier, warning = load_classifier(args.model, args.revision)
     if classifier is not None:
         print(f"serving {classifier.source} on {classifier.device.type}; {classifier.layout.describe()}", flush=True)
-    demo = build_demo(classifier, warning)
-    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo = build_demo(classifier, warning, tuple(args.allow_links_from))
+    demo.queue(default_concurrency_limit=PREDICT_SLOTS, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_BYTES, theme=THEME, css=CSS,
+                state_session_capacity=SESSIONS_KEPT,
                 app_kwargs={"middleware": [Middleware(RequestSizeLimit, max_bytes=MAX_REQUEST_BYTES,
                                                       upload_bytes=MAX_UPLOAD_BYTES)]})
 

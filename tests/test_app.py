@@ -5,19 +5,24 @@ import re
 import shutil
 import struct
 import sys
+import tempfile
+import threading
+import time
 import zlib
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import FULL_SIZE, HUB_URL, SURE, USER, WRITE_TOKEN, App, clear_photos, true_class
+from conftest import FULL_SIZE, HUB_URL, ROOT, SURE, USER, WRITE_TOKEN, App, clear_photos, true_class
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from imagegen import pet_photo
+from link_site import link_site
 from PIL import Image
 
 from bench.app_memory import Server, status_mb
+from bench.app_memory_rounds import malloc_arenas
 from catsdogs.hub import push_outputs
 
 
@@ -273,9 +278,15 @@ def test_request_bodies_are_capped(server, tmp_path):
     ("predict", 123, r"/predict is not what it takes: Input should be a valid dictionary .*\(got 123\)"),
     ("predict", "hello.jpg", r"/predict is not what it takes: .*\(got 'hello.jpg'\)"),
     ("predict_many", "x", r"/predict_many is not what it takes: Input should be a valid list"),
-    ("predict", {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, "was not uploaded by a user"),
+    ("predict", {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, "a file that was not uploaded to this"),
     ("predict", {"path": "http://127.0.0.1:1/cat.jpg", "meta": {"_type": "gradio.FileData"}},
      "The linked photo cannot be used: .*only public web addresses"),
+    ("heatmap", {"path": "http://100.100.100.200/latest/meta-data/", "meta": {"_type": "gradio.FileData"}},
+     r"the host 100.100.100.200 is at 100.100.100.200, not a public web address"),
+    ("predict_many", [{"path": "http://[::ffff:169.254.169.254]/", "meta": {"_type": "gradio.FileData"}}],
+     r"is at ::ffff:169.254.169.254, not a public web address"),
+    ("predict", {"path": "http://0177.0.0.1/a.jpg", "meta": {"_type": "gradio.FileData"}},
+     r"The linked photo cannot be used: 'http://0177.0.0.1/a.jpg' is not a valid web address"),
 ])
 def test_api_calls_with_the_wrong_input_get_the_reason(server, endpoint, value, message):
     assert re.search(message, server.call(endpoint, [value]))
@@ -294,3 +305,173 @@ def test_the_page_explains_itself_and_shows_the_card_without_broken_images(app):
     assert "97.0%" in how and "only knows cats and dogs" in how  # the shipped weights' measured accuracy
     card = next(text for text in texts if "the documented cat-vs-dog CNN" in text)
     assert "Validation accuracy: 97.00%" in card and "![" not in card
+
+
+def file_data(path: str) -> dict:
+    return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+
+def test_no_message_shows_a_path_on_the_server(server):
+    messages = [server.call("predict", [file_data(path)], shown=500) for path in
+                ("hello.jpg", "../weights/config.json", str(ROOT / "app.py"), "http://0177.0.0.1/a.jpg")]
+    messages.append(server.call("predict_many", [[file_data("cat.jpg")]]))
+    for message in messages:
+        assert message.startswith("error: ") and str(ROOT) not in message, message
+        assert tempfile.gettempdir() + "/" not in message, message
+
+
+def test_a_chunked_request_body_over_the_limit_gets_413(app):
+    def body():  # 20 MB without a Content-Length
+        for _ in range(20):
+            yield b"x" * 2**20
+    refused = httpx.post(app.url + "gradio_api/queue/join", content=body(), timeout=60,
+                         headers={"Content-Type": "application/json"})
+    assert refused.status_code == 413 and refused.text.startswith("Request too large: this app takes at most 8 MB")
+
+
+def test_a_bad_photo_or_link_is_one_line_in_the_log(app, client, server, tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    with pytest.raises(AppError, match="not a photo the app can read"):
+        client.predict(handle_file(text), api_name="/predict")
+    assert "not a public web address" in server.call("heatmap", [file_data("http://100.64.0.1/cat.jpg")])
+    log = app.log()
+    assert "refused /predict: This file is not a photo the app can read" in log
+    assert "refused /heatmap: The linked photo cannot be used: the host 100.64.0.1 is at 100.64.0.1" in log
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_a_real_fault_keeps_its_traceback_in_the_log(capfd):
+    import gradio as gr
+
+    from app import Demo
+    from catsdogs.serving import LinkFetcher
+
+    def broken(text: str) -> str:
+        raise RuntimeError("a real fault")
+
+    def refusing(text: str) -> str:
+        raise gr.Error(f"a bad {text}")
+
+    with Demo(LinkFetcher(max_bytes=1000, seconds_per_request=1)) as demo:
+        box = gr.Textbox()
+        gr.Button().click(broken, box, box, api_name="broken")
+        gr.Button().click(refusing, box, box, api_name="refusing")
+    demo.queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        client = Client(url, verbose=False)
+        for name in ("broken", "refusing"):
+            with pytest.raises(AppError):
+                client.predict("photo", api_name=f"/{name}")
+    finally:
+        demo.close()
+    log = capfd.readouterr()
+    log = log.out + log.err
+    assert "Traceback" in log and "RuntimeError: a real fault" in log
+    assert "refused /refusing: a bad photo" in log and log.count("Traceback") == 1, log
+
+
+@pytest.fixture(scope="module")
+def link_app(shipped_weights, shared_data, tmp_path_factory):
+    """The demo told to fetch links from 127.0.0.0/8 too, and tests/link_site.py there, with a real cat photo."""
+    site = tmp_path_factory.mktemp("site")
+    shutil.copy(shared_data / FULL_SIZE / "cat.85.jpg", site)
+    app = App("--allow-links-from", "127.0.0.0/8").wait_ready()
+    try:
+        with link_site(site) as url:
+            yield app, url
+    finally:
+        app.stop()
+
+
+def routes_taking(server: Server, config: dict, elem_ids: set[str]) -> dict[str, bool]:
+    """Every event (API or page) whose one input is the component with one of `elem_ids`: name -> takes a list."""
+    ids = {c["id"]: c["props"].get("elem_id") for c in config["components"]}
+    routes = {}
+    for name, (index, _) in server.endpoints.items():
+        inputs = config["dependencies"][index]["inputs"]
+        if len(inputs) == 1 and ids.get(inputs[0]) in elem_ids:
+            routes[name] = ids[inputs[0]] == "batch"
+    return routes
+
+
+@pytestmark_linux
+def test_every_route_that_takes_a_photo_fetches_links_with_the_size_cap(link_app):
+    app, site = link_app
+    server = Server(app.url, timeout=120)
+    routes = routes_taking(server, app.config(), {"photo", "live", "batch"})
+    assert {"predict", "heatmap", "predict_many", "stream"} < set(routes) and len(routes) == 6, routes
+    assert "ok" in server.call("predict", [file_data(f"{site}/cat.85.jpg")], shown=200)
+    assert '"cat"' in server.call("predict_many", [[file_data(f"{site}/cat.85.jpg")]], shown=200)
+    start = reset_peak(app)
+    for name, takes_list in routes.items():
+        for big in ("sized", "unsized"):  # 500 MB, with and without Content-Length
+            link = file_data(f"{site}/{big}/{500 * 2**20}")
+            answer = server.call(name, [[link]] if takes_list else [link])
+            assert "is over 20 MB" in answer, (name, big, answer)
+    assert status_mb(app.proc.pid, "VmHWM") - start < 60
+
+
+def test_slow_links_cannot_take_every_prediction_slot(link_app, shared_data):
+    app, site = link_app
+    drip = file_data(f"{site}/drip/100?every=3")  # a byte every 3 s: each read is quick, the whole is not
+    visitors = {address: Server(app.url, timeout=120) for address in ("127.0.0.1", "127.0.0.2")}
+    for address, server in visitors.items():  # two visitors: two client addresses
+        server.http = httpx.Client(transport=httpx.HTTPTransport(local_address=address), trust_env=False,
+                                   timeout=120)
+    answers = {}
+
+    def send(name: str, server: Server) -> None:
+        started = time.monotonic()
+        answers[name] = (server.call("predict", [drip], shown=200), time.monotonic() - started)
+    threads = [threading.Thread(target=send, args=("first", visitors["127.0.0.1"]))]
+    threads[0].start()
+    time.sleep(1)
+    threads += [threading.Thread(target=send, args=(name, visitors[address]))
+                for name, address in (("same visitor", "127.0.0.1"), ("other visitor", "127.0.0.2"))]
+    for thread in threads[1:]:
+        thread.start()
+    started = time.monotonic()
+    upload = answers_of(visitors["127.0.0.2"], shared_data)
+    upload_seconds = time.monotonic() - started
+    for thread in threads:
+        thread.join()
+    assert upload.startswith("ok") and upload_seconds < 10, (upload, upload_seconds)  # a slot stayed free
+    assert "another link of yours is still downloading" in answers["same visitor"][0], answers
+    assert "the app is downloading other links right now" in answers["other visitor"][0], answers
+    assert answers["same visitor"][1] < 5 and answers["other visitor"][1] < 5, answers  # refused at once
+    assert "took longer than 20 s to download" in answers["first"][0] and answers["first"][1] < 30, answers
+
+
+def answers_of(server: Server, shared_data: Path) -> str:
+    return server.upload_call("predict", [shared_data / FULL_SIZE / "dog.79.jpg"], shown=200)
+
+
+def test_every_photo_input_fetches_links_itself():
+    import gradio as gr
+
+    import app as demo_app
+
+    demo = demo_app.build_demo(None, "no model in this test")
+    inputs = {demo.blocks[block_id] for fn in demo.fns.values() for block_id in
+              (block._id for block in fn.inputs)}
+    file_inputs = [block for block in inputs if isinstance(block, (gr.Image, gr.File, gr.Gallery))]
+    assert len(file_inputs) == 3 and all(isinstance(block, demo_app.FetchesLinks) for block in file_inputs)
+    assert sorted(block.get_block_name() for block in file_inputs) == ["file", "image", "image"]  # their frontends
+
+
+@pytestmark_linux
+def test_concurrent_requests_share_one_malloc_arena_per_prediction_slot(app, shared_data):
+    import app as demo_app
+
+    def send(index: int) -> None:
+        client = Client(app.url, verbose=False)
+        for photo in clear_photos(shared_data)[index % 2::2][:2]:
+            client.predict(handle_file(photo), api_name="/predict")
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert malloc_arenas(app.proc.pid) <= demo_app.PREDICT_SLOTS  # glibc's default: up to 16 on 2 cores
