@@ -17,7 +17,6 @@ import argparse
 import atexit
 import base64
 import csv
-import ctypes
 import io
 import ipaddress
 import os
@@ -544,16 +543,6 @@ def build_demo(classifier: Classifier | None, startup_warning: str = "",
     return demo
 
 
-def one_malloc_heap_per_slot() -> None:
-    """Cap glibc's malloc arenas at PREDICT_SLOTS. Each arena keeps up to keep_freed_memory's amount of freed
-    memory, and by default glibc opens up to 8 per core as Gradio's many worker threads take turns computing: the
-    server then grows by up to that amount per arena, round after round of load."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-8, PREDICT_SLOTS)  # -8: M_ARENA_MAX
-    except OSError:  # not glibc: nothing to tune
-        pass
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("CATSDOGS_MODEL") or str(SHIPPED_WEIGHTS),
@@ -571,8 +560,7 @@ def main() -> None:
                         "an intranet (repeatable; by default only from public addresses)")
     args = parser.parse_args()
 
-    keep_freed_memory()  # this process serves one model: keep its activations' memory between requests
-    one_malloc_heap_per_slot()
+    keep_freed_memory(heaps=PREDICT_SLOTS)  # this process serves one model: keep its activations' memory
     classifier, warning = load_classifier(args.model, args.revision)
     if classifier is not None:
         print(f"serving {classifier.source} on {classifier.device.type}; {classifier.layout.describe()}", flush=True)

@@ -39,25 +39,29 @@ MMAP_THRESHOLD = 32 * 2**20  # glibc's maximum: blocks at least this big are mma
 PIL_BLOCK_BYTES = 64 * 2**20  # Pillow's image blocks (16 MB by default): made mmap-sized, see keep_freed_memory
 
 
-def keep_freed_memory(keep_bytes: int = KEEP_FREED_BYTES) -> None:
+def keep_freed_memory(keep_bytes: int = KEEP_FREED_BYTES, heaps: int | None = None) -> None:
     """Ask glibc to keep up to `keep_bytes` of freed memory per heap for reuse rather than hand it back to the
     kernel, and make big decoded photos go back to it at once (process-wide: the app's choice, not the
-    Classifier's).
+    Classifier's). With `heaps`, glibc opens at most that many heaps (arenas), e.g. one per prediction slot.
 
     One forward pass allocates and frees tens of MB of activations; by default glibc returns such blocks and the
     next call page-faults them in again (docs/performance.md has what that costs). Raising the mmap threshold
     keeps those blocks on the heap; Pillow's image blocks are then raised above it, or a big photo's 16 MB
-    blocks would stay on the heap too and the process would keep the size of its biggest request (docs/limits.md: the memory a server
-    keeps after big requests).
+    blocks would stay on the heap too and the process would keep the size of its biggest request (docs/limits.md:
+    the memory a server keeps after big requests). Each heap keeps up to `keep_bytes`, and glibc opens up to 8 per
+    core as a server's many threads take turns computing: without `heaps`, a server grows by `keep_bytes` per
+    heap it opens, round after round of load.
     """
     Image.core.set_block_size(PIL_BLOCK_BYTES)  # what Pillow's PILLOW_BLOCK_SIZE sets
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (macOS, Windows, musl): nothing to tune
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
     libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)  # the largest activation of one photo and its mirror: 25 MB
     libc.mallopt(m_trim_threshold, keep_bytes)
+    if heaps:
+        libc.mallopt(m_arena_max, heaps)
 
 
 class Classifier:
