@@ -18,26 +18,39 @@ from catsdogs.preprocess import BAD_IMAGE_ERRORS, PhotoSource, load_photo, norma
 
 @torch.inference_mode()
 def predict_logits(model: CatsDogsCNN, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """uint8 photos (N, 3, S, S), on any device -> float32 logits (N, classes) on the model's device.
+    """uint8 photos (N, 3, S, S), on any device -> float32 logits (N, classes) on the model's device (see
+    `predict_with_features`)."""
+    return predict_with_features(model, images, batch_size)[0]
+
+
+@torch.inference_mode()
+def predict_with_features(model: CatsDogsCNN, images: torch.Tensor,
+                          batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 photos (N, 3, S, S), on any device -> float32 logits (N, classes) and penultimate features (N, 512)
+    (what catsdogs.notpet scores) on the model's device.
 
     The one place the weights' test-time augmentation (`model.tta`, from config.json) is applied, so evaluation,
     calibration, validation and the app agree. "mirror": each photo and its mirror image go through the network in
-    one batch, and their logits are averaged (README, "Mirror test-time augmentation", for why logits, not
-    probabilities); at most `batch_size` images go through at once either way.
+    one batch, and their logits (and features) are averaged (README, "Mirror test-time augmentation", for why
+    logits, not probabilities); at most `batch_size` images go through at once either way.
     """
     device = next(model.parameters()).device
     views = 2 if model.tta == "mirror" else 1
     was_training = model.training
     model.eval()
-    outputs = []
+    logits, features = [], []
     with Precision.for_inference(device).autocast():
         for batch in images.split(max(1, batch_size // views)):
             batch = normalize(batch.to(device, non_blocking=True), model.mean, model.std)
             if views == 2:
                 batch = torch.cat([batch, batch.flip(-1)])  # flip(-1): left-right, the mirror image
-            outputs.append(model(batch).float().unflatten(0, (views, -1)).mean(dim=0))
+            for outputs, views_output in zip((logits, features), model.logits_and_features(batch), strict=True):
+                outputs.append(views_output.float().unflatten(0, (views, -1)).mean(dim=0))
     model.train(was_training)
-    return torch.cat(outputs) if outputs else torch.empty((0, len(model.class_names)), device=device)
+    if not logits:
+        return (torch.empty((0, len(model.class_names)), device=device),
+                torch.empty((0, model.head.in_features), device=device))
+    return torch.cat(logits), torch.cat(features)
 
 
 PREDICTION_ROUNDS = 10  # timed one-photo forward passes per layout: ~20 of 10-40 ms each, under a second

@@ -82,6 +82,17 @@ class CatsDogsCNN(
         """Normalised images (N, 3, 224, 224) -> class logits (N, classes)."""
         return self.head(self.fc(self.blocks(x)))
 
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images -> (class logits, the penultimate 512-unit ReLU's activations): forward()'s own
+        results, through the model's call so that hooks on the model still apply (the memory layout's)."""
+        captured = []
+        hook = self.fc.register_forward_hook(lambda module, args, output: captured.append(output))
+        try:
+            logits = self(x)
+        finally:
+            hook.remove()
+        return logits, captured[0]
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits -> class probabilities, calibrated by the weights' temperature: the one way every consumer
         (the app, the API, evaluate, the benchmarks) turns logits into the percentages people read."""
