@@ -9,7 +9,8 @@ training photos of each class (never one of the full-size photos, whose 200px co
 Its threshold follows catsdogs.notpet's rule (at most 5% of validation pets above it), set on half of the
 validation photos measured; the other half is the "val pets 200px" column. Compared: the top softmax probability
 (MSP), energy (logsumexp of the logits), Mahalanobis distance (class means, one shared covariance) and KNN
-distance (Sun et al. 2022) on three layers, each with and without the mirror view; then KNN's k and bank size.
+distance (Sun et al. 2022) on three layers, of L2-normalised features or raw ones ("raw"), each with and without
+the mirror view; then KNN's k and bank size.
 
 Pets: --val-per-class photos of each class of the validation split (never trained on) and the full-size photos of
 --full-size. Non-pets: the photos in NON_PET_PHOTOS that ship in installed packages (matplotlib's and Gradio's
@@ -198,9 +199,11 @@ def settings(bank: Views, labels: torch.Tensor, temperature: float) -> list[Sett
                   Setting("energy", "logits", mirror, lambda v, m=mirror: -v.logit(m).logsumexp(1))]
         for layer in LAYERS:
             fitted = bank.layer(layer, mirror)
-            maha = mahalanobis_scorer(fitted, labels)
-            found.append(Setting("Mahalanobis", layer, mirror, lambda v, s=maha, l=layer, m=mirror: s(v.layer(l, m))))
             for normalise in (True, False):
+                prepare = (lambda f: torch.nn.functional.normalize(f, dim=1)) if normalise else (lambda f: f)
+                maha = mahalanobis_scorer(prepare(fitted), labels)
+                found.append(Setting(f"Mahalanobis{'' if normalise else ', raw'}", layer, mirror,
+                                     lambda v, s=maha, p=prepare, l=layer, m=mirror: s(p(v.layer(l, m)))))
                 knn = knn_scorer(fitted, 5, normalise)
                 found.append(Setting(f"KNN k=5{'' if normalise else ', raw'}", layer, mirror,
                                      lambda v, s=knn, l=layer, m=mirror: s(v.layer(l, m))))
@@ -267,6 +270,16 @@ def unsure_rows(views: dict[str, Views], labels: dict[str, torch.Tensor], settin
     return rows
 
 
+
+def picture_rows(names: list[str], views: dict[str, Views], setting: Setting, temperature: float) -> list[list]:
+    """Each non-pet picture (as it is): its score, the verdict, and the top class probability, highest first."""
+    threshold = threshold_for(setting.scores(views["val pets 200px"]))
+    scores = setting.scores(views["non-pets as is"]).tolist()
+    top = (views["non-pets as is"].logit(True) / temperature).softmax(dim=1).max(dim=1).values.tolist()
+    return [[name, f"{score:.3f}", f"{threshold:.3f}", "not a pet" if score > threshold else "pet", f"{p:.3f}"]
+            for name, score, p in sorted(zip(names, scores, top, strict=True), key=lambda row: -row[1])]
+
+
 def cost(weights: str, photo: Path, bank: torch.Tensor, rounds: int = 30) -> list[list]:
     """Milliseconds for one photo's answer on the app's path (Classifier's model, layout and mirror TTA): the
     network alone, the network with the features kept, and the score of those features."""
@@ -322,6 +335,10 @@ def main() -> None:
     report(f"'Not sure' (top probability under {UNSURE}) beside the chosen score ({chosen.method})",
            ["pictures", "n", "not a pet", "pet, not sure", "pet, sure", "accuracy when not sure",
             "accuracy when sure"], unsure_rows(views, known, chosen, model.temperature))
+    names = [p.name for paths in find_pictures(NON_PET_PHOTOS, package_folders(args.pictures)).values() for p in paths]
+    report(f"Each non-pet picture as it is: {chosen.method} (threshold from all validation photos measured)",
+           ["picture", "distance", "threshold", "verdict", "top probability"],
+           picture_rows(names, views, chosen, model.temperature))
     report("KNN: k and the bank's size (penultimate layer, L2-normalised, mirror view)", columns,
            table_rows(sweep(views["bank"], labels), views))
 
