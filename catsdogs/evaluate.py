@@ -87,7 +87,7 @@ def score(model: str | Path, data: str | Path, split: str = "all", revision: str
     network = load_model(folder)
     if list(network.class_names) != list(CLASS_NAMES):
         raise IncompatibleModel(f"{model} classifies {network.class_names}, not {list(CLASS_NAMES)}")
-    metrics = _metrics(folder)
+    metrics = read_metrics(folder)
     trained_with = metrics.get("config", {})
     val_fraction = trained_with.get("val_fraction", 0.1) if val_fraction is None else val_fraction
     seed = trained_with.get("seed", 0) if seed is None else seed
@@ -152,7 +152,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
     }
 
 
-def _metrics(folder: Path) -> dict:
+def read_metrics(folder: Path) -> dict:
     """What training recorded beside the weights (split settings, counts, accuracy); {} where nothing was."""
     try:
         return json.loads((folder / "metrics.json").read_text())

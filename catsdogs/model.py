@@ -85,6 +85,17 @@ class CatsDogsCNN(
         """Normalised images (N, 3, 224, 224) -> class logits (N, classes)."""
         return self.head(self.fc(self.blocks(x)))
 
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images -> (class logits, the penultimate 512-unit ReLU's activations): forward()'s own
+        results, through the model's call so that hooks on the model still apply (the memory layout's)."""
+        captured = []
+        hook = self.fc.register_forward_hook(lambda module, args, output: captured.append(output))
+        try:
+            logits = self(x)
+        finally:
+            hook.remove()
+        return logits, captured[0]
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits -> class probabilities, calibrated by the weights' temperature: the one way every consumer
         (the app, the API, evaluate, the benchmarks) turns logits into the percentages people read."""
@@ -122,23 +133,36 @@ class CatsDogsCNN(
 
 @torch.inference_mode()
 def predict_logits(model: CatsDogsCNN, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """uint8 photos (N, 3, S, S), on any device -> float32 logits (N, classes) on the model's device.
+    """uint8 photos (N, 3, S, S), on any device -> float32 logits (N, classes) on the model's device (see
+    `predict_with_features`)."""
+    return predict_with_features(model, images, batch_size)[0]
+
+
+@torch.inference_mode()
+def predict_with_features(model: CatsDogsCNN, images: torch.Tensor,
+                          batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 photos (N, 3, S, S), on any device -> float32 logits (N, classes) and penultimate features (N, 512)
+    (what catsdogs.notpet scores) on the model's device.
 
     The one place the weights' test-time augmentation (`model.tta`, from config.json) is applied, so evaluation,
     calibration, validation and the app agree. "mirror": each photo and its mirror image go through the network in
-    one batch, and their logits are averaged (logits rather than probabilities: averaging them keeps the
-    temperature's calibration); at most `batch_size` images go through at once either way.
+    one batch, and their logits (and features) are averaged (logits rather than probabilities: averaging them
+    keeps the temperature's calibration); at most `batch_size` images go through at once either way.
     """
     device = next(model.parameters()).device
     views = 2 if model.tta == "mirror" else 1
     was_training = model.training
     model.eval()
-    outputs = []
+    logits, features = [], []
     with Precision.for_inference(device).autocast():
         for batch in images.split(max(1, batch_size // views)):
             batch = normalize(batch.to(device, non_blocking=True), model.mean, model.std)
             if views == 2:
                 batch = torch.cat([batch, batch.flip(-1)])  # flip(-1): left-right, the mirror image
-            outputs.append(model(batch).float().unflatten(0, (views, -1)).mean(dim=0))
+            for outputs, views_output in zip((logits, features), model.logits_and_features(batch), strict=True):
+                outputs.append(views_output.float().unflatten(0, (views, -1)).mean(dim=0))
     model.train(was_training)
-    return torch.cat(outputs) if outputs else torch.empty((0, len(model.class_names)), device=device)
+    if not logits:
+        return (torch.empty((0, len(model.class_names)), device=device),
+                torch.empty((0, model.head.in_features), device=device))
+    return torch.cat(logits), torch.cat(features)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVING = {"app", "catsdogs.inference", "catsdogs.model", "catsdogs.preprocess", "catsdogs.explain", "catsdogs.hub",
-           "catsdogs.serving", "catsdogs.device", "catsdogs.autotune"}
+           "catsdogs.serving", "catsdogs.device", "catsdogs.autotune", "catsdogs.notpet"}
 TRAINING = {"catsdogs.config", "catsdogs.loader", "catsdogs.cache", "catsdogs.data", "catsdogs.hub_data",
             "catsdogs.training", "catsdogs.calibrate", "catsdogs.outputs", "catsdogs.evaluate", "catsdogs.metrics",
-            "catsdogs.checkpoint", "catsdogs.plots", "catsdogs.allocator"}
+            "catsdogs.checkpoint", "catsdogs.plots", "catsdogs.allocator", "catsdogs.fit_notpet"}
 
 
 def module_name(path: Path) -> str:

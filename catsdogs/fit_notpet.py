@@ -1,0 +1,83 @@
+"""Fit the "not a pet" score (`catsdogs.notpet`) for existing weights on the photos they were trained on, and write
+it beside them.
+
+    python -m catsdogs.fit_notpet --model weights --data ../shared/data/dogs-vs-cats-200/train
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from catsdogs.data import DataError, Photos, Split
+from catsdogs.evaluate import read_metrics
+from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model
+from catsdogs.loader import PhotoLoader, find_split
+from catsdogs.model import CatsDogsCNN, predict_with_features
+from catsdogs.notpet import BANK_PER_CLASS, NEIGHBOUR, SEED, NotPetScore, fit
+
+
+def sample(photos: Photos, per_class: int, seed: int = SEED) -> Photos:
+    """At most `per_class` photos of each class, drawn with `seed`, in their original order."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in sorted(set(photos.labels)):
+        members = [i for i, y in enumerate(photos.labels) if y == label]
+        chosen += [members[i] for i in torch.randperm(len(members), generator=generator)[:per_class].tolist()]
+    return photos.subset(sorted(chosen))
+
+
+def features_of(model: CatsDogsCNN, photos: Photos, name: str, workers: int, progress: bool) -> torch.Tensor:
+    """The penultimate features of `photos` (decoded through the photo cache), as predictions compute them."""
+    images = PhotoLoader.load(photos, model.image_size, torch.device("cpu"), name, workers, progress).images
+    batches = tqdm(images.split(256), desc=f"features of the {name} photos", unit="batch", disable=not progress)
+    return torch.cat([predict_with_features(model, batch)[1].cpu() for batch in batches])
+
+
+def training_split(folder: Path, data: str | Path) -> Split:
+    """The split the weights in `folder` were trained with: its val_fraction and seed from their metrics.json, as
+    catsdogs.evaluate re-creates it."""
+    trained_with = read_metrics(folder).get("config", {})
+    return find_split(data, trained_with.get("val_fraction", 0.1), trained_with.get("seed", 0))
+
+
+def fit_for_weights(model_source: str | Path, data: str | Path, bank_per_class: int = BANK_PER_CLASS,
+                    k: int = NEIGHBOUR, workers: int = min(8, os.cpu_count() or 1),
+                    progress: bool = True) -> tuple[NotPetScore, Path]:
+    """Fit the score for the weights in `model_source` on the training split they were trained on (its
+    val_fraction and seed from their metrics.json, as catsdogs.evaluate re-creates it); the score and the folder."""
+    folder = fetch_weights(model_source)
+    model = load_model(folder).eval().to(memory_format=torch.channels_last)
+    split = training_split(folder, data)
+    bank = sample(split.train, bank_per_class)
+    fitted_on = f"{len(bank)} training photos ({bank_per_class} of each class, seed {SEED}); {split.source}"
+    score = fit(features_of(model, bank, "bank", workers, progress),
+                features_of(model, split.val, "validation", workers, progress), model.tta, fitted_on, k)
+    return score, folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(SHIPPED_WEIGHTS), help="weights folder (default: weights/)")
+    parser.add_argument("--data", required=True, help="the photos the weights were trained on")
+    parser.add_argument("--bank-per-class", type=int, default=BANK_PER_CLASS,
+                        help=f"training photos of each class in the bank (default {BANK_PER_CLASS})")
+    parser.add_argument("--k", type=int, default=NEIGHBOUR, help=f"which nearest neighbour (default {NEIGHBOUR})")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="threads decoding photos")
+    args = parser.parse_args(argv)
+    try:
+        score, folder = fit_for_weights(args.model, args.data, args.bank_per_class, args.k, args.workers)
+    except (DataError, HubError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    path = score.save(folder)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {json.dumps(score.config_entry(), indent=2)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The "not a pet" score (catsdogs.notpet) on real photos, with the shipped weights."""
+
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, clear_photos
+
+from catsdogs.loader import find_split
+from catsdogs.hub import load_model
+from catsdogs.model import predict_logits, predict_with_features
+from catsdogs.fit_notpet import sample
+from catsdogs.notpet import FILE_NAME, NotPetScore, fit, threshold_for
+from catsdogs.preprocess import load_photo
+
+TOWER = Path(find_spec("gradio").origin).parent / "media_assets" / "images" / "tower.jpg"  # the Eiffel tower
+
+
+@pytest.fixture(scope="module")
+def model(shipped_weights):
+    return load_model(shipped_weights).eval()
+
+
+def features(model, photos: list[Path]) -> torch.Tensor:
+    return predict_with_features(model, torch.stack([load_photo(p, model.image_size) for p in photos]))[1]
+
+
+def test_the_features_come_with_forwards_own_logits_and_leave_the_weights_alone(model):
+    photos = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    keys = set(model.state_dict())
+    logits, feats = predict_with_features(model, photos)
+    torch.testing.assert_close(logits, predict_logits(model, photos), rtol=0, atol=0)
+    assert feats.shape == (2, model.head.in_features) and (feats >= 0).all()  # a ReLU's output
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        direct, penultimate = model.logits_and_features(x)
+        torch.testing.assert_close(direct, model(x), rtol=0, atol=0)
+        torch.testing.assert_close(model.head(penultimate), direct, rtol=0, atol=0)
+    assert set(model.state_dict()) == keys
+
+
+def test_fitted_on_real_photos_the_threshold_flags_at_most_5_percent_of_its_pets_and_survives_saving(
+        model, shared_data, tmp_path):
+    split = find_split(shared_data / "dogs-vs-cats-200" / "train", 0.1, 0)
+    bank, val = sample(split.train, 6), sample(split.val, 10)
+    score = fit(features(model, bank.paths), val_features := features(model, val.paths), model.tta, "test photos")
+    val_scores = score.score(val_features)
+    flagged = (val_scores > score.threshold).sum().item()
+    assert flagged <= 1  # 5% of 20
+    assert (val_scores > val_scores[val_scores < score.threshold].max()).sum().item() > 1  # the lowest such
+    assert torch.equal(score.is_pet(val_features), val_scores <= score.threshold)
+
+    score.save(tmp_path)
+    assert (tmp_path / FILE_NAME).stat().st_size < 64 * 1024  # 12 photos' float16 features and the metadata
+    loaded = NotPetScore.load(tmp_path)
+    assert (loaded.k, loaded.threshold, loaded.rule, loaded.fitted_on, loaded.tta) == (
+        score.k, score.threshold, score.rule, score.fitted_on, score.tta)
+    assert torch.equal(loaded.bank, score.bank)  # fit keeps the bank as float16 holds it
+    torch.testing.assert_close(loaded.score(val_features), val_scores, rtol=0, atol=0)
+    assert loaded.config_entry()["not_a_pet"]["threshold"] == score.threshold
+
+
+def test_threshold_rule_on_known_scores():
+    scores = torch.arange(100, dtype=torch.float32)  # 5 of 100 may lie above: the threshold is 94
+    assert threshold_for(scores) == 94.0
+    assert threshold_for(scores, share=0.0) == 99.0
+
+
+def test_the_shipped_score_calls_clear_pets_pets_and_other_pictures_not(model, shipped_weights, shared_data):
+    score = NotPetScore.load(shipped_weights)
+    assert score.tta == model.tta
+    pets = clear_photos(shared_data)
+    others = [ROOT / "examples" / "brick.jpg", TOWER]  # (a face, such as matplotlib's grace_hopper.jpg, is not: see
+    # bench/notpet.py's listing of every picture)
+    verdicts = score.is_pet(features(model, pets + others)).tolist()
+    assert verdicts == [True] * len(pets) + [False] * len(others), dict(zip(pets + others, verdicts))
+
+
+def test_the_command_fits_for_a_weights_folder_on_its_training_split(shipped_weights, shared_data, tmp_path, capsys):
+    from catsdogs.fit_notpet import main
+
+    weights, photos = tmp_path / "weights", tmp_path / "photos"
+    weights.mkdir(), photos.mkdir()
+    for name in ("model.safetensors", "config.json", "metrics.json"):
+        (weights / name).symlink_to(shipped_weights / name)
+    for label in ("cat", "dog"):
+        for i in range(10):
+            (photos / f"{label}.{i}.jpg").symlink_to(shared_data / "dogs-vs-cats-200" / "train" / f"{label}.{i}.jpg")
+    assert main(["--model", str(weights), "--data", str(photos), "--bank-per-class", "3", "--k", "2"]) == 0
+    score = NotPetScore.load(weights)
+    assert (len(score.bank), score.k, score.tta) == (6, 2, "mirror")
+    assert "6 training photos (3 of each class, seed 0)" in score.fitted_on and "seed 0" in score.fitted_on
+    assert f"wrote {weights / FILE_NAME}" in capsys.readouterr().out
+    assert main(["--model", str(tmp_path / "nothing"), "--data", str(photos)]) == 2
