@@ -117,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     photos = sorted(args.photos.glob("*.jpg"))
     if not photos:
-        raise SystemExit(f"no full-size photos in {args.photos} (see README: Set-up)")
+        raise SystemExit(f"no full-size photos in {args.photos}: pass --photos FOLDER")
 
     keep_freed_memory()  # as app.py does
     latency, throughput = [], []
