@@ -5,6 +5,7 @@ Here, once (no GPU needed):
     python -m bench.gpu_session pack        # .data/chunks/photos-K-of-N.tar.gz and .whl/, to ship with the code
 There, after each chunk arrives:
     python3 -m bench.gpu_session setup                # the wheels -> /tmp/catsdogs-site, the chunks -> .data/photos/
+    python3 -m bench.gpu_session session --seconds 480   # benchmarks compiled and eager, time to 95%, the long run
     python3 -m bench.gpu_session smoke                # train.py on CUDA, torchrun (NCCL), evaluate, the Classifier
     python3 -m bench.gpu_session bench                # bench.inference and bench.training on CUDA
     python3 -m bench.gpu_session sweep --budget 500   # the recipes, chosen on validation; run again to go on
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -483,6 +485,140 @@ def write_results(outcomes: list[Outcome], out: Path, budget: float, parallel: i
         logs.rmdir()
 
 
+# ---- session: the whole GPU part in one command ----
+
+# The time-to-accuracy recipe (docs/training.md#time-to-accuracy) and the long run that continues from one machine
+# to the next. Both compile (train.py's --compile auto, on CUDA) and mirror each photo in alternate epochs; neither
+# keeps a moving average, which the sweep found costs accuracy after a one-cycle schedule.
+FAST = recipe("fast", 30, batch_size=512, lr=6e-3, tta="mirror", flip="alternate")
+LONG = recipe("long", 200, batch_size=256, lr=4e-3, tta="mirror", flip="alternate")
+LONG_CHECKPOINT = ROOT / ".data" / "long" / "last.safetensors"  # ignored by git; carried out again with the photos
+TARGET = 0.95  # the validation accuracy the fast recipe is timed to
+RESULT_LIMIT_MIB = 16  # what one file brought back may hold
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """How long each part of `session` runs: a full one on the GPU, or a dry run of every part on a CPU."""
+
+    bench_seconds: int  # per benchmark row
+    bench_photos: int  # real photos bench.training trains on
+    photo_runs: int  # one-photo calls per bench.inference row
+    fast: Recipe
+    long: Recipe
+    reserve: float  # seconds kept at the end: the long run saving its checkpoint, the results packed
+
+    @classmethod
+    def choose(cls, dry_run: bool) -> "SessionPlan":
+        if dry_run:
+            return cls(1, 128, 3, FAST.with_epochs(1), LONG.with_epochs(2), reserve=20)
+        return cls(5, 2048, 50, FAST, LONG, reserve=45)
+
+
+PARTS = ("bench", "fast", "long")  # what `session` runs, in this order
+SESSION_RUNS = ROOT / "runs" / "session"  # the fast and the long run's output folders
+
+
+def session(photos: Path, device: str, seconds: float, plan: SessionPlan, parts: tuple[str, ...] = PARTS) -> int:
+    """The benchmarks compiled and eager, the fast recipe's time to 95%, then the long run until `seconds` after
+    the start (each of PARTS only when in `parts`). Writes session.md, the logs, the long run's checkpoint and best
+    weights to $OUT. Exit status 1 when a part failed; a training run stopped by the time is not a failure."""
+    deadline, out = time.monotonic() + seconds, out_dir()
+    versions = check_imports()
+    print(versions, flush=True)
+    codes: dict[str, int] = {}
+    found: list[str] = []
+    if "bench" in parts:
+        codes |= session_bench(photos, device, plan, out / "session-logs" / "bench.log")
+    if "fast" in parts:
+        codes["fast"], line = session_fast(photos, device, plan, deadline, out)
+        found.append(line)
+    if "long" in parts:
+        codes["long"], line = session_long(photos, device, plan, deadline, out)
+        found.append(line)
+    lines = ["# GPU session", "", versions, "", *(f"- `{name}`: exit {code}" for name, code in codes.items()), "",
+             *found, *bring_back(SESSION_RUNS / "long", out)]
+    (out / "session.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    stopped = {"fast": 130, "long": 130}  # train.py stopped by the time: its last finished epoch is saved
+    return 1 if any(code not in (0, stopped.get(name, 0)) for name, code in codes.items()) else 0
+
+
+def session_bench(photos: Path, device: str, plan: SessionPlan, log: Path) -> dict[str, int]:
+    """bench.training and bench.inference, each with its compiled rows beside the eager ones."""
+    return {
+        "bench.training": run_logged([sys.executable, "-m", "bench.training", "--device", device, "--compile",
+                                      "--seconds", str(plan.bench_seconds), "--photos", str(plan.bench_photos),
+                                      "--data", str(photos / TRAIN)], log),
+        "bench.inference": run_logged([sys.executable, "-m", "bench.inference", "--device", device, "--compile",
+                                       "--seconds", str(plan.bench_seconds), "--runs", str(plan.photo_runs),
+                                       "--photos", str(photos / FULLRES)], log),
+    }
+
+
+def session_fast(photos: Path, device: str, plan: SessionPlan, deadline: float, out: Path) -> tuple[int, str]:
+    """The fast recipe from scratch, with an empty compiler cache: its time to 95% includes compiling from
+    nothing, as on a fresh machine."""
+    folder, cache = SESSION_RUNS / "fast", SESSION_RUNS / "fresh-compiler-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    with GpuMemory() as memory:
+        started = time.monotonic()
+        code = run_logged([sys.executable, "train.py", "--data", str(photos / TRAIN), "--device", device,
+                           "--output", str(folder), "--overwrite", *plan.fast.args], out / "session-logs" / "fast.log",
+                          timeout=max(1.0, deadline - time.monotonic() - plan.reserve),
+                          env={"TORCHINDUCTOR_CACHE_DIR": str(cache)})
+        took = time.monotonic() - started
+    return code, (f"- fast recipe `{shlex.join(plan.fast.args)}`: {describe_run(folder)}; {time_to_target(folder)}; "
+                  f"{took:.0f} s for the whole train.py, photo decoding and validation included; GPU memory in use "
+                  f"at most {memory.peak_mib} MiB (nvidia-smi)")
+
+
+def session_long(photos: Path, device: str, plan: SessionPlan, deadline: float, out: Path) -> tuple[int, str]:
+    """The long run, resumed from LONG_CHECKPOINT when that is here, until plan.reserve before the deadline."""
+    LONG_CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
+    resume = "--resume" if LONG_CHECKPOINT.exists() else "--overwrite"
+    folder = SESSION_RUNS / "long"
+    code = run_logged([sys.executable, "train.py", "--data", str(photos / TRAIN), "--device", device,
+                       "--output", str(folder), "--checkpoint", str(LONG_CHECKPOINT), *plan.long.args, resume],
+                      out / "session-logs" / "long.log", timeout=max(1.0, deadline - time.monotonic() - plan.reserve))
+    return code, f"- long run `{shlex.join(plan.long.args)}` ({resume}): {describe_run(folder)}"
+
+
+def time_to_target(folder: Path) -> str:
+    """Seconds from the first step to the end of the first epoch that validated at TARGET: compiling and the
+    training epochs (validation after each epoch is not counted; train.py logs it apart)."""
+    metrics = read_metrics(folder)
+    if not metrics:
+        return "no metrics.json"
+    compiling, seconds = metrics.get("compile_seconds") or 0.0, 0.0
+    for row in metrics["history"]:
+        seconds += row["seconds"]
+        if row["val_accuracy"] >= TARGET:
+            return (f"{TARGET:.0%} after epoch {row['epoch']}: {compiling + seconds:.1f} s from the first step "
+                    f"({compiling:.1f} s compiling + {seconds:.1f} s of epochs)")
+    return f"{TARGET:.0%} not reached in {len(metrics['history'])} epochs ({compiling:.1f} s compiling)"
+
+
+def bring_back(long_run: Path, out: Path) -> list[str]:
+    """The long run's checkpoint (to carry out again next time) and best weights, and the logs, into $OUT; each
+    file under RESULT_LIMIT_MIB. Returns the lines session.md says about them."""
+    lines = []
+    if LONG_CHECKPOINT.exists():
+        shutil.copy2(LONG_CHECKPOINT, out / "long-checkpoint.safetensors")
+    if (long_run / "model.safetensors").exists():
+        with tarfile.open(out / "long-weights.tar.gz", "w:gz") as tar:
+            for file in sorted(p for p in long_run.iterdir() if p.is_file()):
+                tar.add(file, arcname=f"long/{file.name}")
+    logs = out / "session-logs"
+    with tarfile.open(out / "session-logs.tar.gz", "w:gz") as tar:
+        tar.add(logs, arcname="session-logs")
+    shutil.rmtree(logs)
+    for file in sorted(out.iterdir()):
+        size = file.stat().st_size / 2**20
+        lines.append(f"- {file.name}: {size:.1f} MiB" + ("  TOO BIG to bring back" if size > RESULT_LIMIT_MIB else ""))
+    return ["", "Files:", *lines]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_subparsers(dest="step", required=True)
@@ -496,6 +632,12 @@ def main(argv: list[str] | None = None) -> int:
     step.add_argument("--epochs", type=int, default=2)
     step = steps.add_parser("bench", help="there: bench.inference and bench.training on CUDA")
     step.add_argument("--seconds", type=int, default=15, help="per row")
+    step = steps.add_parser("session", help="there: the benchmarks compiled and eager, the fast recipe's time to "
+                            "95%%, then the long run until --seconds have passed (resumed from .data/long/)")
+    step.add_argument("--seconds", type=float, default=480, help="for the whole session (default 480)")
+    step.add_argument("--dry-run", action="store_true", help="every part, briefly: to check it on a CPU")
+    step.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                      help="which parts to run (default all; e.g. --parts long to go on with the long run only)")
     step = steps.add_parser("sweep", help="there: train the recipes until --budget; run again to continue")
     step.add_argument("--budget", type=float, default=540, help="seconds for this call's share of the sweep")
     step.add_argument("--parallel", type=int, default=2, help="runs sharing the GPU at once")
@@ -521,6 +663,8 @@ def main(argv: list[str] | None = None) -> int:
         return smoke(args.photos, args.epochs, args.device)
     if args.step == "bench":
         return bench(args.photos, args.seconds, args.device)
+    if args.step == "session":
+        return session(args.photos, args.device, args.seconds, SessionPlan.choose(args.dry_run), tuple(args.parts))
     known = {r.name: r for r in SWEEP}
     unknown = [name for name in args.only or [] if name not in known]
     if unknown:

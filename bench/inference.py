@@ -16,6 +16,7 @@ import argparse
 import copy
 import itertools
 import resource
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -72,26 +73,34 @@ def single_photo(classifier: Classifier, photos: list[Path], runs: int) -> list[
              f"{percentile(t, 0.5) / p50:.2f}x", faults] for name, (t, faults) in measured.items()]
 
 
-def batched(classifier: Classifier, batch: int, seconds_per_row: int) -> list[list]:
-    """Images/s of each precision and layout, the layouts taking turns batch by batch."""
+def batched(classifier: Classifier, batch: int, seconds_per_row: int, compiled: bool) -> list[list]:
+    """Images/s of each precision and layout, the layouts taking turns batch by batch; with `compiled`, the
+    inference precision's row also compiled (torch.compile), in the Classifier's layout."""
     device, model = classifier.device, classifier.model
     flops = flops_per_photo(model, training=False)
     images = torch.randint(0, 256, (batch, 3, model.image_size, model.image_size), dtype=torch.uint8, device=device)
-    models = {layout: in_layout(model, layout) for layout in Layout}
+    models: dict = {layout: in_layout(model, layout) for layout in Layout}
+    if compiled:
+        models["compiled"] = torch.compile(models[classifier.layout.layout])
+        started = time.perf_counter()
+        predict_logits(models["compiled"], images, batch)
+        print(f"{device.type}: batch {batch} predictions compiled in {time.perf_counter() - started:.1f} s",
+              flush=True)
     rows = []
     for precision in [Precision(device, torch.float32), Precision(device, torch.bfloat16)]:
         if device.type == "cpu" and precision.dtype == torch.bfloat16 and not cpu_has_native_bf16():
             continue
         peak = compute_peak(device, precision.dtype)
 
-        def run(layout: Layout):
+        def run(layout: Layout | str):
             if precision == Precision.for_inference(device):
                 return predict_logits(models[layout], images, batch)  # the app's own path on this device
             with precision.autocast(), torch.inference_mode():
                 return models[layout](normalize(images, model.mean, model.std))
 
         once = sum(timings(partial(run, Layout.CHANNELS_LAST), runs=1, warmup=1, device=device))
-        measured = interleaved({layout: partial(run, layout) for layout in Layout},
+        variants = [*Layout, *(["compiled"] if compiled and precision == Precision.for_inference(device) else [])]
+        measured = interleaved({variant: partial(run, variant) for variant in variants},
                                max(3, int(seconds_per_row / once)), device)
         name = precision.name + (" (TF32 convolutions)" if device.type == "cuda" and precision.dtype == torch.float32
                                  else "")
@@ -100,7 +109,8 @@ def batched(classifier: Classifier, batch: int, seconds_per_row: int) -> list[li
         name += ", the app's path (mirror TTA: 2 forwards a photo)" if app_path else ""
         for layout, (seconds, _) in measured.items():
             per_s = batch / percentile(seconds, 0.5)
-            rows.append([f"{device.type} {name}, batch {batch}, {layout.label}", per_s, per_s * views * flops / 1e9,
+            label = f"{classifier.layout.layout.label}, torch.compile" if layout == "compiled" else layout.label
+            rows.append([f"{device.type} {name}, batch {batch}, {label}", per_s, per_s * views * flops / 1e9,
                          peak / 1e9, f"{per_s * views * flops / peak:.0%}"])
     return rows
 
@@ -112,6 +122,8 @@ def main() -> None:
                         default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     parser.add_argument("--runs", type=int, default=200, help="single-photo calls timed per row")
     parser.add_argument("--seconds", type=int, default=10, help="seconds per batched row")
+    parser.add_argument("--compile", action="store_true", help="also time the batched predictions compiled "
+                        "(torch.compile; a minute or so to compile on a CPU)")
     parser.add_argument("--photos", type=Path, default=PHOTOS, help="full-size JPEGs for the single-photo rows "
                         "(default: the shared sample)")
     args = parser.parse_args()
@@ -123,9 +135,9 @@ def main() -> None:
     latency, throughput = [], []
     for device in map(torch.device, args.device):
         classifier = Classifier(args.model, device=device)
-        print(f"{device.type}: the Classifier's {classifier.layout.describe()}", flush=True)
+        print(f"{device.type}: the Classifier's {classifier.describe()}", flush=True)
         latency += single_photo(classifier, photos, args.runs)
-        throughput += batched(classifier, 64 if device.type == "cpu" else 512, args.seconds)
+        throughput += batched(classifier, 64 if device.type == "cpu" else 512, args.seconds, args.compile)
     report("Inference: one full-size photo", ["path", "p50 ms", "p95 ms", "p50 vs forward", "page faults per call"],
            latency)
     report("Inference: batched forward throughput",

@@ -59,9 +59,9 @@ class SeedStylePhotos(Dataset):
             return self.transform(image.convert("RGB")), self.photos.labels[i]
 
 
-def measure(device: torch.device, photos: Photos, seconds: float, rounds: int) -> list[list]:
+def measure(device: torch.device, photos: Photos, seconds: float, rounds: int, compiled: bool) -> list[list]:
     batch = 512 if device.type == "cuda" else 64
-    config = TrainConfig(data="", schedule="constant", batch_size=batch)
+    config = TrainConfig(data="", schedule="constant", batch_size=batch, compile="off")
     loader = PhotoLoader.load(photos, INPUT_SIZE, device, "benchmark", workers=os.cpu_count() or 1, verbose=False,
                               batch_size=batch, augment=True)
     epochs = (batches for epoch in itertools.count(1) for batches in loader.epoch(epoch))
@@ -84,6 +84,20 @@ def measure(device: torch.device, photos: Photos, seconds: float, rounds: int) -
 
     def premade():
         chosen_run.step(premade_images, premade_labels)
+
+    compiled_steps = {}
+    if compiled:  # train.py's step under --compile on, in auto's layout; compiled for both of an epoch's batch sizes
+        last_batch = len(loader) - (loader.steps - 1) * batch
+        compiled_run = start_run(dataclasses.replace(config, memory_format=chosen.layout.value, compile="on"),
+                                 device, loader.steps, batch, last_batch=last_batch)
+        print(f"{device.type}: the compiled step compiled in {compiled_run.compile_seconds:.1f} s", flush=True)
+
+        def compiled_step():
+            images, labels = next(epochs)
+            compiled_run.step(images, labels)
+            return len(labels)
+        compiled_steps[f"ours compiled (torch.compile, --compile on): batch {batch}, {precision.name}, "
+                       f"{chosen.layout.label}"] = (compiled_step, batch)
 
     seed_model = CatsDogsCNN(class_names=CLASS_NAMES).to(device).train()  # NCHW, fp32
     seed_optimizer = torch.optim.Adam(seed_model.parameters(), lr=1e-3)
@@ -108,7 +122,7 @@ def measure(device: torch.device, photos: Photos, seconds: float, rounds: int) -
              + (" (auto's choice)" if layout is chosen.layout else "") for layout in Layout}
     premade_name = f"the same step on one pre-made batch ({batch}, {precision.name}, {chosen.layout.label})"
     seed_name = "seed style: PIL DataLoader, batch 20, fp32, NCHW, Adam"
-    steps = {**{names[layout]: (step, batch) for layout, (step, _) in ours.items()},
+    steps = {**{names[layout]: (step, batch) for layout, (step, _) in ours.items()}, **compiled_steps,
              premade_name: (premade, batch), seed_name: (seed_style, 20)}
     rates = interleaved_rates(steps, seconds, rounds, device)
     flops = flops_per_photo(model, training=True)
@@ -123,6 +137,8 @@ def measure(device: torch.device, photos: Photos, seconds: float, rounds: int) -
                  f"{best_fixed / ours_rate:.2f}x"])
     rows.append([f"{device.type}: pre-made batch / our pipeline (target <= 1.1)", "", "", "",
                  f"{rates[premade_name] / ours_rate:.2f}x"])
+    for name in compiled_steps:
+        rows.append([f"{device.type}: compiled / eager, the same layout", "", "", "", f"{rates[name] / ours_rate:.2f}x"])
     return rows
 
 
@@ -134,13 +150,15 @@ def main() -> None:
                         default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     parser.add_argument("--seconds", type=float, default=40, help="seconds per row")
     parser.add_argument("--rounds", type=int, default=3, help="turns the rows take, each for seconds/rounds")
+    parser.add_argument("--compile", action="store_true", help="also time train.py's step compiled (--compile on; "
+                        "compiling takes a minute or so on a GPU, a few on a 2-core CPU)")
     args = parser.parse_args()
     photos, _ = find_photos(args.data)
     photos = photos.subset(torch.randperm(len(photos), generator=torch.Generator().manual_seed(0))[:args.photos]
                            .tolist())
     rows = []
     for device in map(torch.device, args.device):
-        rows += measure(device, photos, args.seconds, args.rounds)
+        rows += measure(device, photos, args.seconds, args.rounds, args.compile)
     report(f"Training throughput, whole steps on {len(photos)} real photos",
            ["pipeline", "images/s", "GFLOP/s", "share of peak", "vs seed style"], rows)
 

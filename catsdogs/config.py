@@ -12,6 +12,8 @@ from pathlib import Path
 from catsdogs.autotune import CHOICES
 from catsdogs.model import TTA_MODES
 
+COMPILE = ("auto", "on", "off")  # --compile
+FLIPS = ("random", "alternate")  # --flip
 PHOTOS_ON = ("auto", "device", "host")  # --photos-on: where the decoded photos live while training on a GPU
 CHECKPOINT_IN_OUTPUT = "checkpoint/last.safetensors"  # relative to --output; the push leaves checkpoint/ out
 
@@ -53,6 +55,9 @@ class TrainConfig:
     label_smoothing: float = setting(0.1, "label smoothing of the loss", "recipe", recipe=True)
     dropout: float = setting(0.0, "dropout after each 512-unit layer (adds no parameters)", "recipe", recipe=True)
     augment: bool = setting(True, "random mirror, zoom, shift, rotation and colour jitter", "recipe", recipe=True)
+    flip: str = setting("random", "how augmentation mirrors photos: random = each with probability 1/2 in every "
+                        "epoch; alternate = each in every other epoch (airbench's alternating flip: any two epochs "
+                        "in a row show every photo both ways)", "recipe", recipe=True, choices=FLIPS)
     ema_decay: float = setting(0.0, "keep an exponential moving average of the weights, updated after every step "
                                "with this decay (e.g. 0.999; 0 = off): validation, the best epoch and the saved "
                                "weights are the average's", "recipe", recipe=True)
@@ -64,6 +69,10 @@ class TrainConfig:
     memory_format: str = setting("auto", "the layout the network trains in: auto measures both on this machine at "
                                  "start (seconds) and keeps the faster; the result is the same but for rounding",
                                  "run", choices=CHOICES)
+    compile: str = setting("auto", "torch.compile the network the training steps run (its weights, checkpoints and "
+                           "moving average stay the plain module's): auto = on on CUDA, off on the CPU, where "
+                           "compiling takes minutes for no clear gain (docs/performance.md); the log says how long "
+                           "compiling took", "run", choices=COMPILE)
     photos_on: str = setting("auto", "where the decoded photos live while training on a GPU: auto = on the GPU when "
                              "they take at most half of its free memory, else on the host, streamed from the cache "
                              "file through pinned memory a batch or two ahead; device or host forces one. The same "

@@ -24,7 +24,8 @@ from catsdogs import plots
 from catsdogs.data import CLASS_NAMES, DataError, Found, Photos, choose_split
 from catsdogs.device import pick_device
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model
-from catsdogs.loader import PhotoLoader, find
+from catsdogs.inference import compiled_for_predictions
+from catsdogs.loader import SCORING_BATCH, PhotoLoader, find
 from catsdogs.metrics import BINS, confusion_matrix, measure, per_class
 from catsdogs.model import CatsDogsCNN
 
@@ -70,6 +71,7 @@ class Scores:
     paths: list[Path]  # of the photos scored, in order
     skipped: list[tuple[Path, str]]
     device: torch.device
+    compile_seconds: float | None  # how long compiling the predictions took (CUDA); None: not compiled
 
 
 def score(model: str | Path, data: str | Path, split: str = "all", revision: str | None = None,
@@ -106,10 +108,12 @@ def score(model: str | Path, data: str | Path, split: str = "all", revision: str
     with contextlib.redirect_stdout(sys.stderr):  # where the photos came from: a note, not the report
         loaded = PhotoLoader.load(photos, network.image_size, device, split, workers, progress, cache, cache_dir)
     network = network.to(device, memory_format=torch.channels_last)  # as trained and validated
-    logits, labels = loaded.logits(network, progress).cpu(), loaded.labels.cpu()
+    predictor, compile_seconds = compiled_for_predictions(network, (SCORING_BATCH, 1))
+    logits, labels = loaded.logits(predictor, progress).cpu(), loaded.labels.cpu()
     unreadable = {str(path) for path, _ in loaded.skipped}  # str: read back from the cache, a skipped photo is a Path
     return Scores(network, folder, metrics, split_info, source.named, warnings, logits, labels,
-                  [path for path in photos.paths if str(path) not in unreadable], loaded.skipped, device)
+                  [path for path in photos.paths if str(path) not in unreadable], loaded.skipped, device,
+                  compile_seconds)
 
 
 def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: str | None = None,
@@ -139,7 +143,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
     return {
         "model": f"{model}@{revision}" if revision else str(model), "weights": str(scores.folder),
         "data": scores.data,
-        "split": scores.split, "device": str(scores.device), "n": len(labels), "correct": correct,
+        "split": scores.split, "device": str(scores.device), "compile_seconds": scores.compile_seconds, "n": len(labels), "correct": correct,
         "accuracy": correct / len(labels), "trained_val_accuracy": scores.metrics.get("best_val_accuracy"),
         "class_names": list(CLASS_NAMES), "per_class": per_class(confusion, CLASS_NAMES), "confusion_matrix": confusion.tolist(),
         "calibration": {"temperature": calibration.temperature, "bins": BINS, "ece": calibration.ece_after,
@@ -168,6 +172,8 @@ def format_report(report: dict) -> str:
         lines.append(f"skipped {len(report['skipped'])} unreadable files:")
         lines += [f"  {s['path']}: {s['reason']}" for s in report["skipped"]]
     lines.append(f"\naccuracy {report['accuracy']:.2%} ({report['correct']}/{report['n']}) on {report['device']}")
+    if report["compile_seconds"] is not None:
+        lines[-1] += f" (compiled with torch.compile in {report['compile_seconds']:.1f} s)"
     if report["split"]["name"] == "validation" and report["trained_val_accuracy"] is not None:
         lines[-1] += f"; training reported {report['trained_val_accuracy']:.2%} for these weights"
     lines.append(f"\n{'class':<8}{'precision':>10}{'recall':>10}{'f1':>10}{'photos':>8}")

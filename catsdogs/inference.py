@@ -2,11 +2,13 @@
 
 import copy
 import ctypes
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
+from torch import nn
 
 from catsdogs.autotune import Layout, LayoutChoice, choose_layout, use_layout
 from catsdogs.device import pick_device
@@ -29,6 +31,24 @@ def choose_prediction_layout(model: CatsDogsCNN, requested: str = "auto") -> Lay
         return lambda: predict_logits(candidate, photo)
 
     return choose_layout(requested, device, step_in, rounds=PREDICTION_ROUNDS)
+
+
+def compiled_for_predictions(model: CatsDogsCNN, batch_sizes: Sequence[int]) -> tuple[nn.Module, float | None]:
+    """What runs `model`'s predictions (`predict_logits` takes either): on CUDA the model compiled with
+    torch.compile, warmed up on blank photos of each of `batch_sizes` (a large one and 1: the second size makes the
+    compiler cover every size), its weights still the module's; elsewhere the model itself (on a CPU compiled
+    predictions measured no clear gain, docs/performance.md#compiling-on-a-cpu). Returns it and the seconds the
+    warm-up took (None: not compiled)."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return model, None
+    network = torch.compile(model)
+    started = time.perf_counter()
+    for batch in batch_sizes:
+        predict_logits(network, torch.zeros((batch, 3, model.image_size, model.image_size), dtype=torch.uint8,
+                                            device=device))
+    torch.cuda.synchronize(device)
+    return network, time.perf_counter() - started
 
 
 # What keep_freed_memory lets glibc keep per heap (each thread that predicts has one): one photo's forward pass
@@ -88,6 +108,7 @@ class Classifier:
         try:  # the layout, and a warm-up on the device (the first forward is slow)
             self.layout = choose_prediction_layout(self.model, memory_format)  # (describe() says which, and why)
             use_layout(self.model, self.layout.layout)
+            self.network, self.compile_seconds = compiled_for_predictions(self.model, (self.chunk, 1))
             self.predict([Image.new("RGB", (self.model.image_size,) * 2)])
         except (RuntimeError, ValueError, TypeError) as error:
             raise HubError(f"the weights in {self.folder} load but cannot run "
@@ -96,6 +117,11 @@ class Classifier:
     @property
     def class_names(self) -> list[str]:
         return self.model.class_names
+
+    def describe(self) -> str:
+        """How the network runs here: its memory layout and whether it is compiled."""
+        return f"{self.layout.describe()}; torch.compile: " + (
+            "off" if self.compile_seconds is None else f"compiled and warmed up in {self.compile_seconds:.1f} s")
 
     def predict(self, photos: Sequence[PhotoSource]) -> list[dict[str, float]]:
         """Photos -> {class name: probability} each, in forward passes of at most `chunk` photos.
@@ -121,5 +147,5 @@ class Classifier:
     def _probabilities(self, images: list[torch.Tensor]) -> list[dict[str, float]]:
         if not images:
             return []
-        probabilities = self.model.probabilities(predict_logits(self.model, torch.stack(images), self.chunk)).tolist()
+        probabilities = self.model.probabilities(predict_logits(self.network, torch.stack(images), self.chunk)).tolist()
         return [dict(zip(self.class_names, row)) for row in probabilities]

@@ -104,6 +104,7 @@ class PhotoLoader:
     ranks: Ranks = field(default_factory=Ranks)
     seed: int = 0
     augment: bool = False
+    flip: str = "random"  # how augmentation mirrors: FLIPS
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
@@ -176,13 +177,21 @@ class PhotoLoader:
             fetched = prefetched(partial(gather, self.images), shard.split(self.process_batch), depth=1)
         with closing(fetched):
             for indices, photos in zip(on_device, fetched, strict=True):
-                yield self.prepare(photos), self.labels[indices]
+                mirror = self.alternate_mirror(indices, epoch) if self.flip == "alternate" else None
+                yield self.prepare(photos, mirror), self.labels[indices]
 
-    def prepare(self, photos: torch.Tensor) -> torch.Tensor:
-        """Decoded uint8 photos -> the network's normalised float input, augmented when training asks for it."""
+    def alternate_mirror(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        """--flip alternate (airbench's alternating flip): each photo mirrored in every other epoch, which of the
+        two drawn once per photo from the seed, so that any two epochs in a row show every photo both ways."""
+        first = torch.rand(len(self), generator=torch.Generator().manual_seed(self.seed)) < 0.5
+        return first.to(indices.device)[indices] ^ (epoch % 2 == 0)
+
+    def prepare(self, photos: torch.Tensor, mirror: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoded uint8 photos -> the network's normalised float input, augmented when training asks for it
+        (`mirror`: which photos to mirror; None: each at random)."""
         images = photos.float().div_(255)
         if self.augment:
-            images = augment(images)
+            images = augment(images, mirror)
         return normalize(images, self.mean, self.std)
 
 
@@ -278,15 +287,16 @@ def prefetched(fetch: Callable, items: Iterable, depth: int) -> Iterator:
         thread.join()
 
 
-def augment(images: torch.Tensor) -> torch.Tensor:
-    """Per-photo random mirror, zoom, shift, small rotation and colour jitter on a 0..1 float batch.
+def augment(images: torch.Tensor, mirror: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-photo mirror (`mirror` says which, else at random), random zoom, shift, small rotation and colour jitter
+    on a 0..1 float batch.
 
     One affine warp (affine_grid + grid_sample) does all geometric changes for the
     whole batch, each photo with its own parameters, on whatever device holds it.
     """
     n, device = images.shape[0], images.device
     uniform = lambda low, high: torch.empty(n, device=device).uniform_(low, high)  # noqa: E731
-    mirror = torch.where(torch.rand(n, device=device) < 0.5, -1.0, 1.0)
+    mirror = torch.where(torch.rand(n, device=device) < 0.5 if mirror is None else mirror, -1.0, 1.0)
     scale, angle = uniform(0.85, 1.05), uniform(-0.17, 0.17)  # zoom in up to ~18%, rotate up to ~10 degrees
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     theta = torch.stack([

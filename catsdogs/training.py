@@ -108,6 +108,7 @@ class RunState:
     calibration: Calibration | None = None  # of the best weights, fitted once the last epoch is done (not saved)
     ema: AveragedModel | None = None  # the moving average of the weights (--ema-decay), updated after every step
     layout: LayoutChoice | None = None  # the memory layout the model trains in, and why
+    compile_seconds: float | None = None  # how long torch.compile took before the first step; None: not compiled
 
     @classmethod
     def around(cls, config: TrainConfig, model: CatsDogsCNN, precision: Precision, steps_per_epoch: int,
@@ -115,7 +116,7 @@ class RunState:
         """A run that trains `model` as it is (its device and layout), through `network` when given."""
         optimizer = make_optimizer(config, model)
         return cls(model, optimizer, make_scheduler(config, optimizer, steps_per_epoch), precision.grad_scaler(),
-                   config, precision, network or model, data_fingerprint, steps_per_epoch,
+                   config, precision, model if network is None else network, data_fingerprint, steps_per_epoch,
                    ema=make_ema(config, model))
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,11 +224,12 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_
 
 
 def start_run(config: TrainConfig, device: torch.device, steps_per_epoch: int, process_batch: int,
-              ranks: Ranks = Ranks(), data_fingerprint: str = "") -> RunState:
+              ranks: Ranks = Ranks(), data_fingerprint: str = "", last_batch: int | None = None) -> RunState:
     """A training run ready for its first step: the model built from the run's seed (the same initial weights in
     every process), on `device` in the memory layout that trains fastest there (--memory-format), wrapped in
-    DistributedDataParallel under torchrun, with its optimiser, schedule, gradient scaler and moving average.
-    `train` and the benchmarks start their runs here."""
+    DistributedDataParallel under torchrun, compiled when --compile asks (for the batch sizes an epoch has:
+    `process_batch`, and `last_batch` when its last batch is smaller), with its optimiser, schedule, gradient
+    scaler and moving average. `train` and the benchmarks start their runs here."""
     precision = Precision.for_training(device)
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
@@ -235,9 +237,42 @@ def start_run(config: TrainConfig, device: torch.device, steps_per_epoch: int, p
     use_layout(model, layout.layout)
     network = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if ranks.distributed else model
+    compiled = compiles(config.compile, device)
+    if compiled:
+        # DDP first, then compile, as PyTorch recommends: the compiler splits the graph at DDP's gradient buckets.
+        # Static shapes: an epoch has at most two batch sizes, each compiled once before the first step.
+        network = torch.compile(network, dynamic=False)
     run = RunState.around(config, model, precision, steps_per_epoch, network, data_fingerprint)
     run.layout = layout
+    if compiled:
+        run.compile_seconds = compile_steps(run, {process_batch, last_batch or process_batch})
     return run
+
+
+def compiles(requested: str, device: torch.device) -> bool:
+    """--compile: auto compiles on CUDA only; on the CPU compiling takes minutes for no clear gain
+    (docs/performance.md#compiling-on-a-cpu)."""
+    return requested == "on" or (requested == "auto" and device.type == "cuda")
+
+
+def compile_steps(run: RunState, batch_sizes: set[int]) -> float:
+    """Compile `run.network`'s forward and backward for each batch size on random images, leaving the weights, the
+    optimiser and the run's random stream as they were. Returns the seconds it took."""
+    device = next(run.model.parameters()).device
+    generator = torch.Generator(device).manual_seed(0)
+    size, classes = run.model.image_size, len(run.model.class_names)
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # dropout draws from it
+        for batch in sorted(batch_sizes, reverse=True):
+            images = torch.randn(batch, 3, size, size, device=device, generator=generator)
+            labels = torch.randint(0, classes, (batch,), device=device, generator=generator)
+            with run.precision.autocast():
+                logits = run.network(images)
+            F.cross_entropy(logits.float(), labels).backward()
+    run.optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
 
 
 def train(config: TrainConfig, command: str | None = None) -> TrainResult:
@@ -273,17 +308,20 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
     decoding = dict(device=device, workers=config.workers, verbose=ranks.is_main, cache=config.cache,
                     cache_dir=config.cache_dir, photos_on=config.photos_on, ranks=ranks)
     train_photos = PhotoLoader.load(split.train, INPUT_SIZE, name="training", batch_size=config.batch_size,
-                                    seed=config.seed, augment=config.augment, **decoding)
+                                    seed=config.seed, augment=config.augment, flip=config.flip, **decoding)
     val_photos = PhotoLoader.load(split.val, INPUT_SIZE, name="validation", **decoding)
     train_photos.require_both_classes("training")
     val_photos.require_both_classes("validation")
     fingerprint = f"{split.train.fingerprint()}-{split.val.fingerprint()}"
-    run = start_run(config, device, train_photos.steps, train_photos.process_batch, ranks, fingerprint)
+    last_batch = len(train_photos) // ranks.world - (train_photos.steps - 1) * train_photos.process_batch
+    run = start_run(config, device, train_photos.steps, train_photos.process_batch, ranks, fingerprint, last_batch)
     log(f"training on {describe_device(device, run.precision)}" + (
         f", {ranks.world} processes of {train_photos.process_batch} photos per step, DDP over {dist.get_backend()}"
         if ranks.distributed else "")
         + (f"; memory allocator: {describe_allocator()}" if device.type == "cpu" else ""))
     log(run.layout.describe())
+    log(f"torch.compile (--compile {config.compile}): " + (
+        "off" if run.compile_seconds is None else f"the training step compiled in {run.compile_seconds:.1f} s"))
     if config.resume:
         run.resume_from(config.checkpoint)  # every process resumes from the same file
         log(f"resuming from {config.checkpoint} after epoch {run.epoch} "
@@ -431,7 +469,7 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
         "skipped_files": [[portable_path(str(p)), r.replace(str(p), portable_path(str(p)))]
                           for p, r in train_photos.skipped + val_photos.skipped],
         "epochs_completed": run.epoch, "best_epoch": run.best_epoch, "best_val_accuracy": run.best_accuracy,
-        "training_seconds": run.seconds, "history": [asdict(r) for r in run.history],
+        "training_seconds": run.seconds, "compile_seconds": run.compile_seconds, "history": [asdict(r) for r in run.history],
         **({"calibration": run.calibration.summary()} if run.calibration else {}),
     }
 

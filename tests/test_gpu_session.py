@@ -1,5 +1,6 @@
 """bench.gpu_session: the photos travel to the GPU machine in chunks the device tool can carry, and arrive whole."""
 
+import json
 import tarfile
 
 from imagegen import write_kaggle_folder
@@ -35,3 +36,23 @@ def test_every_sweep_recipe_is_a_valid_train_py_command():
         assert config.epochs == chosen.epochs and config.tta == "mirror" and config.ema_decay > 0
     assert len({r.name for r in gpu_session.SWEEP}) == len(gpu_session.SWEEP)
     assert gpu_session.SWEEP[0].with_epochs(1).epochs == 1
+
+
+def test_the_session_recipes_are_valid_train_py_commands_and_its_dry_run_is_short():
+    import train
+
+    for chosen in (gpu_session.FAST, gpu_session.LONG):
+        config = train.TrainConfig.from_args(train.parse_args(["--data", "x", *chosen.args]))
+        assert config.epochs == chosen.epochs and config.flip == "alternate" and config.compile == "auto"
+    dry, full = gpu_session.SessionPlan.choose(dry_run=True), gpu_session.SessionPlan.choose(dry_run=False)
+    assert (dry.fast.epochs, dry.long.epochs) == (1, 2) and full.fast == gpu_session.FAST
+    assert full.long == gpu_session.LONG
+
+
+def test_time_to_target_counts_compiling_and_the_epochs_until_the_first_at_95(tmp_path):
+    history = [{"epoch": e, "seconds": 2.0, "val_accuracy": acc} for e, acc in ((1, 0.9), (2, 0.951), (3, 0.96))]
+    (tmp_path / "metrics.json").write_text(json.dumps({"compile_seconds": 30.5, "history": history}))
+    assert gpu_session.time_to_target(tmp_path).startswith("95% after epoch 2: 34.5 s from the first step")
+    history[1]["val_accuracy"] = history[2]["val_accuracy"] = 0.94
+    (tmp_path / "metrics.json").write_text(json.dumps({"compile_seconds": None, "history": history}))
+    assert gpu_session.time_to_target(tmp_path) == "95% not reached in 3 epochs (0.0 s compiling)"

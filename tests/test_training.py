@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -24,9 +24,9 @@ from catsdogs import CatsDogsCNN, plots
 from catsdogs.allocator import find_jemalloc
 from catsdogs.checkpoint import load_checkpoint
 from catsdogs.config import PATH_SETTINGS, TrainConfig
-from catsdogs.loader import find_split
+from catsdogs.loader import PhotoLoader, augment, find_split
 from catsdogs.outputs import portable_command, portable_path
-from catsdogs.training import make_scheduler
+from catsdogs.training import make_scheduler, start_run
 
 ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~])/(?:[\w.-]+/)+[\w.-]+")  # /a/b, not https://x/y nor a relative a/b
 
@@ -103,6 +103,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
                 "batch_size": 20, "lr": 0.001, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
                 "label_smoothing": 0.0, "dropout": 0.2, "augment": False, "device": "cpu",
                 "ema_decay": 0.99, "tta": "mirror", "memory_format": "contiguous", "photos_on": "host",
+                "compile": "off", "flip": "alternate",
                 "output": str(tmp_path / "out"), "checkpoint": str(tmp_path / "ck" / "last.safetensors"),
                 "resume": False, "overwrite": True, "workers": 1,
                 "cache": False, "cache_dir": str(tmp_path / "cache"), "data_revision": None, "data_split": "train"}
@@ -115,6 +116,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
             "--batch-size", "20", "--lr", "0.001", "--optimizer", "adam", "--schedule", "constant",
             "--weight-decay", "0", "--label-smoothing", "0", "--dropout", "0.2", "--no-augment", "--ema-decay", "0.99",
             "--tta", "mirror", "--device", "cpu", "--memory-format", "contiguous", "--photos-on", "host",
+            "--compile", "off", "--flip", "alternate",
             "--output", expected["output"], "--checkpoint", expected["checkpoint"], "--overwrite", "--workers", "1",
             "--no-cache", "--cache-dir", expected["cache_dir"]]
     metrics = Path(expected["output"]) / "metrics.json"
@@ -344,3 +346,46 @@ def test_too_little_room_for_a_checkpoint_is_said_before_writing(tmp_path, monke
                                          rf"\d+ MB and {tmp_path} has 2 MB free"):
         save_checkpoint({"weights": torch.zeros(1000)}, tmp_path / "second.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.safetensors"]
+
+
+def test_a_compiled_run_steps_as_the_eager_one_and_keeps_plain_weights(tmp_path):
+    """--compile on, on the CPU: the one test that compiles (forward and backward; about a minute on 2 busy
+    cores). The compiled step's logits and loss match the eager step's, and the weights, the checkpoint and the
+    moving average keep the plain module's names: they load into a plain CatsDogsCNN."""
+    config = TrainConfig(data="", compile="on", memory_format="channels_last", schedule="constant", ema_decay=0.9)
+    compiled = start_run(config, torch.device("cpu"), steps_per_epoch=2, process_batch=4)
+    eager = start_run(replace(config, compile="off"), torch.device("cpu"), steps_per_epoch=2, process_batch=4)
+    assert compiled.compile_seconds > 0 and eager.compile_seconds is None
+    assert compiled.network is not compiled.model and eager.network is eager.model
+    generator = torch.Generator().manual_seed(1)
+    images, labels = torch.randn(4, 3, 224, 224, generator=generator), torch.tensor([0, 1, 1, 0])
+    loss, logits = compiled.step(images, labels)
+    eager_loss, eager_logits = eager.step(images, labels)
+    torch.testing.assert_close(logits.float(), eager_logits.float(), rtol=0.02, atol=0.01)  # bf16 on this CPU
+    torch.testing.assert_close(loss, eager_loss, rtol=0.01, atol=0.001)
+
+    saved = compiled.state_dict()
+    for weights in (saved["model"], saved["ema"]):
+        assert not any("_orig_mod" in name for name in weights)
+    plain = CatsDogsCNN()
+    plain.load_state_dict(saved["model"])  # strict: every name as a plain module has it
+    compiled.model.save_pretrained(tmp_path / "weights")
+    loaded = CatsDogsCNN.from_pretrained(tmp_path / "weights").state_dict()
+    assert all(torch.equal(loaded[name], w) for name, w in compiled.model.state_dict().items())
+
+
+def test_alternate_flip_mirrors_each_photo_in_every_other_epoch():
+    """--flip alternate: a photo's mirror flips from one epoch to the next, and half the photos start mirrored;
+    the default draws afresh (and its batches are the ones it always drew: same seed, same weights)."""
+    loader = PhotoLoader(torch.zeros(200, 3, 8, 8, dtype=torch.uint8), torch.zeros(200, dtype=torch.long), seed=5,
+                         augment=True, flip="alternate")
+    everyone = torch.arange(200)
+    first, second, third = (loader.alternate_mirror(everyone, epoch) for epoch in (1, 2, 3))
+    assert torch.equal(second, ~first) and torch.equal(third, first)
+    assert 70 < int(first.sum()) < 130
+    assert torch.equal(loader.alternate_mirror(everyone[50:60], 1), first[50:60])  # by photo, not by position
+    photos = torch.rand(1, 3, 16, 16)
+    photos[..., :8] = 0  # left half black: mirrored, the right half is
+    torch.manual_seed(0)
+    mirrored, kept = augment(photos.repeat(2, 1, 1, 1), torch.tensor([True, False]))
+    assert mirrored[..., :6].mean() > kept[..., :6].mean()
