@@ -38,6 +38,7 @@ from catsdogs.cache import decoded_photos
 from catsdogs.data import Photos
 from catsdogs.hub import SHIPPED_WEIGHTS, load_model
 from catsdogs.inference import Classifier
+from catsdogs.metrics import auroc
 from catsdogs.model import predict_logits, predict_with_features
 from catsdogs.model import CatsDogsCNN
 from catsdogs.fit_notpet import sample, training_split
@@ -160,12 +161,6 @@ def extract(args: argparse.Namespace, model: CatsDogsCNN) -> dict[str, Views]:
             torch.save({name: {**v.layers, "logits": v.logits} for name, v in done.items()}, args.features)
     return done
 
-
-
-def auroc(pets: torch.Tensor, others: torch.Tensor) -> float:
-    """The chance that a random non-pet scores higher than a random pet (ties count half)."""
-    above = (others[:, None] > pets[None, :]).float() + 0.5 * (others[:, None] == pets[None, :]).float()
-    return above.mean().item()
 
 
 def knn_scorer(bank: torch.Tensor, k: int, normalise: bool):

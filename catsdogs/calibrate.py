@@ -18,6 +18,9 @@ from catsdogs.evaluate import score
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError
 from catsdogs.metrics import MIN_PHOTOS, Calibration, calibrate
 from catsdogs.model import CatsDogsCNN
+from catsdogs.notpet import CONFIG_KEY as NOT_PET_CONFIG_KEY
+from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
+from catsdogs.notpet import NotPetScore
 from catsdogs.outputs import card_details, portable_path, save_outputs
 
 
@@ -41,11 +44,13 @@ def calibrate_folder(folder: str | Path, data: str | Path, split: str = "validat
     result = calibrate(scores.logits, scores.labels)
     metrics = {**scores.metrics, "calibration": {**result.summary(), "data": portable_path(data), **scores.split}}
     config = json.loads((folder / "config.json").read_text())
+    config.pop(NOT_PET_CONFIG_KEY, None)  # written back from the score itself
     model = CatsDogsCNN(**{**config, "temperature": result.temperature})  # its config is what config.json gets
     model.load_state_dict(scores.network.state_dict())
     figure = plots.reliability_diagram(result.bins_before, result.bins_after,
                                        f"{scores.split['description']} (T = {result.temperature:.3f})")
-    save_outputs(model, folder, card_details(metrics), metrics, {"reliability.png": figure})
+    not_pet_score = NotPetScore.load(folder) if (folder / NOT_PET_FILE).is_file() else None  # the same weights
+    save_outputs(model, folder, card_details(metrics), metrics, {"reliability.png": figure}, not_pet_score)
     return result
 
 

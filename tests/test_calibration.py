@@ -106,7 +106,7 @@ def test_shipped_weights_are_calibrated_and_the_app_shows_evaluates_percentages(
             < expected_calibration_error(scores.logits.softmax(dim=1), scores.labels))
     classifier = Classifier(shipped_weights)
     for i in (0, 57, 150):  # a few photos through the app's own path
-        shown = classifier.predict([scores.paths[i]])[0]
+        shown = classifier.predict([scores.paths[i]])[0].probabilities
         assert [shown[name] for name in classifier.class_names] == pytest.approx(calibrated[i].tolist(), abs=1e-4)
 
 
