@@ -15,6 +15,7 @@ from catsdogs.evaluate import main as evaluate_cli
 from catsdogs.evaluate import score
 from catsdogs.hub import HubError, load_model
 from catsdogs.inference import Classifier
+from catsdogs.notpet import NotPetScore
 from catsdogs.training import train
 
 
@@ -78,6 +79,11 @@ def test_training_ends_with_a_fitted_temperature_that_every_consumer_applies(tmp
     assert json.loads((output / "config.json").read_text())["temperature"] == pytest.approx(calibration["temperature"],
                                                                                             abs=1e-4)
     assert (output / "reliability.png").is_file() and "## Calibration" in (output / "README.md").read_text()
+    not_pet_score = NotPetScore.load(output)  # fitted on the same best weights, the bank all 90 training photos
+    assert (len(not_pet_score.bank), not_pet_score.tta) == (summary["n_train"], config.tta)
+    entry = not_pet_score.config_entry()["not_a_pet"]
+    assert json.loads((output / "config.json").read_text())["not_a_pet"] == entry == summary["not_a_pet"]
+    assert f"- Fitted on: {entry['fitted_on']}." in (output / "README.md").read_text()
 
     capsys.readouterr()
     assert evaluate_cli(["--model", str(output), "--data", str(data), "--split", "validation", "--json"]) == 0
