@@ -43,6 +43,18 @@ def test_the_features_come_with_forwards_own_logits_and_leave_the_weights_alone(
     assert set(model.state_dict()) == keys
 
 
+def test_features_stay_with_their_own_photos_when_threads_share_the_model(model):
+    """The app predicts in several threads at once, on one model: each call gets its own photos' features."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [torch.randint(0, 256, (n, 3, 224, 224), dtype=torch.uint8) for n in (1, 3)]
+    expected = [predict_with_features(model, batch)[1] for batch in batches]
+    with ThreadPoolExecutor(2) as pool:
+        found = list(pool.map(lambda i: predict_with_features(model, batches[i % 2])[1], range(24)))
+    for i, features in enumerate(found):
+        torch.testing.assert_close(features, expected[i % 2])
+
+
 def test_fitted_on_real_photos_the_threshold_flags_at_most_5_percent_of_its_pets_and_survives_saving(
         model, shared_data, tmp_path):
     split = find_split(shared_data / "dogs-vs-cats-200" / "train", 0.1, 0)
