@@ -240,7 +240,8 @@ def not_pet_lines(found: dict, pets: int) -> list[str]:
              f"{found['called_not_a_pet']:.1%} of the {found['n']} pictures in {found['folder']} called neither, "
              f"and {found['pets_called_not_a_pet']:.1%} of the {pets} evaluated photos; AUROC {found['auroc']:.3f} "
              "(the chance that a picture of neither scores above a pet)"]
-    lines += [f"  {'neither' if p['not_a_pet'] else 'pet':>7} {p['distance']:.3f}  {p['path']}" for p in found["pictures"]]
+    lines += [f"  {'neither' if p['not_a_pet'] else 'pet':>7} {p['distance']:.3f}  {p['path']}"
+              for p in found["pictures"]]
     lines += [f"  skipped {s['path']}: {s['reason']}" for s in found["skipped"]]
     return lines
 

@@ -45,6 +45,9 @@ def fit_for_weights(model_source: str | Path, data: str | Path, bank_per_class: 
                     progress: bool = True) -> tuple[NotPetScore, Path]:
     """Fit the score for the weights in `model_source` on the training split they were trained on (its
     val_fraction and seed from their metrics.json, as catsdogs.evaluate re-creates it); the score and the folder."""
+    if not Path(model_source).is_dir():  # the score and config.json are written beside the weights
+        raise HubError(f"{model_source} is not a weights folder: fit the score for a local copy (e.g. `hf download "
+                       "REPO --local-dir DIR`), then push it")
     folder = fetch_weights(model_source)
     model = load_model(folder).eval().to(memory_format=torch.channels_last)
     split = training_split(folder, data)
