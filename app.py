@@ -1,5 +1,6 @@
-"""The catsdogs demo: drop in a pet photo, or hold your pet up to the webcam, and see cat vs. dog, and where in
-the photo the network looked (a Grad-CAM heatmap, catsdogs.explain).
+"""The catsdogs demo: drop in a pet photo, or hold your pet up to the webcam, and see cat, dog, or neither (with
+weights that carry a "not a pet" score, catsdogs.notpet), and where in the photo the network looked (a Grad-CAM
+heatmap, catsdogs.explain).
 
     python app.py                                   # the shipped weights/, on http://127.0.0.1:7860
     python app.py --model you/catsdogs --revision main
@@ -8,7 +9,7 @@ the photo the network looked (a Grad-CAM heatmap, catsdogs.explain).
 Weights from the Hub go through the Hub's cache; if the Hub cannot be reached or the
 repo is wrong, the page says so and serves the shipped weights/ instead.
 
-What one request may cost is bounded (README, "Limits and memory"): photos over preprocess.MAX_PIXELS are refused
+What one request may cost is bounded (docs/limits.md): photos over preprocess.MAX_PIXELS are refused
 before decoding however they arrive (upload, webcam, `data:` URL, link, live frame), a batch takes at most
 MAX_BATCH_FILES photos, run Classifier.chunk at a time, and request bodies are capped.
 """
@@ -36,6 +37,7 @@ os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
+from gradio.components.label import LabelConfidence, LabelData  # noqa: E402
 from gradio.exceptions import InvalidPathError  # noqa: E402
 from huggingface_hub import ModelCard, constants  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
@@ -44,15 +46,16 @@ from starlette.middleware import Middleware  # noqa: E402
 
 from catsdogs.explain import Explainer  # noqa: E402
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError  # noqa: E402
-from catsdogs.inference import Classifier, keep_freed_memory  # noqa: E402
+from catsdogs.inference import Answer, Classifier, keep_freed_memory  # noqa: E402
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge  # noqa: E402
 from catsdogs.serving import LinkError, LinkFetcher, RequestSizeLimit, Visit  # noqa: E402
 
 # Below this top-class (calibrated) probability the page says it is not sure. Measured on the shipped weights
-# (README, "Not sure"): the highest threshold that puts the note on at most one pet photo in eight.
+# (docs/demo.md): the highest threshold that puts the note on at most one pet photo in eight.
 UNSURE_BELOW = 0.975
+NOT_A_PET = "not a cat or a dog"  # the third answer, for a photo the weights' "not a pet" score flags
 NOT_A_PHOTO = "This file is not a photo the app can read (is it a JPEG, PNG, WebP or GIF?)."
-# Limits per request (README, "Limits and memory"): each bounds the memory or the time one request can take.
+# Limits per request (docs/limits.md): each bounds the memory or the time one request can take.
 MAX_FILE_BYTES = 20 * 2**20  # one photo file, uploaded or linked
 MAX_BATCH_FILES = 100  # photos per "Several photos" batch: ~5-10 s of the 2 CPU cores, one queue slot
 MAX_REQUEST_BYTES = 8 * 2**20  # any other request body (JSON, parsed in memory): a phone photo as a data: URL fits
@@ -69,7 +72,7 @@ SESSIONS_KEPT = 1000
 CSV_FOLDER = tempfile.mkdtemp(prefix="catsdogs-tables-")  # the batch tables' CSV files, gone when the app stops
 atexit.register(shutil.rmtree, CSV_FOLDER, ignore_errors=True)
 
-# The clickable examples: pictures whose licence lets them ship here (README, "Example pictures", lists each
+# The clickable examples: pictures whose licence lets them ship here (docs/demo.md lists each
 # one's source and licence). No dog among them: no licence-clean dog photo could be found on these machines.
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 EXAMPLE_PICTURES = {"chelsea.jpg": "Chelsea the cat", "coffee.jpg": "A cup of coffee", "grass.jpg": "Grass",
@@ -90,6 +93,8 @@ CSS = """
 #photo .source-selection button[aria-label="Upload file"]::after { content: "Upload"; }
 #photo .source-selection button[aria-label="Capture from camera"]::after { content: "Webcam"; }
 #photo .source-selection button[aria-label="Paste from clipboard"]::after { content: "Paste"; }
+/* Not a cat or a dog: the two probabilities stay, muted. */
+.not-a-pet .confidence-set { opacity: 0.45; }
 """
 
 
@@ -163,6 +168,16 @@ class PetPhotos(FetchesLinks, gr.File):
     """gr.File (several photos) whose links are fetched like PetPhoto's."""
 
 
+class AnswerLabel(gr.Label):
+    """gr.Label (drawn by its frontend) that also takes a LabelData, so its headline can be an answer that is none
+    of the classes ("not a cat or a dog") above the classes' probabilities."""
+
+    is_template = True
+
+    def postprocess(self, value):
+        return value if isinstance(value, LabelData) else super().postprocess(value)
+
+
 class Demo(gr.Blocks):
     """gr.Blocks whose API calls with inputs of the wrong kind get the reason, not Gradio's bare {"error": null};
     whose links are fetched by `links` with the limits of the visitor who sent them; and whose gr.Errors (a
@@ -224,9 +239,25 @@ def load_classifier(model: str, revision: str | None) -> tuple[Classifier | None
         return fallback, message
 
 
-def top_class(probabilities: dict[str, float]) -> str:
-    """The answer: the most likely class."""
-    return max(probabilities, key=probabilities.get)
+def verdict(answer: Answer) -> str:
+    """The answer in words, on every surface: NOT_A_PET, or the most likely class."""
+    return NOT_A_PET if answer.not_a_pet else answer.top_class
+
+
+def unsure(answer: Answer) -> bool:
+    """A photo called a pet, but near 50/50 between the classes."""
+    return not answer.not_a_pet and max(answer.probabilities.values()) < UNSURE_BELOW
+
+
+def label_value(answer: Answer) -> LabelData:
+    """What the Labels and /predict show: the answer as the headline, each class's probability under it."""
+    ranked = sorted(answer.probabilities.items(), key=lambda item: item[1], reverse=True)
+    return LabelData(label=verdict(answer), confidences=[LabelConfidence(label=c, confidence=p) for c, p in ranked])
+
+
+def shown_label(answer: Answer) -> dict:
+    """The page's Label for an answer: not a cat or a dog mutes the probabilities (CSS)."""
+    return gr.update(value=label_value(answer), elem_classes=["not-a-pet"] if answer.not_a_pet else [])
 
 
 def percent(probability: float) -> str:
@@ -234,11 +265,17 @@ def percent(probability: float) -> str:
     return f"{probability:.1%}"
 
 
-def unsure_note(probabilities: dict[str, float]) -> str:
-    if max(probabilities.values()) >= UNSURE_BELOW:
+def answer_note(answer: Answer) -> str:
+    """The note under an answer: why it is neither, or that cat against dog is a guess."""
+    if answer.not_a_pet:
+        return ("🚫 **This doesn't look like a cat or a dog.** It is unlike every photo the network was trained on; "
+                "the percentages are what it would answer if it had to choose.")
+    if not unsure(answer):
         return ""
-    return (f"⚠️ **Not sure this is a cat or a dog.** The model only knows these two classes; "
-            f"with a top score below {UNSURE_BELOW:.1%} the answer is a guess.")
+    cannot_tell = " These weights cannot tell non-pets: anything else also gets cat or dog." \
+        if answer.not_a_pet is None else ""
+    return (f"⚠️ **Not sure between cat and dog.** With a top score below {UNSURE_BELOW:.1%} the answer is a "
+            f"guess.{cannot_tell}")
 
 
 def took(seconds: float) -> str:
@@ -260,29 +297,32 @@ def photo_errors():
 class PhotoAnswer:
     """What the photo tab keeps per visitor (a gr.State) from its answer to its heatmap."""
 
-    class_name: str
+    class_name: str  # the most likely class: the heatmap shows what pushed towards it
     seconds: float
 
 
 @dataclass
 class BatchAnswer:
-    """One photo of a batch: its probabilities, or why it has none."""
+    """One photo of a batch: its answer, or why it has none."""
 
     photo: str
-    probabilities: dict[str, float] | None
+    answer: Answer | None
     problem: str = ""
 
     def row(self, class_names: list[str]) -> list:
         name = os.path.basename(self.photo)
-        if self.probabilities is None:
+        if self.answer is None:
             return [name, "-", *[None] * len(class_names), self.problem]
-        return [name, top_class(self.probabilities), *(round(self.probabilities[c] * 100, 1) for c in class_names),
-                "not sure" if unsure_note(self.probabilities) else ""]
+        probabilities = self.answer.probabilities
+        return [name, verdict(self.answer), *(round(probabilities[c] * 100, 1) for c in class_names),
+                "not sure" if unsure(self.answer) else ""]
 
     def caption(self) -> str:
-        top = top_class(self.probabilities)
-        text = f"{top} {percent(self.probabilities[top])}"
-        return text + " · not sure" if unsure_note(self.probabilities) else text
+        top = self.answer.top_class
+        text = f"{top} {percent(self.answer.probabilities[top])}"
+        if self.answer.not_a_pet:
+            return f"{NOT_A_PET} ({text})"
+        return text + " · not sure" if unsure(self.answer) else text
 
 
 class Predictor:
@@ -305,16 +345,20 @@ class Predictor:
         if isinstance(photo, UnreadablePhoto):
             raise gr.Error(photo.reason)
 
-    def classify(self, photo: "str | io.BytesIO | UnreadablePhoto | None") -> dict[str, float]:
+    def classify(self, photo: "str | io.BytesIO | UnreadablePhoto | None") -> Answer:
         self._usable(photo)
         with photo_errors():
             return self.classifier.predict([photo])[0]
+
+    def label(self, photo: "str | io.BytesIO | UnreadablePhoto | None") -> LabelData:
+        """The API's /predict: the answer as the Label shows it."""
+        return label_value(self.classify(photo))
 
     def where_it_looked(self, photo: "str | io.BytesIO | UnreadablePhoto | None",
                         class_name: str | None = None) -> Image.Image:
         """The photo with the heatmap of `class_name` (by default the class the model answers) over it."""
         if class_name is None:
-            class_name = top_class(self.classify(photo))
+            class_name = self.classify(photo).top_class
             if isinstance(photo, io.BytesIO):  # a data: URL's bytes, read once already
                 photo.seek(0)
         self._usable(photo)
@@ -357,9 +401,9 @@ def show_answer(predictor: Predictor, photo) -> tuple:
     if photo is None:
         return None, "", None, "", None
     started = time.perf_counter()
-    probabilities = predictor.classify(photo)
-    answer = PhotoAnswer(top_class(probabilities), time.perf_counter() - started)
-    return probabilities, unsure_note(probabilities), None, f"Answered in {took(answer.seconds)}", answer
+    answer = predictor.classify(photo)
+    shown = PhotoAnswer(answer.top_class, time.perf_counter() - started)
+    return shown_label(answer), answer_note(answer), None, f"Answered in {took(shown.seconds)}", shown
 
 
 def show_heatmap(predictor: Predictor, photo, answer: PhotoAnswer | None) -> tuple:
@@ -373,8 +417,9 @@ def show_heatmap(predictor: Predictor, photo, answer: PhotoAnswer | None) -> tup
 
 def show_live(predictor: Predictor, frame) -> tuple:
     started = time.perf_counter()
-    probabilities = predictor.classify(frame)
-    return probabilities, unsure_note(probabilities), f"Last frame answered in {took(time.perf_counter() - started)}"
+    answer = predictor.classify(frame)
+    return (shown_label(answer), answer_note(answer),
+            f"Last frame answered in {took(time.perf_counter() - started)}")
 
 
 def show_batch(predictor: Predictor, headers: list[str], files) -> tuple:
@@ -382,7 +427,7 @@ def show_batch(predictor: Predictor, headers: list[str], files) -> tuple:
     answers = predictor.classify_many(files)
     seconds = time.perf_counter() - started
     rows = [answer.row(predictor.class_names) for answer in answers]
-    gallery = [(answer.photo, answer.caption()) for answer in answers if answer.probabilities is not None]
+    gallery = [(answer.photo, answer.caption()) for answer in answers if answer.answer is not None]
     table = pd.DataFrame(rows, columns=headers).style.format(precision=1, na_rep="-")  # 28.0, not 28
     return (gallery, table, write_csv(headers, rows),
             f"{len(answers)} photo{'s' if len(answers) != 1 else ''} answered in {took(seconds)}")
@@ -415,13 +460,38 @@ def how_it_works(classifier: Classifier | None) -> str:
         "**The network.** A small convolutional network (786,402 parameters: five blocks of 3×3 convolutions, "
         "then two fully connected layers) trained on Kaggle's *Dogs vs. Cats* photos. It sees the whole photo "
         f"squashed to 224×224 pixels and gives each class a probability. {accuracy} {honesty}\n\n"
+        f"{neither(classifier)}\n\n"
         "**Where it looked.** The heatmap is Grad-CAM: the parts of the photo that pushed the network towards its "
         "answer are red and yellow, those that did not keep their own colours. It shows what the network used, "
         "not what a person would.\n\n"
-        f"**Limits.** It only knows cats and dogs: anything else still gets one of the two, often confidently "
-        f"(try the coffee cup). Below {UNSURE_BELOW:.1%} for the top class the page says it is not sure. It judges "
-        "the whole photo at once: several animals, drawings or a pet far away are guesses too."
+        f"**Limits.** {limits(classifier)} Below {UNSURE_BELOW:.1%} for the top class the page says it is not sure "
+        "between cat and dog. It judges the whole photo at once: several animals, drawings or a pet far away are "
+        "guesses too."
     )
+
+
+def tells_non_pets(classifier: Classifier | None) -> bool:
+    return classifier is not None and classifier.not_pet_score is not None
+
+
+def neither(classifier: Classifier | None) -> str:
+    """What the page says about its third answer, from the weights' "not a pet" score (or its absence)."""
+    if not tells_non_pets(classifier):
+        return ("**Not a cat or a dog?** These weights carry no \"not a pet\" score: they cannot tell a photo of "
+                "something else, and answer cat or dog for anything.")
+    score = classifier.not_pet_score
+    return (f"**Not a cat or a dog.** The page also measures how unlike the training photos a photo is: the "
+            f"distance from the network's last features to those of the nearest training photos (the {score.k}-th "
+            f"nearest of {len(score.bank)}). Above the threshold ({score.rule}), the answer is *{NOT_A_PET}*, and "
+            "the two percentages stay, muted.")
+
+
+def limits(classifier: Classifier | None) -> str:
+    if not tells_non_pets(classifier):
+        return ("It only knows cats and dogs: anything else still gets one of the two, often confidently (try the "
+                "coffee cup).")
+    return ("It knows cats and dogs, and tells apart pictures unlike its photos (try the brick wall); faces and many "
+            "everyday objects still pass as pets and get cat or dog (try the coffee cup).")
 
 
 def model_card(classifier: Classifier | None) -> None:
@@ -443,12 +513,12 @@ def model_card(classifier: Classifier | None) -> None:
 
 def header(startup_warning: str) -> None:
     gr.Markdown("# 🐱 Cat or dog?\nGive it a photo of a pet, or click one of the examples: a small network "
-                "says cat or dog, how sure it is, and shows where in the photo it looked.", elem_id="intro")
+                "says cat, dog or neither, how sure it is, and shows where in the photo it looked.", elem_id="intro")
     if startup_warning:
         gr.Markdown(f"⚠️ {startup_warning}", elem_id="startup-warning")
 
 
-def photo_tab(predictor: Predictor) -> tuple[PetPhoto, gr.Label, gr.Image]:
+def photo_tab(predictor: Predictor) -> tuple[PetPhoto, AnswerLabel, gr.Image]:
     with gr.Tab("Photo"):
         with gr.Row(equal_height=False):
             with gr.Column():
@@ -459,8 +529,8 @@ def photo_tab(predictor: Predictor) -> tuple[PetPhoto, gr.Label, gr.Image]:
                 gr.Examples([[EXAMPLES / name] for name in EXAMPLE_PICTURES], photo, cache_examples=False,
                             example_labels=list(EXAMPLE_PICTURES.values()), label="No photo at hand? Click one")
             with gr.Column():
-                label = gr.Label(num_top_classes=len(predictor.class_names), label="Prediction",
-                                 elem_id="prediction")
+                label = AnswerLabel(num_top_classes=len(predictor.class_names), label="Prediction",
+                                    elem_id="prediction")
                 note = gr.Markdown(elem_id="unsure")
                 heatmap = gr.Image(label="Where it looked", interactive=False, height=IMAGE_HEIGHT, format="jpeg",
                                    elem_id="heatmap", buttons=["download", "fullscreen"])
@@ -486,8 +556,8 @@ def live_tab(predictor: Predictor) -> None:
                             elem_id="live", image_mode=None, height=IMAGE_HEIGHT, webcam_options=gr.WebcamOptions(
                                 constraints={"video": {"width": {"ideal": 640}}}))
             with gr.Column():
-                live_label = gr.Label(num_top_classes=len(predictor.class_names), elem_id="live-prediction",
-                                      label="Live prediction")
+                live_label = AnswerLabel(num_top_classes=len(predictor.class_names), elem_id="live-prediction",
+                                         label="Live prediction")
                 live_note = gr.Markdown(elem_id="live-unsure")
                 gr.Markdown("Updates twice a second while the webcam records, for up to a minute.",
                             elem_classes="caption")
@@ -511,17 +581,20 @@ def batch_tab(predictor: Predictor) -> tuple[gr.File, gr.Dataframe]:
     return files, table
 
 
-def api_endpoints(predictor: Predictor, photo: PetPhoto, label: gr.Label, heatmap: gr.Image, files: gr.File,
+def api_endpoints(predictor: Predictor, photo: PetPhoto, label: AnswerLabel, heatmap: gr.Image, files: gr.File,
                   table: gr.Dataframe) -> None:
-    """The API (README, "API"): the page's inputs and outputs, answered by invisible buttons' events."""
+    """The API (docs/api.md): the page's inputs and outputs, answered by invisible buttons' events."""
     endpoint = partial(gr.Button(visible=False).click, concurrency_id="predict")
-    endpoint(predictor.classify, photo, label, api_name="predict", api_description=(
-        "Cat or dog? One photo in; each class's probability out, the most likely first."))
+    endpoint(predictor.label, photo, label, api_name="predict", api_description=(
+        f"Cat, dog, or neither? One photo in; out, the answer as `label` (a class, or \"{NOT_A_PET}\" for a photo "
+        "unlike every training photo, with weights that carry a not-a-pet score) and each class's probability "
+        "as `confidences`, the most likely first."))
     endpoint(predictor.where_it_looked, photo, heatmap, api_name="heatmap", api_description=(
         "Where it looked: one photo in; the photo with a Grad-CAM heatmap of the class the model answers."))
     endpoint(predictor.rows, files, table, api_name="predict_many", api_description=(
         f"Several photos (up to {MAX_BATCH_FILES}) in; a table out, one row per photo in order: its name, the "
-        "answer, each class's probability in percent and a note (not sure, or why the file could not be read)."))
+        f"answer (a class, or \"{NOT_A_PET}\"), each class's probability in percent and a note (not sure, or why "
+        "the file could not be read)."))
 
 
 def build_demo(classifier: Classifier | None, startup_warning: str = "",
@@ -563,7 +636,7 @@ def main() -> None:
     keep_freed_memory(heaps=PREDICT_SLOTS)  # this process serves one model: keep its activations' memory
     classifier, warning = load_classifier(args.model, args.revision)
     if classifier is not None:
-        print(f"serving {classifier.source} on {classifier.device.type}; {classifier.layout.describe()}", flush=True)
+        print(f"serving {classifier.source} on {classifier.device.type}; {classifier.describe()}", flush=True)
     demo = build_demo(classifier, warning, tuple(args.allow_links_from))
     demo.queue(default_concurrency_limit=PREDICT_SLOTS, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_BYTES, theme=THEME, css=CSS,

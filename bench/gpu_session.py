@@ -250,7 +250,7 @@ photos = sorted(Path(sys.argv[2]).glob("*.jpg"))
 started = time.perf_counter()
 results = classifier.predict(photos)
 took = time.perf_counter() - started
-right = sum(max(r, key=r.get) == p.name.split(".")[0] for r, p in zip(results, photos))
+right = sum(r.top_class == p.name.split(".")[0] for r, p in zip(results, photos))
 print(f"Classifier on {classifier.device}: {right}/{len(photos)} full-size photos right, "
       f"{took * 1000 / max(1, len(photos)):.1f} ms a photo in one call")
 """

@@ -35,9 +35,9 @@ def main() -> None:
     label_s, heatmap_s = [], []
     for i, photo in zip(range(args.runs + 5), itertools.cycle(photos)):
         started = time.perf_counter()
-        probabilities = classifier.predict([photo])[0]
+        answer = classifier.predict([photo])[0]
         labelled = time.perf_counter()
-        explainer.overlay(photo, max(probabilities, key=probabilities.get))
+        explainer.overlay(photo, answer.top_class)
         if i >= 5:  # the first calls warm up
             label_s.append(labelled - started)
             heatmap_s.append(time.perf_counter() - labelled)

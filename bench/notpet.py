@@ -2,7 +2,8 @@
 
     python -m bench.notpet --data ../shared/data/dogs-vs-cats-200/train \\
         --full-size ../shared/data/dogs-vs-cats-fullres-sample --pictures DIR... --features FILE.pt
-    python -m bench.notpet ... --cost    # what the score adds to one photo's answer
+    python -m bench.notpet --data ../shared/data/dogs-vs-cats-200/train \
+        --full-size ../shared/data/dogs-vs-cats-fullres-sample --cost    # what the score adds to one answer
 
 Every score is fitted on training photos only (no non-pet is ever fitted on): a bank of --bank-per-class
 training photos of each class (never one of the full-size photos, whose 200px copies are in the training set).
@@ -24,6 +25,7 @@ Extracting the features takes minutes on a CPU; --features keeps them, and a lat
 """
 
 import argparse
+import copy
 import statistics
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -38,10 +40,11 @@ from catsdogs.cache import decoded_photos
 from catsdogs.data import Photos
 from catsdogs.hub import SHIPPED_WEIGHTS, load_model
 from catsdogs.inference import Classifier
+from catsdogs.metrics import auroc
 from catsdogs.model import predict_logits, predict_with_features
 from catsdogs.model import CatsDogsCNN
 from catsdogs.fit_notpet import sample, training_split
-from catsdogs.notpet import NEIGHBOUR, fit, threshold_for
+from catsdogs.notpet import NEIGHBOUR, threshold_for
 from catsdogs.preprocess import load_photo, normalize, open_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,12 +165,6 @@ def extract(args: argparse.Namespace, model: CatsDogsCNN) -> dict[str, Views]:
 
 
 
-def auroc(pets: torch.Tensor, others: torch.Tensor) -> float:
-    """The chance that a random non-pet scores higher than a random pet (ties count half)."""
-    above = (others[:, None] > pets[None, :]).float() + 0.5 * (others[:, None] == pets[None, :]).float()
-    return above.mean().item()
-
-
 def knn_scorer(bank: torch.Tensor, k: int, normalise: bool):
     """The distance to the k-th nearest of `bank`, of L2-normalised features or raw ones."""
     prepare = (lambda f: torch.nn.functional.normalize(f, dim=1)) if normalise else (lambda f: f)
@@ -282,16 +279,20 @@ def picture_rows(names: list[str], views: dict[str, Views], setting: Setting, te
             for name, score, p in sorted(zip(names, scores, top, strict=True), key=lambda row: -row[1])]
 
 
-def cost(weights: str, photo: Path, bank: torch.Tensor, rounds: int = 30) -> list[list]:
-    """Milliseconds for one photo's answer on the app's path (Classifier's model, layout and mirror TTA): the
-    network alone, the network with the features kept, and the score of those features."""
+def cost(weights: str, photo: Path, rounds: int = 30) -> list[list]:
+    """Milliseconds for one photo's answer on the app's path (Classifier's model, layout and mirror TTA, the weights'
+    own score): the network alone, the network with the features kept, the score of those features, and the whole
+    answer (decoding included) with and without the score."""
     classifier = Classifier(weights)
+    without_score = copy.copy(classifier)
+    without_score.not_pet_score = None
     image = load_photo(photo, classifier.model.image_size)[None]
-    score = fit(bank, bank[:100], classifier.model.tta, "timing only")
     features = predict_with_features(classifier.model, image)[1]
     steps = {"network (predict_logits)": lambda: predict_logits(classifier.model, image),
              "network, features kept (predict_with_features)": lambda: predict_with_features(classifier.model, image),
-             "the score (NotPetScore.is_pet)": lambda: score.is_pet(features)}
+             "the score (NotPetScore.is_pet)": lambda: classifier.not_pet_score.is_pet(features),
+             "the answer without the score (Classifier.predict)": lambda: without_score.predict([photo]),
+             "the answer with the score (Classifier.predict)": lambda: classifier.predict([photo])}
     seconds = {name: [] for name in steps}
     for _ in range(rounds):  # interleaved: a burst of load elsewhere hits every step alike
         for name, step in steps.items():
@@ -307,16 +308,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="the training data (Kaggle's 200px photos)")
     parser.add_argument("--full-size", type=Path, required=True, help="full-size pet photos, none in the bank")
     parser.add_argument("--pictures", type=Path, nargs="*", default=[], help="folders holding more NON_PET_PHOTOS")
-    parser.add_argument("--features", type=Path, required=True, help="where the extracted features are kept")
+    parser.add_argument("--features", type=Path, help="where the extracted features are kept (not for --cost)")
     parser.add_argument("--bank-per-class", type=int, default=1000, help="training photos of each class fitted on")
     parser.add_argument("--val-per-class", type=int, default=500, help="validation photos of each class")
-    parser.add_argument("--cost", action="store_true", help="time the score on one photo instead (needs --features)")
+    parser.add_argument("--cost", action="store_true", help="time the score on one photo instead")
     args = parser.parse_args()
+    if not args.cost and args.features is None:
+        parser.error("--features is needed (where the extracted features are kept)")
     model = load_model(args.model).eval().to(memory_format=torch.channels_last)
     if args.cost:
-        bank = torch.load(args.features)["bank"]["penultimate"].mean(dim=0)
         report("The score's cost per photo (median of interleaved rounds)", ["step", "min ms", "median ms",
-               "median / network's"], cost(args.model, sorted(args.full_size.glob("*.jpg"))[0], bank))
+               "median / network's"], cost(args.model, sorted(args.full_size.glob("*.jpg"))[0]))
         return
     views = extract(args, model)
     bank, val = bench_photos(args)

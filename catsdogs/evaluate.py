@@ -4,6 +4,7 @@
     python -m catsdogs.evaluate --model you/catsdogs --data ~/my-pets --json     # a Hub repo, every photo
     python -m catsdogs.evaluate --model runs/a --data ~/dogs-vs-cats/train --split training --mistakes 20
     python -m catsdogs.evaluate --data hf://datasets/microsoft/cats_vs_dogs --data-revision SHA --split validation
+    python -m catsdogs.evaluate --data ~/dogs-vs-cats/train --split validation --not-pets ~/not-pets   # + neither
 
 `--split validation` re-creates the exact split train.py validated on (its --val-fraction and --seed are read
 from the weights' metrics.json), and the photos are decoded and scored by the same loader training validates
@@ -21,13 +22,16 @@ from pathlib import Path
 import torch
 
 from catsdogs import plots
-from catsdogs.data import CLASS_NAMES, DataError, Found, Photos, choose_split
+from catsdogs.data import CLASS_NAMES, IMAGE_SUFFIXES, DataError, Found, Photos, choose_split
 from catsdogs.device import pick_device
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model
-from catsdogs.inference import compiled_for_predictions
+from catsdogs.inference import compiled_for_predictions, load_not_pet_score
 from catsdogs.loader import SCORING_BATCH, PhotoLoader, find
-from catsdogs.metrics import BINS, confusion_matrix, measure, per_class
-from catsdogs.model import CatsDogsCNN
+from catsdogs.metrics import BINS, auroc, confusion_matrix, measure, per_class
+from catsdogs.model import CatsDogsCNN, predict_with_features
+from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
+from catsdogs.outputs import portable_path
+from catsdogs.preprocess import BAD_IMAGE_ERRORS, load_photo
 
 SPLITS = ("all", "validation", "training")
 
@@ -67,6 +71,7 @@ class Scores:
     data: str  # where they are: what --data named, a Hub dataset with the commit it was read at
     warnings: list[str]
     logits: torch.Tensor  # (N, classes), float32, on the CPU
+    features: torch.Tensor  # (N, 512): the penultimate features of the same pass, on the CPU
     labels: torch.Tensor
     paths: list[Path]  # of the photos scored, in order
     skipped: list[tuple[Path, str]]
@@ -109,9 +114,10 @@ def score(model: str | Path, data: str | Path, split: str = "all", revision: str
         loaded = PhotoLoader.load(photos, network.image_size, device, split, workers, progress, cache, cache_dir)
     network = network.to(device, memory_format=torch.channels_last)  # as trained and validated
     predictor, compile_seconds = compiled_for_predictions(network, (SCORING_BATCH, 1))
-    logits, labels = loaded.logits(predictor, progress).cpu(), loaded.labels.cpu()
+    logits, features = (outputs.cpu() for outputs in loaded.logits_and_features(predictor, progress))
+    labels = loaded.labels.cpu()
     unreadable = {str(path) for path, _ in loaded.skipped}  # str: read back from the cache, a skipped photo is a Path
-    return Scores(network, folder, metrics, split_info, source.named, warnings, logits, labels,
+    return Scores(network, folder, metrics, split_info, source.named, warnings, logits, features, labels,
                   [path for path in photos.paths if str(path) not in unreadable], loaded.skipped, device,
                   compile_seconds)
 
@@ -120,10 +126,13 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
              val_fraction: float | None = None, seed: int | None = None, mistakes: int = 10,
              workers: int = min(8, os.cpu_count() or 1), progress: bool = True,
              reliability_png: str | Path | None = None, cache: bool = True,
-             cache_dir: str | Path | None = None, data_revision: str | None = None, data_split: str = "train") -> dict:
+             cache_dir: str | Path | None = None, data_revision: str | None = None, data_split: str = "train",
+             not_pets: str | Path | None = None) -> dict:
     """Score the weights on `split` of `data` (see `score`); the report is plain JSON data.
 
     With `reliability_png`, the reliability diagram (with and without the weights' temperature) is written there.
+    With `not_pets`, a folder of pictures of neither cats nor dogs, the report also says how the weights' "not a pet"
+    score tells them from the evaluated photos (`not_pet_report`).
     """
     scores = score(model, data, split, revision, val_fraction, seed, workers, progress, cache, cache_dir,
                    data_revision, data_split)
@@ -153,6 +162,38 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
              "probability": confidence[i]} for i in worst],
         "skipped": [{"path": str(path), "reason": reason} for path, reason in scores.skipped],
         "warnings": scores.warnings,
+        **({"not_pets": not_pet_report(scores, Path(not_pets))} if not_pets else {}),
+    }
+
+
+def not_pet_report(scores: Scores, folder: Path) -> dict:
+    """How the weights' "not a pet" score does on the pictures in `folder` (none of them a cat or a dog) against
+    the evaluated photos: the share of each called "not a cat or a dog", and the AUROC of the score."""
+    not_pet_score = load_not_pet_score(scores.folder, scores.network)
+    if not_pet_score is None:
+        raise HubError(f"the weights in {scores.folder} have no {NOT_PET_FILE}: fit one with "
+                       "python -m catsdogs.fit_notpet")
+    pictures = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images, read, skipped = [], [], []
+    for picture in pictures:
+        try:
+            images.append(load_photo(picture, scores.network.image_size))
+            read.append(picture)
+        except BAD_IMAGE_ERRORS as error:
+            skipped.append({"path": str(picture), "reason": f"{type(error).__name__}: {error}"})
+    if not images:
+        raise DataError(f"no readable pictures in {folder} to score as not pets")
+    features = predict_with_features(scores.network, torch.stack(images))[1].cpu()
+    others, pets = not_pet_score.score(features), not_pet_score.score(scores.features)
+    flagged = ~not_pet_score.within(others)
+    return {
+        "folder": portable_path(folder), "n": len(read), "threshold": not_pet_score.threshold,
+        "called_not_a_pet": flagged.float().mean().item(),
+        "pets_called_not_a_pet": (~not_pet_score.within(pets)).float().mean().item(),
+        "auroc": auroc(pets, others),
+        "pictures": [{"path": str(path), "distance": distance, "not_a_pet": flag}
+                     for path, distance, flag in zip(read, others.tolist(), flagged.tolist(), strict=True)],
+        "skipped": skipped,
     }
 
 
@@ -193,7 +234,21 @@ def format_report(report: dict) -> str:
         lines.append(f"\n{len(report['mistakes'])} most confident mistakes:")
         lines += [f"  {m['probability']:7.2%} {m['predicted']} (true {m['true']})  {m['path']}"
                   for m in report["mistakes"]]
+    if "not_pets" in report:
+        lines += not_pet_lines(report["not_pets"], report["n"])
     return "\n".join(lines)
+
+
+def not_pet_lines(found: dict, pets: int) -> list[str]:
+    """The "not a pet" part of the report, as a person reads it."""
+    lines = [f"\nnot a cat or a dog (the weights' not-a-pet score, threshold {found['threshold']:.4f}): "
+             f"{found['called_not_a_pet']:.1%} of the {found['n']} pictures in {found['folder']} called neither, "
+             f"and {found['pets_called_not_a_pet']:.1%} of the {pets} evaluated photos; AUROC {found['auroc']:.3f} "
+             "(the chance that a picture of neither scores above a pet)"]
+    lines += [f"  {'neither' if p['not_a_pet'] else 'pet':>7} {p['distance']:.3f}  {p['path']}"
+              for p in found["pictures"]]
+    lines += [f"  skipped {s['path']}: {s['reason']}" for s in found["skipped"]]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="decode the photos without reading or writing the photo cache that train.py uses")
     parser.add_argument("--cache-dir", help="the photo cache's folder (default: as train.py's --cache-dir)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (and nothing else) to stdout")
+    parser.add_argument("--not-pets", metavar="DIR", help="pictures of neither cats nor dogs: report the share the "
+                        "weights' not-a-pet score calls neither, and its AUROC against the evaluated photos")
     parser.add_argument("--reliability", metavar="PNG",
                         help="also write the reliability diagram (accuracy against confidence) to this file")
     args = parser.parse_args(argv)
@@ -228,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):  # libraries' notes and warnings must not mix into the report
             report = evaluate(args.model, args.data, args.split, args.revision, args.val_fraction, args.seed,
                               args.mistakes, args.workers, reliability_png=args.reliability, cache=args.cache,
-                              cache_dir=args.cache_dir, data_revision=args.data_revision, data_split=args.data_split)
+                              cache_dir=args.cache_dir, data_revision=args.data_revision, data_split=args.data_split,
+                              not_pets=args.not_pets)
     except (DataError, HubError, IncompatibleModel) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

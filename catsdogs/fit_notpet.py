@@ -18,17 +18,12 @@ from catsdogs.evaluate import read_metrics
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model
 from catsdogs.loader import PhotoLoader, find_split
 from catsdogs.model import CatsDogsCNN, predict_with_features
-from catsdogs.notpet import BANK_PER_CLASS, NEIGHBOUR, SEED, NotPetScore, fit
+from catsdogs.notpet import BANK_PER_CLASS, NEIGHBOUR, SEED, NotPetScore, bank_indices, fit
 
 
 def sample(photos: Photos, per_class: int, seed: int = SEED) -> Photos:
-    """At most `per_class` photos of each class, drawn with `seed`, in their original order."""
-    generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for label in sorted(set(photos.labels)):
-        members = [i for i, y in enumerate(photos.labels) if y == label]
-        chosen += [members[i] for i in torch.randperm(len(members), generator=generator)[:per_class].tolist()]
-    return photos.subset(sorted(chosen))
+    """At most `per_class` photos of each class, drawn with `seed`, in their original order (`bank_indices`)."""
+    return photos.subset(bank_indices(list(photos.labels), per_class, seed))
 
 
 def features_of(model: CatsDogsCNN, photos: Photos, name: str, workers: int, progress: bool) -> torch.Tensor:
@@ -50,6 +45,9 @@ def fit_for_weights(model_source: str | Path, data: str | Path, bank_per_class: 
                     progress: bool = True) -> tuple[NotPetScore, Path]:
     """Fit the score for the weights in `model_source` on the training split they were trained on (its
     val_fraction and seed from their metrics.json, as catsdogs.evaluate re-creates it); the score and the folder."""
+    if not Path(model_source).is_dir():  # the score and config.json are written beside the weights
+        raise HubError(f"{model_source} is not a weights folder: fit the score for a local copy (e.g. `hf download "
+                       "REPO --local-dir DIR`), then push it")
     folder = fetch_weights(model_source)
     model = load_model(folder).eval().to(memory_format=torch.channels_last)
     split = training_split(folder, data)
@@ -75,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     path = score.save(folder)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {json.dumps(score.config_entry(), indent=2)}")
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and its entry in {folder / 'config.json'}: "
+          f"{json.dumps(score.config_entry(), indent=2)}")
     return 0
 
 

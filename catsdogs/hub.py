@@ -33,9 +33,10 @@ from huggingface_hub.errors import (
 from safetensors import SafetensorError
 
 from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, TTA_MODES, CatsDogsCNN, predict_logits
+from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
 
 
-WEIGHTS_FILES = ("model.safetensors", "config.json")  # what a model needs; the card and metrics are optional
+WEIGHTS_FILES = ("model.safetensors", "config.json")  # what a model needs; the card, metrics and score are optional
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 # Never published: the temporary folder a save is written into (a killed run may leave one), hidden files, and
 # the run's checkpoint folder inside the output folder.
@@ -158,8 +159,8 @@ def fetch_weights(source: str | Path, revision: str | None = None) -> Path:
         raise HubError(f"{source} is neither a weights folder nor a Hub repo id like user/catsdogs")
     else:
         where = f"{source}@{revision}" if revision else str(source)
-        folder = snapshot(str(source), "model", revision, [*WEIGHTS_FILES, "README.md", "metrics.json"],
-                          where).folder
+        folder = snapshot(str(source), "model", revision,
+                          [*WEIGHTS_FILES, "README.md", "metrics.json", NOT_PET_FILE], where).folder
     missing = [name for name in WEIGHTS_FILES if not (folder / name).is_file()]
     if missing:
         raise HubError(f"{source} has no {' or '.join(missing)}: it does not hold catsdogs weights")

@@ -1,9 +1,11 @@
-"""Running the network: photos in, class probabilities out, in the precision catsdogs.device picks for predictions."""
+"""Running the network: photos in, class probabilities and the "not a pet" verdict out, in the precision
+catsdogs.device picks for predictions."""
 
 import copy
 import ctypes
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,7 +15,9 @@ from torch import nn
 from catsdogs.autotune import Layout, LayoutChoice, choose_layout, use_layout
 from catsdogs.device import pick_device
 from catsdogs.hub import HubError, card_metric, fetch_weights, load_model
-from catsdogs.model import CatsDogsCNN, predict_logits
+from catsdogs.model import CatsDogsCNN, predict_logits, predict_with_features
+from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
+from catsdogs.notpet import NotPetScore
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, PhotoSource, load_photo
 
 
@@ -84,8 +88,41 @@ def keep_freed_memory(keep_bytes: int = KEEP_FREED_BYTES, heaps: int | None = No
         libc.mallopt(m_arena_max, heaps)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One photo's answer: each class's calibrated probability and, where the weights carry a "not a pet" score
+    (catsdogs.notpet), whether the photo is unlike every training photo."""
+
+    probabilities: dict[str, float]
+    not_a_pet: bool | None = None  # None: these weights cannot tell (no score beside them)
+    distance: float | None = None  # the score: the distance to the k-th nearest training photo's features
+
+    @property
+    def top_class(self) -> str:
+        return max(self.probabilities, key=self.probabilities.get)
+
+
+def load_not_pet_score(folder: Path, model: CatsDogsCNN) -> NotPetScore | None:
+    """The "not a pet" score beside the weights in `folder`, or None where there is none; HubError where it cannot
+    be used with them."""
+    if not (folder / NOT_PET_FILE).is_file():
+        return None
+    try:
+        score = NotPetScore.load(folder)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise HubError(f"the {NOT_PET_FILE} in {folder} cannot be read ({type(error).__name__}: {error})") from error
+    if score.tta != model.tta:
+        raise HubError(f"the {NOT_PET_FILE} in {folder} was fitted with test-time augmentation {score.tta!r}, and "
+                       f"these weights run with {model.tta!r}: fit it again (python -m catsdogs.fit_notpet)")
+    if score.bank.shape[1] != model.head.in_features:
+        raise HubError(f"the {NOT_PET_FILE} in {folder} holds {score.bank.shape[1]} features per photo, and these "
+                       f"weights have {model.head.in_features}: it belongs to other weights")
+    return score
+
+
 class Classifier:
-    """A model loaded once and kept on its device: the app's (and the benchmarks') path from photo to probabilities.
+    """A model loaded once and kept on its device: the app's (and the benchmarks') path from photo to answer, and
+    the one place the "not a pet" score (`notpet.safetensors` beside the weights, when there is one) is applied.
 
     Memory per call is bounded: photos are decoded one at a time (preprocess.MAX_PIXELS) and run through the
     network `chunk` at a time (~25 MB of activations per photo on the CPU).
@@ -103,6 +140,8 @@ class Classifier:
         self.source = f"{source}@{revision}" if revision else str(source)
         self.device = device or pick_device()
         self.model = load_model(self.folder).to(self.device)
+        score = load_not_pet_score(self.folder, self.model)
+        self.not_pet_score = score.to(self.device) if score else None
         self.val_accuracy = card_metric(self.folder, "accuracy")
         self.val_calibration_error = card_metric(self.folder, "expected_calibration_error")
         try:  # the layout, and a warm-up on the device (the first forward is slow)
@@ -123,15 +162,15 @@ class Classifier:
         return f"{self.layout.describe()}; torch.compile: " + (
             "off" if self.compile_seconds is None else f"compiled and warmed up in {self.compile_seconds:.1f} s")
 
-    def predict(self, photos: Sequence[PhotoSource]) -> list[dict[str, float]]:
-        """Photos -> {class name: probability} each, in forward passes of at most `chunk` photos.
+    def predict(self, photos: Sequence[PhotoSource]) -> list[Answer]:
+        """Photos -> an Answer each, in forward passes of at most `chunk` photos.
 
         Raises one of preprocess.BAD_IMAGE_ERRORS for a file that is not a usable photo
         (preprocess.ImageTooLarge for one over preprocess.MAX_PIXELS).
         """
-        return self._probabilities([load_photo(photo, self.model.image_size) for photo in photos])
+        return self._answers([load_photo(photo, self.model.image_size) for photo in photos])
 
-    def predict_readable(self, photos: Sequence[PhotoSource]) -> list[dict[str, float] | Exception]:
+    def predict_readable(self, photos: Sequence[PhotoSource]) -> list[Answer | Exception]:
         """Like `predict`, but a photo that cannot be used gets its error (one of BAD_IMAGE_ERRORS) instead of
         failing the others. Photos are decoded one at a time and kept only at the network's input size."""
         readable: dict[int, torch.Tensor] = {}
@@ -141,11 +180,17 @@ class Classifier:
                 readable[i] = load_photo(photo, self.model.image_size)
             except BAD_IMAGE_ERRORS as error:
                 errors[i] = error
-        results = dict(zip(readable, self._probabilities(list(readable.values()))))
+        results = dict(zip(readable, self._answers(list(readable.values()))))
         return [results[i] if i in results else errors[i] for i in range(len(photos))]
 
-    def _probabilities(self, images: list[torch.Tensor]) -> list[dict[str, float]]:
+    def _answers(self, images: list[torch.Tensor]) -> list[Answer]:
         if not images:
             return []
-        probabilities = self.model.probabilities(predict_logits(self.network, torch.stack(images), self.chunk)).tolist()
-        return [dict(zip(self.class_names, row)) for row in probabilities]
+        logits, features = predict_with_features(self.network, torch.stack(images), self.chunk)  # one pass
+        probabilities = self.model.probabilities(logits).tolist()
+        if self.not_pet_score is None:
+            return [Answer(dict(zip(self.class_names, row))) for row in probabilities]
+        distances = self.not_pet_score.score(features)
+        pets = self.not_pet_score.within(distances).tolist()
+        return [Answer(dict(zip(self.class_names, row)), not pet, distance)
+                for row, pet, distance in zip(probabilities, pets, distances.tolist(), strict=True)]

@@ -29,7 +29,7 @@ from catsdogs.cache import decoded_photos, human_size
 from catsdogs.data import HUB_PREFIX, DataError, Found, Photos, Split, choose_split, find_photos
 from catsdogs.device import Ranks
 from catsdogs.hub_data import fetch, parse, photos_in_snapshot
-from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD, CatsDogsCNN, predict_logits
+from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD, CatsDogsCNN, predict_with_features
 from catsdogs.preprocess import normalize
 
 SCORING_BATCH = 256  # photos per forward pass when scoring (with mirror TTA, half of them and their mirror images)
@@ -161,9 +161,15 @@ class PhotoLoader:
 
     def logits(self, model: CatsDogsCNN, progress: bool = False) -> torch.Tensor:
         """The logits of this process's share, in order, SCORING_BATCH photos at a time, on the model's device."""
+        return self.logits_and_features(model, progress)[0]
+
+    def logits_and_features(self, model: CatsDogsCNN, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits of this process's share and the penultimate features of the same pass (what catsdogs.notpet
+        scores), in order, SCORING_BATCH photos at a time, on the model's device."""
         images = self.shard()[0].split(SCORING_BATCH)
         batches = tqdm(images, desc="scoring", unit="batch", leave=False, disable=not progress)
-        return torch.cat([predict_logits(model, batch, SCORING_BATCH) for batch in batches])
+        outputs = [predict_with_features(model, batch, SCORING_BATCH) for batch in batches]
+        return torch.cat([logits for logits, _ in outputs]), torch.cat([features for _, features in outputs])
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This process's training batches of `epoch`: shuffled by (seed, epoch), augmented, normalised."""

@@ -1,4 +1,5 @@
-"""What scores are computed from logits: the confusion matrix, per-class figures, and calibration.
+"""What scores are computed from logits: the confusion matrix, per-class figures, calibration, and how well a
+"not a pet" score ranks pictures of neither above pets (AUROC).
 
 Calibration: a network trained with label smoothing is under-confident: its "87% dog" is right more often than 87
 times in 100. Dividing the logits by one temperature T (below 1 sharpens, above 1 softens) fixes most of that
@@ -15,6 +16,12 @@ import torch.nn.functional as F
 def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, classes: int) -> torch.Tensor:
     """Counts (classes, classes): [true class][predicted class]."""
     return torch.bincount(labels * classes + predicted, minlength=classes * classes).view(classes, classes)
+
+
+def auroc(pets: torch.Tensor, others: torch.Tensor) -> float:
+    """The chance that a random non-pet scores higher than a random pet (ties count half)."""
+    above = (others[:, None] > pets[None, :]).float() + 0.5 * (others[:, None] == pets[None, :]).float()
+    return above.mean().item()
 
 
 def per_class(confusion: torch.Tensor, class_names: list[str] | tuple[str, ...]) -> dict[str, dict]:

@@ -81,20 +81,18 @@ class CatsDogsCNN(
         )
         self.head = nn.Linear(512, len(self.class_names))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised images (N, 3, 224, 224) -> class logits (N, classes)."""
-        return self.head(self.fc(self.blocks(x)))
+    def forward(self, x: torch.Tensor, with_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images (N, 3, 224, 224) -> class logits (N, classes); with `with_features`, also the
+        penultimate 512-unit ReLU's activations (N, 512)."""
+        features = self.fc(self.blocks(x))
+        logits = self.head(features)
+        return (logits, features) if with_features else logits
 
     def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised images -> (class logits, the penultimate 512-unit ReLU's activations): forward()'s own
-        results, through the model's call so that hooks on the model still apply (the memory layout's)."""
-        captured = []
-        hook = self.fc.register_forward_hook(lambda module, args, output: captured.append(output))
-        try:
-            logits = self(x)
-        finally:
-            hook.remove()
-        return logits, captured[0]
+        """Normalised images -> (class logits, the penultimate activations) of one pass, through the model's call
+        so that hooks on the model still apply (the memory layout's). No hook of its own: the app runs one model
+        in several threads at once, and a hook on a shared module would catch every thread's activations."""
+        return self(x, with_features=True)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits -> class probabilities, calibrated by the weights' temperature: the one way every consumer

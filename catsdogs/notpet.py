@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 
 FILE_NAME = "notpet.safetensors"
+CONFIG_KEY = "not_a_pet"  # config.json's entry describing the score (CatsDogsCNN takes no such argument)
 FLAG_SHARE = 0.05  # the threshold calls at most this share of the validation pets "not a pet"
 BANK_PER_CLASS = 1000  # training photos of each class in the bank: 2 MB; 125 to 1000 measure alike (bench/notpet.py)
 NEIGHBOUR = 5  # k: the distance to the k-th nearest training photo; 1 to 50 measure alike (bench/notpet.py)
@@ -56,19 +57,27 @@ class NotPetScore:
 
     def is_pet(self, features: torch.Tensor) -> torch.Tensor:
         """(N,) bool: True where the photo lies within the threshold of the training photos."""
-        return self.score(features) <= self.threshold
+        return self.within(self.score(features))
+
+    def within(self, distances: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: True where a distance (`score`) is within the threshold: the photo is called a pet."""
+        return distances <= self.threshold
 
     def config_entry(self) -> dict:
         """What config.json can say about it (the bank stays in FILE_NAME)."""
-        return {"not_a_pet": {"file": FILE_NAME, "method": f"knn: distance to the {self.k}-th nearest of "
+        return {CONFIG_KEY: {"file": FILE_NAME, "method": f"knn: distance to the {self.k}-th nearest of "
                               f"{len(self.bank)} training photos' penultimate features (L2-normalised)",
                               "k": self.k, "threshold": self.threshold, "rule": self.rule,
                               "fitted_on": self.fitted_on, "tta": self.tta}}
 
     def save(self, folder: str | Path) -> Path:
+        """Write FILE_NAME into `folder` and describe it in the folder's config.json (where there is one)."""
         path = Path(folder) / FILE_NAME
         metadata = {key: json.dumps(value) for key, value in asdict(self).items() if key != "bank"}
         save_file({"bank": self.bank.to("cpu", torch.float16).contiguous()}, path, metadata=metadata)
+        config = Path(folder) / "config.json"
+        if config.is_file():
+            config.write_text(json.dumps(json.loads(config.read_text()) | self.config_entry(), indent=2) + "\n")
         return path
 
     @classmethod
@@ -78,6 +87,16 @@ class NotPetScore:
         with safe_open(path, "pt") as file:
             metadata = {key: json.loads(value) for key, value in file.metadata().items()}
         return cls(bank=load_file(path)["bank"].float(), **metadata)
+
+
+def bank_indices(labels: list[int], per_class: int, seed: int = SEED) -> list[int]:
+    """Which photos the bank holds: at most `per_class` of each class, drawn with `seed`, in their original order."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in sorted(set(labels)):
+        members = [i for i, y in enumerate(labels) if y == label]
+        chosen += [members[i] for i in torch.randperm(len(members), generator=generator)[:per_class].tolist()]
+    return sorted(chosen)
 
 
 def threshold_for(scores: torch.Tensor, share: float = FLAG_SHARE) -> float:

@@ -1,6 +1,7 @@
 """What a training run writes: the output folder, published as it is by `--push`.
 
-`model.safetensors`, `config.json`, the model card `README.md`, `metrics.json` and the plots. The paths these
+`model.safetensors`, `config.json`, the model card `README.md`, `metrics.json`, the plots and, when one was
+fitted, the "not a pet" score `notpet.safetensors` (described in config.json). The paths these
 files record are portable (`portable_path`): relative to the working folder the run started in, or only the last
 two names of a folder outside it, so a published card never shows the training machine's folder layout.
 """
@@ -17,13 +18,17 @@ from matplotlib.figure import Figure
 from catsdogs.checkpoint import require_room, writing
 from catsdogs.config import PATH_SETTINGS, TrainConfig
 from catsdogs.model import CatsDogsCNN
+from catsdogs.notpet import CONFIG_KEY as NOT_PET_CONFIG_KEY
+from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
+from catsdogs.notpet import NotPetScore
 
 FIGURE_BYTES = 2**20  # the most a plot's PNG takes
 
 
 def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any], metrics: dict[str, Any],
-                 figures: dict[str, Figure]) -> None:
-    """Write weights, config, card, metrics and plots into `output_dir`, replacing what was there.
+                 figures: dict[str, Figure], not_pet_score: NotPetScore | None = None) -> None:
+    """Write weights, config, card, metrics, plots and the "not a pet" score of these weights (a score left from
+    other weights is removed) into `output_dir`, replacing what was there.
 
     Everything is written into a temporary folder first and then moved in file by file, so a run killed mid-save
     never leaves a half-written file behind; a full disk is a WriteError, the earlier files left whole.
@@ -38,6 +43,10 @@ def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any
             (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             for name, figure in figures.items():
                 figure.savefig(Path(tmp) / name, dpi=110, bbox_inches="tight")
+            if not_pet_score:
+                not_pet_score.save(tmp)  # and its entry in config.json
+            else:
+                (output_dir / NOT_PET_FILE).unlink(missing_ok=True)
             for file in Path(tmp).iterdir():
                 file.chmod(0o644)  # some writers create 0600 files; weights are meant to be shared
                 os.replace(file, output_dir / file.name)
@@ -80,7 +89,7 @@ def card_details(summary: dict) -> dict:
     """What the model card template shows, from a run's summary (metrics.json): training and a re-calibration
     (python -m catsdogs.calibrate) render the same card."""
     if not summary.get("history"):  # weights that train.py did not write: only what is known
-        return {"calibration": summary.get("calibration")}
+        return {"calibration": summary.get("calibration"), "not_a_pet": summary.get(NOT_PET_CONFIG_KEY)}
     config = summary["config"]
     return {
         "val_accuracy": round(summary["best_val_accuracy"], 4),
@@ -89,6 +98,7 @@ def card_details(summary: dict) -> dict:
         "recipe": {name: config[name] for name in TrainConfig(data=config["data"]).recipe() if name in config},
         "training_time": human_duration(summary["training_seconds"]),
         "calibration": summary.get("calibration"),
+        "not_a_pet": summary.get(NOT_PET_CONFIG_KEY),
     }
 
 

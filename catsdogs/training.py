@@ -37,7 +37,8 @@ from catsdogs.device import Precision, Ranks, describe_device, pick_device
 from catsdogs.outputs import card_details, human_duration, portable_command, portable_config, portable_path, save_outputs
 from catsdogs.loader import PhotoLoader, find_split
 from catsdogs.metrics import MIN_PHOTOS, Calibration, calibrate, confusion_matrix
-from catsdogs.model import INPUT_SIZE, CatsDogsCNN, predict_logits
+from catsdogs.model import INPUT_SIZE, CatsDogsCNN, predict_logits, predict_with_features
+from catsdogs.notpet import BANK_PER_CLASS, SEED, NotPetScore, bank_indices, fit
 
 
 class OutputError(ValueError):
@@ -109,6 +110,7 @@ class RunState:
     ema: AveragedModel | None = None  # the moving average of the weights (--ema-decay), updated after every step
     layout: LayoutChoice | None = None  # the memory layout the model trains in, and why
     compile_seconds: float | None = None  # how long torch.compile took before the first step; None: not compiled
+    not_pet_score: NotPetScore | None = None  # of the best weights, fitted with the calibration (not saved)
 
     @classmethod
     def around(cls, config: TrainConfig, model: CatsDogsCNN, precision: Precision, steps_per_epoch: int,
@@ -350,7 +352,7 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
                 saved = epoch
                 _write_outputs(config, run, describe())
         if ranks.is_main:  # inside the try: a Ctrl-C here says what is saved, and --resume calibrates again
-            _calibrate_outputs(config, run, val_photos, log, describe)
+            _calibrate_outputs(config, run, train_photos, val_photos, log, describe)
     except KeyboardInterrupt:
         # Under torchrun a SIGTERM usually means the launcher is stopping the run because a peer failed.
         reason = "interrupted" if ranks.world == 1 else "the run was stopped (a process failed, or it was killed)"
@@ -471,6 +473,7 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
         "epochs_completed": run.epoch, "best_epoch": run.best_epoch, "best_val_accuracy": run.best_accuracy,
         "training_seconds": run.seconds, "compile_seconds": run.compile_seconds, "history": [asdict(r) for r in run.history],
         **({"calibration": run.calibration.summary()} if run.calibration else {}),
+        **(run.not_pet_score.config_entry() if run.not_pet_score else {}),
     }
 
 
@@ -487,20 +490,36 @@ def _write_outputs(config: TrainConfig, run: RunState, summary: dict) -> None:
         figures["reliability.png"] = plots.reliability_diagram(
             run.calibration.bins_before, run.calibration.bins_after,
             f"{run.calibration.photos} validation photos, epoch {best.epoch} (T = {run.calibration.temperature:.3f})")
-    save_outputs(model, config.output, card_details(summary), summary, figures)
+    save_outputs(model, config.output, card_details(summary), summary, figures, run.not_pet_score)
 
 
-def _calibrate_outputs(config: TrainConfig, run: RunState, val_photos: PhotoLoader, log, describe) -> None:
-    """The best epoch is chosen: make its probabilities honest (a temperature, `catsdogs.metrics`) and write them
-    out."""
+def _calibrate_outputs(config: TrainConfig, run: RunState, train_photos: PhotoLoader, val_photos: PhotoLoader,
+                       log, describe) -> None:
+    """The best epoch is chosen: make its probabilities honest (a temperature, `catsdogs.metrics`), fit its "not a
+    pet" score (`catsdogs.notpet`), and write them out."""
     if len(val_photos) < MIN_PHOTOS:
-        log(f"calibration: skipped, {len(val_photos)} validation photos are too few to fit a temperature "
-            f"(at least {MIN_PHOTOS}); the probabilities are the plain softmax")
+        log(f"calibration and the not-a-pet score: skipped, {len(val_photos)} validation photos are too few to "
+            f"fit them (at least {MIN_PHOTOS}); the probabilities are the plain softmax")
         return
     run.calibration = _calibrate_best(run, val_photos)
     log(f"calibration: temperature {run.calibration.temperature:.3f} brings the expected calibration error on "
         f"the validation photos from {run.calibration.ece_before:.2%} to {run.calibration.ece_after:.2%}")
+    run.not_pet_score = _fit_not_pet_score(run, train_photos, val_photos)
+    log(f"not-a-pet score: {run.not_pet_score.fitted_on}; {run.not_pet_score.rule}")
     _write_outputs(config, run, describe())
+
+
+def _fit_not_pet_score(run: RunState, train_photos: PhotoLoader, val_photos: PhotoLoader) -> NotPetScore:
+    """The best weights' "not a pet" score: a bank of a seeded sample of the training photos, the threshold on the
+    validation photos (as `python -m catsdogs.fit_notpet` fits it for existing weights)."""
+    model = build_model(run.config).to(val_photos.device, memory_format=torch.channels_last)
+    model.load_state_dict(run.best_weights)
+    chosen = bank_indices(train_photos.labels.tolist(), BANK_PER_CLASS)
+    bank = train_photos.images[torch.tensor(chosen, device=train_photos.images.device)]
+    fitted_on = (f"{len(chosen)} training photos ({BANK_PER_CLASS} of each class at most, seed {SEED}); threshold "
+                 f"on the {len(val_photos)} validation photos")
+    return fit(predict_with_features(model, bank)[1], predict_with_features(model, val_photos.images)[1],
+               model.tta, fitted_on)
 
 
 def _calibrate_best(run: RunState, photos: PhotoLoader) -> Calibration:

@@ -21,9 +21,12 @@ from imagegen import pet_photo
 from link_site import link_site
 from PIL import Image
 
+from app import EXAMPLE_PICTURES, EXAMPLES, NOT_A_PET, UNSURE_BELOW
 from bench.app_memory import Server, status_mb
 from bench.app_memory_rounds import malloc_arenas
 from catsdogs.hub import push_outputs
+
+BRICK = EXAMPLES / "brick.jpg"  # a picture the shipped not-a-pet score flags (tests/test_notpet.py)
 
 
 def confidences(result: dict) -> dict[str, float]:
@@ -137,11 +140,14 @@ def test_several_photos_at_once_get_one_right_row_each(client, shared_data, tmp_
     text.write_text("not a photo")
     photos = clear_photos(shared_data)
     photos.insert(3, text)
+    photos.insert(5, BRICK)
     table = client.predict([handle_file(p) for p in photos], api_name="/predict_many")  # the results alone
     rows = {row[0]: row for row in table["data"]}
     assert [row[0] for row in table["data"]] == [p.name for p in photos]  # one row each, in order
     assert table["headers"] == ["photo", "prediction", "cat %", "dog %", "note"]
     assert "not a photo" in rows.pop("notes.jpg")[4]
+    _, prediction, cat, dog, note = rows.pop(BRICK.name)
+    assert (prediction, note) == (NOT_A_PET, "") and cat + dog == pytest.approx(100, abs=0.2)
     for name, (_, prediction, cat, dog, note) in rows.items():
         assert prediction == true_class(name) and cat + dog == pytest.approx(100, abs=0.2)
         assert {"cat": cat, "dog": dog}[prediction] >= SURE * 100 and note == "", rows[name]
@@ -161,12 +167,38 @@ def test_heatmap_endpoint_draws_over_the_photo(client, shared_data, tmp_path):
             client.predict(value, api_name="/heatmap")
 
 
-def test_the_examples_are_a_cat_and_non_pets_one_of_them_not_sure(client):
-    import app as demo_app
-
-    found = answers(client, [demo_app.EXAMPLES / name for name in demo_app.EXAMPLE_PICTURES])
+def test_the_examples_are_a_cat_a_non_pet_and_a_pet_not_sure_between_cat_and_dog(client):
+    results = {name: client.predict(handle_file(EXAMPLES / name), api_name="/predict") for name in EXAMPLE_PICTURES}
+    found = {name: (result["label"], max(confidences(result).values())) for name, result in results.items()}
+    assert all(sum(confidences(result).values()) == pytest.approx(1, abs=1e-5) for result in results.values())
     assert found["chelsea.jpg"][0] == "cat" and found["chelsea.jpg"][1] >= SURE, found
-    assert any(probability < demo_app.UNSURE_BELOW for _, probability in found.values()), found  # the note shows
+    assert found["brick.jpg"][0] == NOT_A_PET, found  # the probabilities still come with it
+    assert any(label != NOT_A_PET and top < UNSURE_BELOW for label, top in found.values()), found  # the note shows
+
+
+def test_a_non_pet_picture_is_called_neither_and_clear_pets_never(client, shared_data):
+    brick = client.predict(handle_file(BRICK), api_name="/predict")
+    assert brick["label"] == NOT_A_PET and set(confidences(brick)) == {"cat", "dog"}
+    labels = [client.predict(handle_file(p), api_name="/predict")["label"] for p in clear_photos(shared_data)]
+    assert NOT_A_PET not in labels, labels
+
+
+def test_weights_without_a_not_pet_score_keep_working_and_the_page_says_so(shipped_weights, shared_data, tmp_path):
+    weights = tmp_path / "weights-without-a-score"
+    weights.mkdir()
+    (weights / "model.safetensors").symlink_to(shipped_weights / "model.safetensors")
+    config = json.loads((shipped_weights / "config.json").read_text())
+    del config["not_a_pet"]
+    (weights / "config.json").write_text(json.dumps(config))
+    app = App("--model", str(weights)).wait_ready()
+    try:
+        client = Client(app.url, verbose=False)
+        assert client.predict(handle_file(BRICK), api_name="/predict")["label"] in {"cat", "dog"}
+        assert_right_answers(client, clear_photos(shared_data)[::4])  # a cat, a dog
+        how = next(text for text in markdown_texts(app) if text.startswith("**The network.**"))
+        assert "carry no \"not a pet\" score: they cannot tell" in how and "only knows cats and dogs" in how
+    finally:
+        app.stop()
 
 
 def test_the_api_page_describes_every_endpoint_for_users(app):
@@ -299,10 +331,16 @@ def test_the_upload_cache_is_cleaned():
     assert demo.delete_cache == (demo_app.CACHE_SECONDS, demo_app.CACHE_SECONDS) and demo_app.CACHE_SECONDS <= 3600
 
 
+def markdown_texts(app: App) -> list[str]:
+    return [str(c["props"].get("value")) for c in app.config()["components"] if c.get("type") == "markdown"]
+
+
 def test_the_page_explains_itself_and_shows_the_card_without_broken_images(app):
-    texts = [str(c["props"].get("value")) for c in app.config()["components"] if c.get("type") == "markdown"]
+    texts = markdown_texts(app)
     how = next(text for text in texts if text.startswith("**The network.**"))
-    assert "97.0%" in how and "only knows cats and dogs" in how  # the shipped weights' measured accuracy
+    assert "97.0%" in how  # the shipped weights' measured accuracy
+    assert "**Not a cat or a dog.**" in how and "the 5-th nearest of 2000" in how  # their not-a-pet score
+    assert "faces and many everyday objects still pass as pets" in how
     card = next(text for text in texts if "the documented cat-vs-dog CNN" in text)
     assert "Validation accuracy: 97.00%" in card and "![" not in card
 

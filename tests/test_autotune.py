@@ -91,9 +91,9 @@ def test_the_classifier_measures_its_one_photo_layout_and_predicts_the_same_in_b
     assert set(auto.layout.seconds) == set(Layout)
     forced = {layout: Classifier(shipped_weights, device=CPU, memory_format=layout.value) for layout in Layout}
     assert [c.layout.layout for c in forced.values()] == list(Layout)
-    cl, nchw = (forced[layout].predict([photo])[0] for layout in Layout)
+    cl, nchw = (forced[layout].predict([photo])[0].probabilities for layout in Layout)
     assert cl == pytest.approx(nchw, abs=1e-4)
-    assert auto.predict([photo])[0] == pytest.approx(cl, abs=1e-4)
+    assert auto.predict([photo])[0].probabilities == pytest.approx(cl, abs=1e-4)
 
 
 def test_a_onednn_isa_cap_below_bf16_means_fp32_training(monkeypatch):

@@ -15,6 +15,7 @@ from catsdogs.evaluate import main as evaluate_cli
 from catsdogs.evaluate import score
 from catsdogs.hub import HubError, load_model
 from catsdogs.inference import Classifier
+from catsdogs.notpet import NotPetScore
 from catsdogs.training import train
 
 
@@ -78,6 +79,11 @@ def test_training_ends_with_a_fitted_temperature_that_every_consumer_applies(tmp
     assert json.loads((output / "config.json").read_text())["temperature"] == pytest.approx(calibration["temperature"],
                                                                                             abs=1e-4)
     assert (output / "reliability.png").is_file() and "## Calibration" in (output / "README.md").read_text()
+    not_pet_score = NotPetScore.load(output)  # fitted on the same best weights, the bank all 90 training photos
+    assert (len(not_pet_score.bank), not_pet_score.tta) == (summary["n_train"], config.tta)
+    entry = not_pet_score.config_entry()["not_a_pet"]
+    assert json.loads((output / "config.json").read_text())["not_a_pet"] == entry == summary["not_a_pet"]
+    assert f"- Fitted on: {entry['fitted_on']}." in (output / "README.md").read_text()
 
     capsys.readouterr()
     assert evaluate_cli(["--model", str(output), "--data", str(data), "--split", "validation", "--json"]) == 0
@@ -106,7 +112,7 @@ def test_shipped_weights_are_calibrated_and_the_app_shows_evaluates_percentages(
             < expected_calibration_error(scores.logits.softmax(dim=1), scores.labels))
     classifier = Classifier(shipped_weights)
     for i in (0, 57, 150):  # a few photos through the app's own path
-        shown = classifier.predict([scores.paths[i]])[0]
+        shown = classifier.predict([scores.paths[i]])[0].probabilities
         assert [shown[name] for name in classifier.class_names] == pytest.approx(calibrated[i].tolist(), abs=1e-4)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, USER, WRITE_TOKEN
+from test_notpet import TOWER
 from imagegen import write_kaggle_folder
 
 from catsdogs import CatsDogsCNN
@@ -185,3 +186,31 @@ def test_shipped_weights_on_full_size_photos_score_what_the_readme_claims(shared
         assert report["confusion_matrix"] == [[98, 2], [0, 100]]
     else:  # bf16 on a GPU may move a photo that sits near 50% (cat.5.jpg is at 50.7% dog)
         assert abs(report["correct"] - correct) <= n // 100, report["correct"]
+
+
+def test_not_pets_get_the_share_called_neither_and_the_auroc_against_the_pets(shipped_weights, shared_data,
+                                                                               tmp_path, capsys):
+    from conftest import clear_photos
+
+    pets, others = tmp_path / "pets", tmp_path / "others"
+    pets.mkdir(), others.mkdir()
+    for photo in clear_photos(shared_data):
+        (pets / photo.name).symlink_to(photo)
+    (others / "brick.jpg").symlink_to(ROOT / "examples" / "brick.jpg")  # both flagged (tests/test_notpet.py)
+    (others / "tower.jpg").symlink_to(TOWER)
+    (others / "notes.jpg").write_text("not a picture")
+    report = run(capsys, "--data", str(pets), "--not-pets", str(others), "--no-cache")["not_pets"]
+    assert (report["n"], report["called_not_a_pet"], report["pets_called_not_a_pet"]) == (2, 1.0, 0.0)
+    assert [Path(p["path"]).name for p in report["pictures"]] == ["brick.jpg", "tower.jpg"]
+    assert all(p["not_a_pet"] and p["distance"] > report["threshold"] for p in report["pictures"])
+    assert report["auroc"] == 1.0  # both above every pet
+    assert [Path(s["path"]).name for s in report["skipped"]] == ["notes.jpg"]
+    assert main(["--data", str(pets), "--not-pets", str(others), "--no-cache"]) == 0
+    assert "100.0% of the 2 pictures in" in capsys.readouterr().out
+
+
+def test_not_pets_need_weights_with_a_score(trained, tmp_path, capsys):
+    config, _, _ = trained
+    (tmp_path / "wall.jpg").symlink_to(ROOT / "examples" / "brick.jpg")
+    assert "have no notpet.safetensors: fit one with python -m catsdogs.fit_notpet" in error_of(
+        capsys, "--model", config.output, "--data", config.data, "--not-pets", str(tmp_path))

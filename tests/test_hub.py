@@ -234,3 +234,15 @@ def test_the_app_falls_back_within_seconds_when_the_hub_does_not_answer(monkeypa
         classifier, warning = app.load_classifier("tester/pets", None)
     assert classifier is not None and classifier.folder == app.SHIPPED_WEIGHTS
     assert "Serving the shipped weights/ instead" in warning and "ReadTimeout" in warning, warning
+
+
+def test_fetch_weights_brings_the_not_pet_score_beside_them(hub, shipped_weights, tmp_path):
+    from catsdogs.hub import fetch_weights, push_outputs
+    from catsdogs.notpet import FILE_NAME
+
+    push_outputs(shipped_weights, "tester/with-score", token=WRITE_TOKEN)
+    CatsDogsCNN().save_pretrained(tmp_path / "plain")
+    push_outputs(tmp_path / "plain", "tester/plain", token=WRITE_TOKEN)
+    with_score = fetch_weights("tester/with-score")
+    assert (with_score / FILE_NAME).read_bytes() == (shipped_weights / FILE_NAME).read_bytes()
+    assert not (fetch_weights("tester/plain") / FILE_NAME).exists()  # optional: weights without one still load

@@ -82,10 +82,10 @@ def test_each_probability_goes_to_its_class_name(tmp_path):
     photo = tmp_path / "photo.png"
     Image.new("RGB", (50, 40), (90, 60, 30)).save(photo)
     cpu = torch.device("cpu")
-    assert Classifier(tmp_path / "cat-dog", device=cpu).predict([photo]) == \
-        [pytest.approx({"cat": 0.25, "dog": 0.75}, abs=1e-4)]
-    assert Classifier(tmp_path / "dog-cat", device=cpu).predict([photo]) == \
-        [pytest.approx({"dog": 0.25, "cat": 0.75}, abs=1e-4)]
+    assert Classifier(tmp_path / "cat-dog", device=cpu).predict([photo])[0].probabilities == \
+        pytest.approx({"cat": 0.25, "dog": 0.75}, abs=1e-4)
+    assert Classifier(tmp_path / "dog-cat", device=cpu).predict([photo])[0].probabilities == \
+        pytest.approx({"dog": 0.25, "cat": 0.75}, abs=1e-4)
 
 
 def test_only_the_documented_input_size():

@@ -1,5 +1,7 @@
 """The "not a pet" score (catsdogs.notpet) on real photos, with the shipped weights."""
 
+import json
+from dataclasses import replace
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -7,8 +9,9 @@ import pytest
 import torch
 from conftest import ROOT, clear_photos
 
+from catsdogs.hub import HubError, load_model
+from catsdogs.inference import Classifier
 from catsdogs.loader import find_split
-from catsdogs.hub import load_model
 from catsdogs.model import predict_logits, predict_with_features
 from catsdogs.fit_notpet import sample
 from catsdogs.notpet import FILE_NAME, NotPetScore, fit, threshold_for
@@ -38,6 +41,18 @@ def test_the_features_come_with_forwards_own_logits_and_leave_the_weights_alone(
         torch.testing.assert_close(direct, model(x), rtol=0, atol=0)
         torch.testing.assert_close(model.head(penultimate), direct, rtol=0, atol=0)
     assert set(model.state_dict()) == keys
+
+
+def test_features_stay_with_their_own_photos_when_threads_share_the_model(model):
+    """The app predicts in several threads at once, on one model: each call gets its own photos' features."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [torch.randint(0, 256, (n, 3, 224, 224), dtype=torch.uint8) for n in (1, 3)]
+    expected = [predict_with_features(model, batch)[1] for batch in batches]
+    with ThreadPoolExecutor(2) as pool:
+        found = list(pool.map(lambda i: predict_with_features(model, batches[i % 2])[1], range(12)))
+    for i, features in enumerate(found):
+        torch.testing.assert_close(features, expected[i % 2])
 
 
 def test_fitted_on_real_photos_the_threshold_flags_at_most_5_percent_of_its_pets_and_survives_saving(
@@ -82,8 +97,9 @@ def test_the_command_fits_for_a_weights_folder_on_its_training_split(shipped_wei
 
     weights, photos = tmp_path / "weights", tmp_path / "photos"
     weights.mkdir(), photos.mkdir()
-    for name in ("model.safetensors", "config.json", "metrics.json"):
+    for name in ("model.safetensors", "metrics.json"):
         (weights / name).symlink_to(shipped_weights / name)
+    write_config(weights, shipped_weights)  # without a score
     for label in ("cat", "dog"):
         for i in range(10):
             (photos / f"{label}.{i}.jpg").symlink_to(shared_data / "dogs-vs-cats-200" / "train" / f"{label}.{i}.jpg")
@@ -92,4 +108,31 @@ def test_the_command_fits_for_a_weights_folder_on_its_training_split(shipped_wei
     assert (len(score.bank), score.k, score.tta) == (6, 2, "mirror")
     assert "6 training photos (3 of each class, seed 0)" in score.fitted_on and "seed 0" in score.fitted_on
     assert f"wrote {weights / FILE_NAME}" in capsys.readouterr().out
+    assert json.loads((weights / "config.json").read_text())["not_a_pet"] == score.config_entry()["not_a_pet"]
     assert main(["--model", str(tmp_path / "nothing"), "--data", str(photos)]) == 2
+
+
+def write_config(folder: Path, shipped_weights: Path, **changes) -> None:
+    """The shipped config.json without its not-a-pet entry, with `changes`."""
+    config = json.loads((shipped_weights / "config.json").read_text())
+    del config["not_a_pet"]
+    (folder / "config.json").write_text(json.dumps(config | changes))
+
+
+def test_the_classifier_applies_the_score_beside_the_weights(shipped_weights, shared_data, model):
+    photos = [clear_photos(shared_data)[0], ROOT / "examples" / "brick.jpg"]
+    answers = Classifier(shipped_weights).predict(photos)
+    score = NotPetScore.load(shipped_weights)
+    assert [answer.not_a_pet for answer in answers] == [False, True]
+    assert [answer.distance for answer in answers] == pytest.approx(score.score(features(model, photos)).tolist(),
+                                                                    abs=1e-3)
+    assert json.loads((shipped_weights / "config.json").read_text())["not_a_pet"] == score.config_entry()["not_a_pet"]
+
+
+def test_a_score_fitted_with_another_tta_is_refused(shipped_weights, tmp_path):
+    (tmp_path / "model.safetensors").symlink_to(shipped_weights / "model.safetensors")
+    write_config(tmp_path, shipped_weights, tta="none")
+    replace(NotPetScore.load(shipped_weights), tta="mirror").save(tmp_path)
+    with pytest.raises(HubError, match="fitted with test-time augmentation 'mirror', and these weights run with "
+                                       "'none'"):
+        Classifier(tmp_path)

@@ -1,6 +1,8 @@
-"""The page's own parts in a real browser (Chromium, Playwright): the examples, the gallery and its CSV, a phone.
+"""The page's own parts in a real browser (Chromium, Playwright): the examples, the gallery and its CSV, a phone,
+and a picture of neither cat nor dog on every surface: upload, webcam snapshot, live stream, gallery and table.
 
-These need no camera and no particular pet, so they run once (tests/test_browser.py runs once per class).
+These need no particular pet, so they run once (tests/test_browser.py runs once per class); the fake camera here
+shows a brick wall.
 """
 
 import csv
@@ -12,21 +14,26 @@ import pytest
 from conftest import FULL_SIZE, clear_photos
 from gradio_client import Client, handle_file
 from test_app import confidences
-from test_browser import CHROMIUM, HEATMAP_SHOWN, no_broken_image, shown_answer
+from test_browser import CHROMIUM, HEATMAP_SHOWN, WEBCAM_READY, no_broken_image, shown_answer, write_y4m
 
 import app as demo_app
 
 
+BRICK = demo_app.EXAMPLES / "brick.jpg"  # what the shipped not-a-pet score flags, through the webcam too
+
+
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory):
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: "
                                    "pip install -r requirements-dev.txt")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Chromium not found at {CHROMIUM}: apt-get install chromium (see .ci/run)")
+    camera = write_y4m(tmp_path_factory.mktemp("webcam") / "brick.y4m", [BRICK], frames_each=2)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
+            "--disable-component-update", "--no-first-run", "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={camera}"])
         yield browser
         browser.close()
 
@@ -38,27 +45,58 @@ def open_page(browser, app, width: int = 1100, height: int = 900):
     return page
 
 
-def test_clicking_an_example_gives_an_answer_and_the_non_pet_is_not_sure(browser, app):
+def assert_neither(page, component: str, note: str) -> None:
+    """The Label's headline is the third answer, its two probabilities muted beneath it, and the note says why."""
+    page.locator(f"#{component} [data-testid=label-output-value]").get_by_text(demo_app.NOT_A_PET).wait_for(
+        timeout=30_000)
+    muted = page.locator(f"#{component} .confidence-set").evaluate_all(
+        "sets => sets.map(e => Number(getComputedStyle(e).opacity))")
+    assert len(muted) == 2 and max(muted) < 1, muted
+    page.locator(f"#{note}").get_by_text("This doesn't look like a cat or a dog").wait_for(timeout=10_000)
+
+
+def test_clicking_an_example_gives_one_of_the_three_answers(browser, app):
     page = open_page(browser, app)
     page.get_by_text("Chelsea the cat").click()
     label, probability = shown_answer(page, "prediction")
     assert label == "cat" and probability >= demo_app.UNSURE_BELOW and page.locator("#unsure").inner_text() == ""
     page.wait_for_function(HEATMAP_SHOWN, timeout=30_000)
-    page.get_by_text("Grass").click()
-    page.locator("#unsure").get_by_text("Not sure this is a cat or a dog").wait_for(timeout=30_000)
+    page.get_by_text("A brick wall").click()
+    assert_neither(page, "prediction", "unsure")
+    page.get_by_text("A cup of coffee").click()  # called a pet, near enough 50/50 for the note
+    page.locator("#unsure").get_by_text("Not sure between cat and dog").wait_for(timeout=30_000)
+    assert shown_answer(page, "prediction")[0] in {"cat", "dog"}
+    assert page.locator("#prediction .confidence-set").first.evaluate("e => getComputedStyle(e).opacity") == "1"
+    page.close()
+
+
+def test_a_non_pet_on_the_webcam_is_neither_in_the_snapshot_and_the_live_stream(browser, app):
+    page = open_page(browser, app)
+    page.locator("#photo").get_by_label("Capture from camera").click()
+    page.locator("#photo").get_by_text("Click to Access Webcam").click()
+    page.wait_for_function(WEBCAM_READY, arg="photo", timeout=30_000)
+    page.locator("#photo").get_by_label("capture photo").click()
+    assert_neither(page, "prediction", "unsure")
+    page.get_by_role("tab", name="Live webcam").click()
+    page.locator("#live").get_by_text("Click to Access Webcam").click()
+    page.wait_for_function(WEBCAM_READY, arg="live", timeout=30_000)
+    page.locator("#live").get_by_label("capture photo").click()  # the "Record" button starts the stream
+    assert_neither(page, "live-prediction", "live-unsure")
     page.close()
 
 
 def caption(answer: dict) -> str:
     """What the gallery must say under a photo, from the API's answer for it."""
     probabilities = confidences(answer)
-    top = max(probabilities.values())
-    text = f"{answer['label']} {top:.1%}"
-    return text + " · not sure" if top < demo_app.UNSURE_BELOW else text
+    top_class = max(probabilities, key=probabilities.get)
+    text = f"{top_class} {probabilities[top_class]:.1%}"
+    if answer["label"] == demo_app.NOT_A_PET:
+        return f"{demo_app.NOT_A_PET} ({text})"
+    return text + " · not sure" if probabilities[top_class] < demo_app.UNSURE_BELOW else text
 
 
 def test_gallery_captions_and_csv_match_the_api(browser, app, shared_data):
-    photos = [demo_app.EXAMPLES / "chelsea.jpg", demo_app.EXAMPLES / "grass.jpg",
+    photos = [demo_app.EXAMPLES / "chelsea.jpg", BRICK, demo_app.EXAMPLES / "coffee.jpg",
               *clear_photos(shared_data, "dog")[:2]]
     client = Client(app.url, verbose=False)
     expected = [caption(client.predict(handle_file(photo), api_name="/predict")) for photo in photos]
@@ -70,6 +108,7 @@ def test_gallery_captions_and_csv_match_the_api(browser, app, shared_data):
     captions = page.locator("#gallery .caption-label")
     captions.nth(len(photos) - 1).wait_for(timeout=60_000)
     assert captions.all_inner_texts() == expected
+    assert expected[1].startswith(demo_app.NOT_A_PET) and "not sure" in expected[2]  # the three answers shown
     assert no_broken_image(page, "gallery")
     link = page.locator("#batch-csv a").first.get_attribute("href")
     rows = list(csv.reader(io.StringIO(httpx.get(link, trust_env=False).text)))
