@@ -152,9 +152,11 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
     return {
         "model": f"{model}@{revision}" if revision else str(model), "weights": str(scores.folder),
         "data": scores.data,
-        "split": scores.split, "device": str(scores.device), "compile_seconds": scores.compile_seconds, "n": len(labels), "correct": correct,
+        "split": scores.split, "device": str(scores.device), "compile_seconds": scores.compile_seconds,
+        "n": len(labels), "correct": correct,
         "accuracy": correct / len(labels), "trained_val_accuracy": scores.metrics.get("best_val_accuracy"),
-        "class_names": list(CLASS_NAMES), "per_class": per_class(confusion, CLASS_NAMES), "confusion_matrix": confusion.tolist(),
+        "class_names": list(CLASS_NAMES), "per_class": per_class(confusion, CLASS_NAMES),
+        "confusion_matrix": confusion.tolist(),
         "calibration": {"temperature": calibration.temperature, "bins": BINS, "ece": calibration.ece_after,
                         "nll": calibration.nll_after, "ece_without_temperature": calibration.ece_before,
                         "nll_without_temperature": calibration.nll_before}, "mistakes": [

@@ -107,7 +107,8 @@ def check_write_access(repo_id: str, token: str | None = None) -> str:
         raise HubError(f"no Hugging Face token found: {token_help('write')}") from error
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else "?"
-        raise HubError(f"the Hub rejected the token (HTTP {status}); it is invalid or expired: {token_help('write')}") from error
+        raise HubError(f"the Hub rejected the token (HTTP {status}); it is invalid or expired: "
+                       f"{token_help('write')}") from error
     except httpx2.TransportError as error:
         raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} ({error}); check the connection") from error
     role = who.get("auth", {}).get("accessToken", {}).get("role")

@@ -10,6 +10,7 @@ augmented, normalised training batches; `logits(model)` scores this process's sh
 training's validation and for `catsdogs.evaluate`.
 """
 
+import functools
 import math
 import queue
 import threading
@@ -189,8 +190,12 @@ class PhotoLoader:
     def alternate_mirror(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
         """--flip alternate (airbench's alternating flip): each photo mirrored in every other epoch, which of the
         two drawn once per photo from the seed, so that any two epochs in a row show every photo both ways."""
-        first = torch.rand(len(self), generator=torch.Generator().manual_seed(self.seed)) < 0.5
-        return first.to(indices.device)[indices] ^ (epoch % 2 == 0)
+        return self._mirrored_first.to(indices.device)[indices] ^ (epoch % 2 == 0)
+
+    @functools.cached_property
+    def _mirrored_first(self) -> torch.Tensor:
+        """Which photos --flip alternate mirrors in odd epochs: drawn once, from the seed."""
+        return torch.rand(len(self), generator=torch.Generator().manual_seed(self.seed)) < 0.5
 
     def prepare(self, photos: torch.Tensor, mirror: torch.Tensor | None = None) -> torch.Tensor:
         """Decoded uint8 photos -> the network's normalised float input, augmented when training asks for it

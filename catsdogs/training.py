@@ -30,15 +30,27 @@ from tqdm import tqdm
 from catsdogs import plots
 from catsdogs.allocator import describe_allocator
 from catsdogs.autotune import Layout, LayoutChoice, choose_layout, use_layout
-from catsdogs.checkpoint import CheckpointError, WriteError, load_checkpoint, save_checkpoint
+from catsdogs.checkpoint import (
+    CheckpointError,
+    WriteError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from catsdogs.config import TrainConfig
 from catsdogs.data import CLASS_NAMES, DataError, Split
 from catsdogs.device import Precision, Ranks, describe_device, pick_device
-from catsdogs.outputs import card_details, human_duration, portable_command, portable_config, portable_path, save_outputs
 from catsdogs.loader import PhotoLoader, find_split
 from catsdogs.metrics import MIN_PHOTOS, Calibration, calibrate, confusion_matrix
-from catsdogs.model import INPUT_SIZE, CatsDogsCNN, predict_logits, predict_with_features
+from catsdogs.model import INPUT_SIZE, CatsDogsCNN, predict_with_features
 from catsdogs.notpet import BANK_PER_CLASS, SEED, NotPetScore, bank_indices, fit
+from catsdogs.outputs import (
+    card_details,
+    human_duration,
+    portable_command,
+    portable_config,
+    portable_path,
+    save_outputs,
+)
 
 
 class OutputError(ValueError):
@@ -471,7 +483,8 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
         "skipped_files": [[portable_path(str(p)), r.replace(str(p), portable_path(str(p)))]
                           for p, r in train_photos.skipped + val_photos.skipped],
         "epochs_completed": run.epoch, "best_epoch": run.best_epoch, "best_val_accuracy": run.best_accuracy,
-        "training_seconds": run.seconds, "compile_seconds": run.compile_seconds, "history": [asdict(r) for r in run.history],
+        "training_seconds": run.seconds, "compile_seconds": run.compile_seconds,
+        "history": [asdict(r) for r in run.history],
         **({"calibration": run.calibration.summary()} if run.calibration else {}),
         **(run.not_pet_score.config_entry() if run.not_pet_score else {}),
     }
@@ -501,29 +514,22 @@ def _calibrate_outputs(config: TrainConfig, run: RunState, train_photos: PhotoLo
         log(f"calibration and the not-a-pet score: skipped, {len(val_photos)} validation photos are too few to "
             f"fit them (at least {MIN_PHOTOS}); the probabilities are the plain softmax")
         return
-    run.calibration = _calibrate_best(run, val_photos)
+    best = build_model(run.config).to(val_photos.device, memory_format=torch.channels_last)
+    best.load_state_dict(run.best_weights)
+    val_logits, val_features = predict_with_features(best, val_photos.images)  # one pass for both fits
+    run.calibration = calibrate(val_logits, val_photos.labels)
     log(f"calibration: temperature {run.calibration.temperature:.3f} brings the expected calibration error on "
         f"the validation photos from {run.calibration.ece_before:.2%} to {run.calibration.ece_after:.2%}")
-    run.not_pet_score = _fit_not_pet_score(run, train_photos, val_photos)
+    run.not_pet_score = _fit_not_pet_score(best, train_photos, val_features)
     log(f"not-a-pet score: {run.not_pet_score.fitted_on}; {run.not_pet_score.rule}")
     _write_outputs(config, run, describe())
 
 
-def _fit_not_pet_score(run: RunState, train_photos: PhotoLoader, val_photos: PhotoLoader) -> NotPetScore:
+def _fit_not_pet_score(best: CatsDogsCNN, train_photos: PhotoLoader, val_features: torch.Tensor) -> NotPetScore:
     """The best weights' "not a pet" score: a bank of a seeded sample of the training photos, the threshold on the
-    validation photos (as `python -m catsdogs.fit_notpet` fits it for existing weights)."""
-    model = build_model(run.config).to(val_photos.device, memory_format=torch.channels_last)
-    model.load_state_dict(run.best_weights)
+    validation photos' features (as `python -m catsdogs.fit_notpet` fits it for existing weights)."""
     chosen = bank_indices(train_photos.labels.tolist(), BANK_PER_CLASS)
     bank = train_photos.images[torch.tensor(chosen, device=train_photos.images.device)]
     fitted_on = (f"{len(chosen)} training photos ({BANK_PER_CLASS} of each class at most, seed {SEED}); threshold "
-                 f"on the {len(val_photos)} validation photos")
-    return fit(predict_with_features(model, bank)[1], predict_with_features(model, val_photos.images)[1],
-               model.tta, fitted_on)
-
-
-def _calibrate_best(run: RunState, photos: PhotoLoader) -> Calibration:
-    """Fit the temperature of the best epoch's weights on the validation photos (main process, after training)."""
-    model = build_model(run.config).to(photos.device, memory_format=torch.channels_last)
-    model.load_state_dict(run.best_weights)
-    return calibrate(predict_logits(model, photos.images), photos.labels)
+                 f"on the {len(val_features)} validation photos")
+    return fit(predict_with_features(best, bank)[1], val_features, best.tta, fitted_on)
