@@ -45,7 +45,7 @@ from pydantic import ValidationError  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from catsdogs.explain import Explainer  # noqa: E402
-from catsdogs.hub import SHIPPED_WEIGHTS, HubError  # noqa: E402
+from catsdogs.hub import SHIPPED_WEIGHTS, HubError, read_metrics  # noqa: E402
 from catsdogs.inference import Answer, Classifier, keep_freed_memory  # noqa: E402
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge  # noqa: E402
 from catsdogs.serving import LinkError, LinkFetcher, RequestSizeLimit, Visit  # noqa: E402
@@ -78,6 +78,8 @@ EXAMPLES = Path(__file__).resolve().parent / "examples"
 EXAMPLE_PICTURES = {"chelsea.jpg": "Chelsea the cat", "coffee.jpg": "A cup of coffee", "grass.jpg": "Grass",
                     "brick.jpg": "A brick wall"}
 IMAGE_HEIGHT = 360  # px: the photo and heatmap boxes keep this height whatever the photo's shape
+PHONE_WIDTH = 640  # px: narrower windows get the phone layout (smaller boxes, the answer scrolled into view)
+PHONE_IMAGE_HEIGHT = 240  # px: the boxes' height there, so that an answer, its heatmap and its note fit a screen
 # System fonts only: a Google font would be fetched by every visitor's browser, and not at all offline.
 THEME = gr.themes.Soft(primary_hue="amber", secondary_hue="indigo", neutral_hue="slate",
                        font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
@@ -95,7 +97,35 @@ CSS = """
 #photo .source-selection button[aria-label="Paste from clipboard"]::after { content: "Paste"; }
 /* Not a cat or a dog: the two probabilities stay, muted. */
 .not-a-pet .confidence-set { opacity: 0.45; }
-"""
+/* Galleries as tall as their pictures (Gradio's "auto" height still scrolls inside a box), in as many columns as
+   fit the width, captions whole under their pictures. */
+.fits .grid-wrap { max-height: none; min-height: 0; overflow-y: visible; }
+.fits .grid-container { padding-top: var(--size-10); grid-template-columns: repeat(auto-fill, minmax(var(--thumb-width, 150px), 1fr));
+                        grid-template-rows: none; grid-auto-rows: auto; }
+#examples { --thumb-width: 70px; }
+.fits .thumbnail-item { display: flex; flex-direction: column; height: auto; aspect-ratio: auto; }
+.fits .thumbnail-item > img { aspect-ratio: 1; height: auto; }
+.fits .caption-label { position: static; max-width: none; white-space: normal; text-overflow: clip;
+                       border: none; background: none; padding: var(--size-1) var(--size-1) 0; }
+@media (max-width: PHONE_WIDTHpx) {
+  .tab-container button { padding: 0 var(--size-2); }  /* all three tabs' names fit, none in a "•••" menu */
+  /* The table's five columns in the width: smaller type and padding, file names broken anywhere. */
+  #batch-results .cell-wrap { padding: var(--size-1); font-size: var(--text-sm); overflow-wrap: anywhere; }
+  #photo, #heatmap, #live { height: PHONE_IMAGE_HEIGHTpx !important; }  /* Gradio sets IMAGE_HEIGHT inline */
+}
+""".replace("PHONE_WIDTHpx", f"{PHONE_WIDTH - 1}px").replace("PHONE_IMAGE_HEIGHTpx", f"{PHONE_IMAGE_HEIGHT}px")
+
+# Gradio's Label rounds its percentages to whole ones ("dog 97%" on a photo that is "not sure" below 97.5%): on
+# every page load, a watcher writes each Label's percentages from its bars' values, with one decimal like the rest.
+ONE_DECIMAL_LABELS = """() => {
+  const shown = (meter) => `${(Number(meter.value) * 100).toFixed(1)}%`;
+  const rewrite = () => document.querySelectorAll(".confidence-set").forEach((set) => {
+    const meter = set.querySelector("meter"), figure = set.querySelector("dd.confidence");
+    if (meter && figure && figure.textContent !== shown(meter)) figure.textContent = shown(meter);
+  });
+  new MutationObserver(rewrite).observe(document.body, {subtree: true, childList: true, characterData: true,
+                                                       attributes: true, attributeFilter: ["value"]});
+}"""
 
 
 @dataclass
@@ -433,21 +463,45 @@ def show_batch(predictor: Predictor, headers: list[str], files) -> tuple:
             f"{len(answers)} photo{'s' if len(answers) != 1 else ''} answered in {took(seconds)}")
 
 
+@dataclass(frozen=True)
+class Accuracy:
+    """A validation accuracy the served weights state, and how it was measured."""
+
+    value: float
+    measured: str  # where and in what precision, e.g. "fp32 on a CPU"
+
+
+def stated_accuracy(classifier: Classifier) -> Accuracy | None:
+    """The validation accuracy the weights state for the kind of device serving them (metrics.json's
+    validation_by_device, written from a catsdogs.evaluate run there); else the one training measured (the model
+    card's), saying on what. The two differ by a few photos near 50%."""
+    metrics = read_metrics(classifier.folder)
+    here = metrics.get("validation_by_device", {}).get(classifier.device.type)
+    if here:
+        return Accuracy(here["accuracy"], here["measured"])
+    if classifier.val_accuracy is None:
+        return None
+    return Accuracy(classifier.val_accuracy, f"in training, {metrics['device']}" if "device" in metrics
+                    else "as the model card states it")
+
+
 def info_caption(classifier: Classifier | None) -> str:
-    """The line under the page saying what runs: the model, its measured accuracy, the device."""
+    """The line under the page saying what runs: the model, its stated accuracy, the device."""
     if classifier is None:
         return "No model loaded."
     source = "the shipped weights" if classifier.source == str(SHIPPED_WEIGHTS) else f"`{classifier.source}`"
-    accuracy = (f"{percent(classifier.val_accuracy)} validation accuracy" if classifier.val_accuracy is not None
-                else "validation accuracy not stated")
-    return f"Model: {source} · {accuracy} · running on the {classifier.device.type.upper()}"
+    accuracy = stated_accuracy(classifier)
+    shown = (f"{percent(accuracy.value)} validation accuracy ({accuracy.measured})" if accuracy
+             else "validation accuracy not stated")
+    return f"Model: {source} · {shown} · running on the {classifier.device.type.upper()}"
 
 
-def how_it_works(classifier: Classifier | None) -> str:
+def how_it_works(classifier: Classifier | None, examples: str) -> str:
     """The page's own explanation: the network, how good and how honest it was measured to be, its limits."""
-    if classifier is not None and classifier.val_accuracy is not None:
-        accuracy = (f"It was right on **{percent(classifier.val_accuracy)}** of the validation photos of its model "
-                    "card: Kaggle pet photos it never trained on.")
+    accuracy = stated_accuracy(classifier) if classifier is not None else None
+    if accuracy is not None:
+        accuracy = (f"It was right on **{percent(accuracy.value)}** of the validation photos of its model card "
+                    f"({accuracy.measured}): Kaggle pet photos it never trained on.")
     else:
         accuracy = "These weights state no accuracy."
     if classifier is not None and classifier.val_calibration_error is not None:
@@ -466,7 +520,7 @@ def how_it_works(classifier: Classifier | None) -> str:
         "not what a person would.\n\n"
         f"**Limits.** {limits(classifier)} Below {UNSURE_BELOW:.1%} for the top class the page says it is not sure "
         "between cat and dog. It judges the whole photo at once: several animals, drawings or a pet far away are "
-        "guesses too."
+        f"guesses too. {examples}"
     )
 
 
@@ -488,27 +542,70 @@ def neither(classifier: Classifier | None) -> str:
 
 def limits(classifier: Classifier | None) -> str:
     if not tells_non_pets(classifier):
-        return ("It only knows cats and dogs: anything else still gets one of the two, often confidently (try the "
-                "coffee cup).")
-    return ("It knows cats and dogs, and tells apart pictures unlike its photos (try the brick wall); faces and many "
-            "everyday objects still pass as pets and get cat or dog (try the coffee cup).")
+        return "It only knows cats and dogs: anything else still gets one of the two, often confidently."
+    return ("It knows cats and dogs, and tells apart pictures unlike its photos; faces and many everyday objects "
+            "still pass as pets and get cat or dog.")
+
+
+def examples_answered(classifier: Classifier | None) -> str:
+    """What these weights answer for the page's examples, in the gallery's words (so the page never promises
+    an answer the weights do not give)."""
+    if classifier is None:
+        return ""
+    answers = classifier.predict([EXAMPLES / name for name in EXAMPLE_PICTURES])
+    said = [f"{Path(name).stem} → *{BatchAnswer(name, answer).caption()}*"
+            for name, answer in zip(EXAMPLE_PICTURES, answers, strict=True)]
+    return f"What these weights answer for the examples: {'; '.join(said)}."
+
+
+def short_card(classifier: Classifier, full_card: str | None) -> str:
+    """The model card's headline figures, from the weights' own files (metrics.json, config.json, the card's
+    metadata), and `full_card`, a link to the whole card, under them."""
+    metrics = read_metrics(classifier.folder)
+    lines = ["**Model card, in short**"]
+    accuracy = stated_accuracy(classifier)
+    if accuracy is not None:
+        photos = f" of {metrics['n_val']:,} validation photos never trained on" if "n_val" in metrics else ""
+        lines.append(f"- Accuracy: {percent(accuracy.value)}{photos} ({accuracy.measured})")
+    if classifier.val_calibration_error is not None:
+        lines.append(f"- Calibration: {classifier.val_calibration_error * 100:.1f} percentage points off on "
+                     "average (expected calibration error)")
+    if tells_non_pets(classifier):
+        lines.append(f"- Not a cat or a dog: above a distance threshold, {classifier.not_pet_score.rule}")
+    if "train_counts" in metrics:
+        counts = ", ".join(f"{n:,} {name}s" for name, n in metrics["train_counts"].items())
+        lines.append(f"- Training data: {metrics['n_train']:,} photos of Kaggle's *Dogs vs. Cats* ({counts})")
+    licence = card_licence(classifier.folder)
+    if licence:
+        lines.append(f"- Licence: {licence}")
+    if full_card:
+        lines.append(f"\n{full_card}")
+    return "\n".join(lines)
+
+
+def card_licence(folder: Path) -> str | None:
+    try:
+        licence = ModelCard.load(folder / "README.md").data.license
+    except (OSError, ValueError):
+        return None
+    return licence.upper() if licence in {"mit", "bsd"} else licence
 
 
 def model_card(classifier: Classifier | None) -> None:
-    """A link to the model's Hub page when it came from the Hub; otherwise its card, folded."""
+    """The card in short, and the whole card: its Hub page for weights from the Hub, else its file to download
+    (the card of local weights is a file beside them; its plots are files the page does not serve)."""
     if classifier is None:
         return
     repo, _, revision = classifier.source.partition("@")
-    if not Path(repo).is_dir():
-        page = f"{constants.ENDPOINT}/{repo}" + (f"/tree/{revision}" if revision else "")
-        gr.Markdown(f"📄 [Model card on the Hugging Face Hub]({page})", elem_id="model-card")
-        return
+    hub_page = None if Path(repo).is_dir() else f"{constants.ENDPOINT}/{repo}" + (
+        f"/tree/{revision}" if revision else "")
+    gr.Markdown(short_card(classifier, hub_page and f"[The full model card on the Hugging Face Hub]({hub_page})"),
+                elem_id="model-card")
     card = classifier.folder / "README.md"
-    if card.is_file():
-        # Its plots are files beside it that the page does not serve: left out rather than shown broken.
-        text = re.sub(r"^!\[[^\]]*\]\([^)]*\)\n?", "", ModelCard.load(card).text, flags=re.MULTILINE)
-        with gr.Accordion("Model card (its plots are in the weights folder)", open=False, elem_id="model-card"):
-            gr.Markdown(text)
+    if hub_page is None and card.is_file():
+        with gr.Row():
+            gr.DownloadButton("The full model card (Markdown)", card, size="sm", variant="secondary", scale=0,
+                              elem_id="full-card")
 
 
 def header(startup_warning: str) -> None:
@@ -516,6 +613,18 @@ def header(startup_warning: str) -> None:
                 "says cat, dog or neither, how sure it is, and shows where in the photo it looked.", elem_id="intro")
     if startup_warning:
         gr.Markdown(f"⚠️ {startup_warning}", elem_id="startup-warning")
+
+
+def pick_example(selected: gr.SelectData) -> tuple:
+    return EXAMPLES / list(EXAMPLE_PICTURES)[selected.index], gr.Gallery(selected_index=None)
+
+
+def scroll_to(elem_id: str, phones_only: bool = False) -> str:
+    """JavaScript for an event: scroll the element to the top of the window once there is an answer (the
+    event's first input, when it has one), with `phones_only` on a phone-sized window only."""
+    narrow = f"window.innerWidth < {PHONE_WIDTH}" if phones_only else "true"
+    return (f"(answer = true) => {{ if (answer && {narrow}) "
+            f"document.getElementById('{elem_id}')?.scrollIntoView({{block: 'start'}}); }}")
 
 
 def photo_tab(predictor: Predictor) -> tuple[PetPhoto, AnswerLabel, gr.Image]:
@@ -526,8 +635,10 @@ def photo_tab(predictor: Predictor) -> tuple[PetPhoto, AnswerLabel, gr.Image]:
                                  label="Your photo", height=IMAGE_HEIGHT, elem_id="photo",
                                  webcam_options=gr.WebcamOptions(constraints={"video": {"width": {"ideal": 640}}}))
                 gr.Markdown("Drop a photo on the box, or use the buttons under it.", elem_classes="caption")
-                gr.Examples([[EXAMPLES / name] for name in EXAMPLE_PICTURES], photo, cache_examples=False,
-                            example_labels=list(EXAMPLE_PICTURES.values()), label="No photo at hand? Click one")
+                examples = gr.Gallery([(EXAMPLES / name, label) for name, label in EXAMPLE_PICTURES.items()],
+                                      label="No photo at hand? Click one", height="auto", allow_preview=False,
+                                      interactive=False, buttons=[], object_fit="cover", elem_id="examples",
+                                      elem_classes="fits")
             with gr.Column():
                 label = AnswerLabel(num_top_classes=len(predictor.class_names), label="Prediction",
                                     elem_id="prediction")
@@ -538,6 +649,10 @@ def photo_tab(predictor: Predictor) -> tuple[PetPhoto, AnswerLabel, gr.Image]:
                             "(Grad-CAM); blue ones a little, uncoloured ones not at all.",
                             elem_classes="caption")
                 timing = gr.Markdown(elem_id="photo-timing", elem_classes="caption")
+    # An example goes into the photo box like an upload; no thumbnail stays marked once it is there.
+    examples.select(pick_example, None, [photo, examples], api_visibility="private", queue=False)
+    # On a phone the answer is under the photo: brought up, with the heatmap under it, once it is there.
+    label.change(None, label, None, js=scroll_to("prediction", phones_only=True))
     answer = gr.State(None)  # PhotoAnswer: per visitor, for this tab
     answered = photo.change(partial(show_answer, predictor), photo, [label, note, heatmap, timing, answer],
                             api_visibility="private", concurrency_id="predict")
@@ -573,11 +688,14 @@ def batch_tab(predictor: Predictor) -> tuple[gr.File, gr.Dataframe]:
                           elem_id="batch")
         run = gr.Button("Classify all", variant="primary", elem_id="batch-run")
         timing = gr.Markdown(elem_id="batch-timing", elem_classes="caption")
-        gallery = gr.Gallery(label="Answers", columns=4, height="auto", object_fit="contain", elem_id="gallery")
-        table = gr.Dataframe(headers=headers, label="Answers as a table", elem_id="batch-results", interactive=False)
+        gallery = gr.Gallery(label="Answers", height="auto", object_fit="contain", elem_id="gallery",
+                             elem_classes="fits")
+        table = gr.Dataframe(headers=headers, label="Answers as a table", elem_id="batch-results", interactive=False,
+                             wrap=True, column_widths=["28%", "26%", *["14%"] * len(predictor.class_names), "18%"])
         download = gr.File(label="The table as CSV", elem_id="batch-csv")
-    run.click(partial(show_batch, predictor, headers), files, [gallery, table, download, timing],
-              api_visibility="private", concurrency_id="predict")
+    answered = run.click(partial(show_batch, predictor, headers), files, [gallery, table, download, timing],
+                         api_visibility="private", concurrency_id="predict")
+    answered.success(None, None, None, js=scroll_to("batch-timing"))  # the answers are below the photos' list
     return files, table
 
 
@@ -609,7 +727,7 @@ def build_demo(classifier: Classifier | None, startup_warning: str = "",
         live_tab(predictor)
         files, table = batch_tab(predictor)
         with gr.Accordion("How it works, and its limits", open=True, elem_id="how-it-works"):
-            gr.Markdown(how_it_works(classifier))
+            gr.Markdown(how_it_works(classifier, examples_answered(classifier)))
         model_card(classifier)
         gr.Markdown(info_caption(classifier), elem_id="info", elem_classes="caption")
         api_endpoints(predictor, photo, label, heatmap, files, table)
@@ -640,6 +758,7 @@ def main() -> None:
     demo = build_demo(classifier, warning, tuple(args.allow_links_from))
     demo.queue(default_concurrency_limit=PREDICT_SLOTS, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_BYTES, theme=THEME, css=CSS,
+                js=ONE_DECIMAL_LABELS,
                 state_session_capacity=SESSIONS_KEPT,
                 app_kwargs={"middleware": [Middleware(RequestSizeLimit, max_bytes=MAX_REQUEST_BYTES,
                                                       upload_bytes=MAX_UPLOAD_BYTES)]})

@@ -24,7 +24,7 @@ import torch
 from catsdogs import plots
 from catsdogs.data import CLASS_NAMES, IMAGE_SUFFIXES, DataError, Found, Photos, choose_split
 from catsdogs.device import pick_device
-from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model
+from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model, read_metrics
 from catsdogs.inference import compiled_for_predictions, load_not_pet_score
 from catsdogs.loader import SCORING_BATCH, PhotoLoader, find
 from catsdogs.metrics import BINS, auroc, confusion_matrix, measure, per_class
@@ -197,14 +197,6 @@ def not_pet_report(scores: Scores, folder: Path) -> dict:
                      for path, distance, flag in zip(read, others.tolist(), flagged.tolist(), strict=True)],
         "skipped": skipped,
     }
-
-
-def read_metrics(folder: Path) -> dict:
-    """What training recorded beside the weights (split settings, counts, accuracy); {} where nothing was."""
-    try:
-        return json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def format_report(report: dict) -> str:

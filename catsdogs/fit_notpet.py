@@ -14,8 +14,7 @@ import torch
 from tqdm import tqdm
 
 from catsdogs.data import DataError, Photos, Split
-from catsdogs.evaluate import read_metrics
-from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model
+from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model, read_metrics
 from catsdogs.loader import PhotoLoader, find_split
 from catsdogs.model import CatsDogsCNN, predict_with_features
 from catsdogs.notpet import BANK_PER_CLASS, NEIGHBOUR, SEED, NotPetScore, bank_indices, fit

@@ -245,6 +245,14 @@ def config_problem(config: Any) -> str | None:
     return None
 
 
+def read_metrics(folder: str | Path) -> dict:
+    """What training recorded beside the weights (split settings, counts, accuracy); {} where nothing was."""
+    try:
+        return json.loads((Path(folder) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def card_metric(folder: str | Path, metric: str) -> float | None:
     """A validation figure the folder's model card states ("accuracy", "expected_calibration_error"), if it does."""
     try:
