@@ -94,8 +94,6 @@ def test_the_gallery_and_table_fit_and_come_into_view(browser, app, size, shared
     assert_none_cut(page, "#gallery .caption-label")
     table = page.locator("#batch-results table").bounding_box()
     assert table["x"] >= 0 and table["x"] + table["width"] <= width, table  # every column on the screen
-    assert page.locator("#batch-results td .cell-wrap span").count() >= len(photos) * 4
-    assert_none_cut(page, "#batch-results td .cell-wrap span, #batch-results th .cell-wrap span")
     page.close()
 
 
