@@ -104,36 +104,38 @@ def test_a_webcam_snapshot_is_stored_and_explained_as_the_camera_sees_it(browser
     page.close()
 
 
-# Notes every heatmap the page shows, with the photo in the box at that moment.
+# Notes every heatmap the page shows, with the photo in the box and the label at that moment.
 HEATMAPS_SHOWN = """() => {
   window.heatmapsShown = [];
   new MutationObserver(() => {
     const heatmap = document.querySelector('#heatmap img'), photo = document.querySelector('#photo img');
+    const label = document.querySelector('#prediction [data-testid=label-output-value]');
     if (heatmap && heatmap.src !== window.heatmapsShown.at(-1)?.[0])
-      window.heatmapsShown.push([heatmap.src, photo ? photo.src : null]);
-  }).observe(document.body, {subtree: true, childList: true, attributes: true, attributeFilter: ['src']});
+      window.heatmapsShown.push([heatmap.src, photo && photo.src, label && label.innerText]);
+  }).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
 }"""
 
 
 def test_a_second_photo_never_shows_the_first_ones_heatmap(browser, app, shared_data):
     first, second = shared_data / FULL_SIZE / CAT, shared_data / FULL_SIZE / DOG
     expected = Image.open(Client(app.url, verbose=False).predict(handle_file(second), api_name="/heatmap"))
-    expected = expected.convert("RGB")
+    expected = np.asarray(expected.convert("RGB"), dtype=float)
     page = open_page(browser, app, width=1280, height=900)
     page.evaluate(HEATMAPS_SHOWN)
-    page.locator("#photo input[type=file]").set_input_files(first)
-    page.locator("#photo input[type=file]").set_input_files(second)  # before the first one's heatmap
+    with page.expect_request(lambda request: "/queue/join" in request.url):  # the first photo's answer is asked
+        page.locator("#photo input[type=file]").set_input_files(first)
+    page.locator("#photo input[type=file]").set_input_files(second)  # while the first one is answered
     page.locator("#prediction [data-testid=label-output-value]").get_by_text("dog").wait_for(timeout=30_000)
-    page.wait_for_function(HEATMAP_SHOWN, timeout=30_000)
     page.locator("#photo-timing").get_by_text("heatmap in").wait_for(timeout=30_000)
     shown = page.evaluate("window.heatmapsShown")
     second_photo = page.locator("#photo img").get_attribute("src")
-    assert shown and shown[-1][1] == second_photo
-    for heatmap, photo in shown:
-        if photo == second_photo:  # every heatmap shown beside the second photo is the second photo's
-            picture = picture_at(heatmap)
-            assert picture.size == expected.size
-            assert np.abs(np.asarray(picture, dtype=float) - np.asarray(expected, dtype=float)).mean() < 3
+    assert shown and shown[-1][1:] == [second_photo, "dog"]
+    for heatmap, photo, label in shown:
+        # Beside the second photo or its answer, only its heatmap: the same picture the API draws for it (a
+        # heatmap of the other class over it differs by ~2.3 levels on average, the same one by 0).
+        if photo == second_photo or label == "dog":
+            picture = np.asarray(picture_at(heatmap), dtype=float)
+            assert picture.shape == expected.shape and np.abs(picture - expected).mean() < 0.5, (photo, label)
     page.close()
 
 
@@ -141,8 +143,6 @@ def test_the_live_view_answers_several_times_a_second(browser, app):
     page = open_page(browser, app, width=390, height=844)
     page.evaluate(RECORDER)
     page.get_by_role("tab", name="Live webcam").click()
-    assert f"up to {1 / demo_app.LIVE_EVERY:.0f} times a second" in page.locator("#live").locator("..").locator(
-        "..").inner_text()
     page.locator("#live").get_by_text("Click to Access Webcam").click()
     page.wait_for_function(WEBCAM_READY, arg="live", timeout=30_000)
     page.locator("#live").get_by_label("capture photo").click()  # "Record": the stream starts
@@ -150,6 +150,8 @@ def test_the_live_view_answers_several_times_a_second(browser, app):
     # More than twice a second: at least 5 answers within 2 s of the first.
     page.wait_for_function("() => window.liveAnswers.length >= 6 && "
                            "window.liveAnswers[5] - window.liveAnswers[0] <= 2000", timeout=30_000)
+    caption = page.get_by_text("times a second, while the webcam records").inner_text()
+    assert f"up to {1 / demo_app.LIVE_EVERY:.0f} times a second" in caption, caption
     page.close()
 
 
