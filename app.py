@@ -595,9 +595,8 @@ def live_tab(predictor: Predictor) -> None:
                             "times a second, while the webcam records, for up to a minute. With several cameras, "
                             "the button beside Record picks one.", elem_classes="caption")
                 timing = gr.Markdown(elem_id="live-timing", elem_classes="caption")
-    # No progress timer over the answer: at 0.1 s a frame, a request is nearly always running.
     live.stream(partial(show_live, predictor), live, [live_label, live_note, timing], stream_every=LIVE_EVERY,
-                show_progress="hidden", time_limit=60, concurrency_limit=4, api_visibility="private")
+                time_limit=60, concurrency_limit=4, api_visibility="private")
 
 
 def batch_tab(predictor: Predictor) -> tuple[gr.File, gr.Dataframe]:
