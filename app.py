@@ -15,15 +15,12 @@ MAX_BATCH_FILES photos, run Classifier.chunk at a time, and request bodies are c
 """
 
 import argparse
-import atexit
 import base64
 import csv
 import io
 import ipaddress
 import os
-import re
-import shutil
-import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -39,6 +36,8 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 from gradio.components.label import LabelConfidence, LabelData  # noqa: E402
 from gradio.exceptions import InvalidPathError  # noqa: E402
+from gradio.processing_utils import save_bytes_to_cache  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 from huggingface_hub import ModelCard, constants  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
@@ -69,14 +68,21 @@ CACHE_SECONDS = 600  # uploads and linked photos are deleted from Gradio's cache
 # Visitors whose session state (the photo tab's answer, Gradio's copy of the page's config: ~65 KB) is kept: the
 # newest ones; Gradio's default of 10,000 lets a stream of new visitors grow the server by ~1 GB before any goes.
 SESSIONS_KEPT = 1000
-CSV_FOLDER = tempfile.mkdtemp(prefix="catsdogs-tables-")  # the batch tables' CSV files, gone when the app stops
-atexit.register(shutil.rmtree, CSV_FOLDER, ignore_errors=True)
 
 # The clickable examples: pictures whose licence lets them ship here (docs/demo.md lists each
 # one's source and licence). No dog among them: no licence-clean dog photo could be found on these machines.
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 EXAMPLE_PICTURES = {"chelsea.jpg": "Chelsea the cat", "coffee.jpg": "A cup of coffee", "grass.jpg": "Grass",
                     "brick.jpg": "A brick wall"}
+# The webcam's frames go to the network as the camera sees them (text in the photo reads the right way, in the
+# answer's heatmap too): Gradio's `mirror` flips the captured frame as well as the preview, so it is off and
+# WEBCAM_CSS mirrors the preview alone, as a mirror would. 640 px wide is enough for a 224x224 network.
+WEBCAM = gr.WebcamOptions(mirror=False, constraints={"video": {"width": {"ideal": 640}}})
+# The live view asks for small frames: they are squashed to 224x224 anyway, and a 320x240 frame costs the browser,
+# the upload and the decoder a quarter of a 640x480 one.
+LIVE_WEBCAM = gr.WebcamOptions(mirror=False, constraints={"video": {"width": {"ideal": 320}}})
+LIVE_EVERY = 0.1  # s: the browser sends a frame this often, and only once the last one is answered
+WEBCAM_CSS = "#photo [data-testid=webcam-video], #live [data-testid=webcam-video] { transform: scaleX(-1); }"
 IMAGE_HEIGHT = 360  # px: the photo and heatmap boxes keep this height whatever the photo's shape
 PHONE_WIDTH = 640  # px: narrower windows get the phone layout (smaller boxes, the answer scrolled into view)
 PHONE_IMAGE_HEIGHT = 240  # px: the boxes' height there, so that an answer, its heatmap and its note fit a screen
@@ -100,8 +106,8 @@ CSS = """
 /* Galleries as tall as their pictures (Gradio's "auto" height still scrolls inside a box), in as many columns as
    fit the width, captions whole under their pictures. */
 .fits .grid-wrap { max-height: none; min-height: 0; overflow-y: visible; }
-.fits .grid-container { padding-top: var(--size-10); grid-template-columns: repeat(auto-fill, minmax(var(--thumb-width, 150px), 1fr));
-                        grid-template-rows: none; grid-auto-rows: auto; }
+.fits .grid-container { padding-top: var(--size-10); grid-template-rows: none; grid-auto-rows: auto;
+                        grid-template-columns: repeat(auto-fill, minmax(var(--thumb-width, 150px), 1fr)); }
 #examples { --thumb-width: 70px; }
 .fits .thumbnail-item { display: flex; flex-direction: column; height: auto; aspect-ratio: auto; }
 .fits .thumbnail-item > img { aspect-ratio: 1; height: auto; }
@@ -130,9 +136,11 @@ ONE_DECIMAL_LABELS = """() => {
 
 @dataclass
 class UnreadablePhoto:
-    """What PetPhoto hands on instead of a path when PIL cannot open the upload: the reason, for the user."""
+    """What PetPhoto hands on instead of a path when PIL cannot open the upload: the reason, for the user, and
+    the file (None for a `data:` URL)."""
 
     reason: str
+    path: str | None = None
 
 
 def too_large(error: Exception) -> str:
@@ -189,9 +197,10 @@ class PetPhoto(FetchesLinks, gr.Image):
         try:
             return super().preprocess(payload)  # type="filepath": opens the file's header only
         except Image.DecompressionBombError:
-            return UnreadablePhoto(too_large(f"it has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"))
+            return UnreadablePhoto(too_large(f"it has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"),
+                                   payload.path)
         except (UnidentifiedImageError, OSError, ValueError):
-            return UnreadablePhoto(NOT_A_PHOTO)
+            return UnreadablePhoto(NOT_A_PHOTO, payload.path)
 
 
 class PetPhotos(FetchesLinks, gr.File):
@@ -323,12 +332,34 @@ def photo_errors():
         raise gr.Error(NOT_A_PHOTO + " It may be damaged or cut short.") from None
 
 
-@dataclass
-class PhotoAnswer:
-    """What the photo tab keeps per visitor (a gr.State) from its answer to its heatmap."""
+# Taking up a photo is a check and a change of a PhotoBox that two events of one visitor can make at once.
+TAKING_A_PHOTO = threading.Lock()
 
-    class_name: str  # the most likely class: the heatmap shows what pushed towards it
-    seconds: float
+
+@dataclass
+class PhotoBox:
+    """Which file of a visitor's photo box the photo tab answers. It lives in a gr.State, which hands every event of
+    that visitor the same object, so an event that took up a photo can tell when a newer one has replaced it."""
+
+    photo: str | None = None  # the file in Gradio's cache; None for an empty box
+
+    @staticmethod
+    def file_of(photo: "str | UnreadablePhoto | None") -> str | None:
+        return photo.path if isinstance(photo, UnreadablePhoto) else photo
+
+    def take(self, photo: "str | UnreadablePhoto | None") -> bool:
+        """Take up the box's photo; False when it is the one already taken up. Gradio's frontend sends two change
+        events, both with the new file, for a file dropped over another one: the second must not answer (or
+        refuse) it again."""
+        with TAKING_A_PHOTO:
+            if self.file_of(photo) == self.photo:
+                return False
+            self.photo = self.file_of(photo)
+            return True
+
+    def holds(self, photo: "str | UnreadablePhoto | None") -> bool:
+        """Whether the photo is still the one in the box (no newer photo has been taken up since)."""
+        return self.file_of(photo) == self.photo
 
 
 @dataclass
@@ -417,32 +448,33 @@ class Predictor:
 
 
 def write_csv(headers: list[str], rows: list[list]) -> str:
-    """The batch table as a CSV file to download (Gradio copies it into its cache, which is cleaned)."""
-    path = Path(tempfile.mkdtemp(dir=CSV_FOLDER)) / "catsdogs-answers.csv"
-    with path.open("w", newline="") as file:
-        csv.writer(file).writerows([headers, *rows])
-    return str(path)
+    """The batch table as a CSV file to download, written into Gradio's cache: Gradio serves it from there and
+    deletes it with the uploads (delete_cache)."""
+    table = io.StringIO(newline="")
+    csv.writer(table).writerows([headers, *rows])
+    return save_bytes_to_cache(table.getvalue().encode(), "catsdogs-answers.csv", get_upload_folder())
 
 
 # The page's events: each takes what its tab shows and returns what it changes.
 
-def show_answer(predictor: Predictor, photo) -> tuple:
-    """Photo tab, first step: the label at once (the heatmap follows); no photo clears everything."""
+def show_answer(predictor: Predictor, photo, box: PhotoBox):
+    """Photo tab: the label at once, then the heatmap of that same photo; no photo clears everything. Only while
+    the photo is still the one in the box: a photo dropped meanwhile gets its own answer, never this one's."""
+    unchanged = (gr.skip(),) * 4
+    if not box.take(photo):
+        yield unchanged
+        return
     if photo is None:
-        return None, "", None, "", None
+        yield None, "", None, ""
+        return
     started = time.perf_counter()
     answer = predictor.classify(photo)
-    shown = PhotoAnswer(answer.top_class, time.perf_counter() - started)
-    return shown_label(answer), answer_note(answer), None, f"Answered in {took(shown.seconds)}", shown
-
-
-def show_heatmap(predictor: Predictor, photo, answer: PhotoAnswer | None) -> tuple:
-    if photo is None or answer is None:
-        return None, gr.skip()
+    answered = f"Answered in {took(time.perf_counter() - started)}"
+    yield (shown_label(answer), answer_note(answer), None, answered) if box.holds(photo) else unchanged
     started = time.perf_counter()
-    heatmap = predictor.where_it_looked(photo, answer.class_name)
-    return heatmap, (f"Answered in {took(answer.seconds)} · heatmap in "
-                     f"{took(time.perf_counter() - started)}")
+    heatmap = predictor.where_it_looked(photo, answer.top_class)
+    heatmap_line = f"{answered} · heatmap in {took(time.perf_counter() - started)}"
+    yield (gr.skip(), gr.skip(), heatmap, heatmap_line) if box.holds(photo) else unchanged
 
 
 def show_live(predictor: Predictor, frame) -> tuple:
@@ -632,8 +664,7 @@ def photo_tab(predictor: Predictor) -> tuple[PetPhoto, AnswerLabel, gr.Image]:
         with gr.Row(equal_height=False):
             with gr.Column():
                 photo = PetPhoto(type="filepath", sources=["upload", "webcam", "clipboard"], image_mode=None,
-                                 label="Your photo", height=IMAGE_HEIGHT, elem_id="photo",
-                                 webcam_options=gr.WebcamOptions(constraints={"video": {"width": {"ideal": 640}}}))
+                                 label="Your photo", height=IMAGE_HEIGHT, elem_id="photo", webcam_options=WEBCAM)
                 gr.Markdown("Drop a photo on the box, or use the buttons under it.", elem_classes="caption")
                 examples = gr.Gallery([(EXAMPLES / name, label) for name, label in EXAMPLE_PICTURES.items()],
                                       label="No photo at hand? Click one", height="auto", allow_preview=False,
@@ -653,13 +684,14 @@ def photo_tab(predictor: Predictor) -> tuple[PetPhoto, AnswerLabel, gr.Image]:
     examples.select(pick_example, None, [photo, examples], api_visibility="private", queue=False)
     # On a phone the answer is under the photo: brought up, with the heatmap under it, once it is there.
     label.change(None, label, None, js=scroll_to("prediction", phones_only=True))
-    answer = gr.State(None)  # PhotoAnswer: per visitor, for this tab
-    answered = photo.change(partial(show_answer, predictor), photo, [label, note, heatmap, timing, answer],
-                            api_visibility="private", concurrency_id="predict")
-    answered.success(partial(show_heatmap, predictor), [photo, answer], [heatmap, timing],
-                     api_visibility="private", concurrency_id="predict")
+    box = gr.State(PhotoBox())  # each visitor gets its own copy
+    # "multiple": a photo dropped while the last one is answered starts at once (the last one's answer then stops
+    # showing), rather than after it.
+    answered = photo.change(partial(show_answer, predictor), [photo, box], [label, note, heatmap, timing],
+                            api_name="photo_answer", api_visibility="private", concurrency_id="predict",
+                            trigger_mode="multiple")
     # A photo that cannot be used: the error toast, and nothing of it (no broken image) or of the photo before.
-    answered.failure(lambda: (None, None, "", None, "", None), None, [photo, label, note, heatmap, timing, answer],
+    answered.failure(lambda: (None, None, "", None, ""), None, [photo, label, note, heatmap, timing],
                      api_visibility="private", queue=False)
     return photo, label, heatmap
 
@@ -668,16 +700,16 @@ def live_tab(predictor: Predictor) -> None:
     with gr.Tab("Live webcam"):
         with gr.Row():
             live = PetPhoto(sources=["webcam"], streaming=True, type="filepath", label="Webcam (live)",
-                            elem_id="live", image_mode=None, height=IMAGE_HEIGHT, webcam_options=gr.WebcamOptions(
-                                constraints={"video": {"width": {"ideal": 640}}}))
+                            elem_id="live", image_mode=None, height=IMAGE_HEIGHT, webcam_options=LIVE_WEBCAM)
             with gr.Column():
                 live_label = AnswerLabel(num_top_classes=len(predictor.class_names), elem_id="live-prediction",
                                          label="Live prediction")
                 live_note = gr.Markdown(elem_id="live-unsure")
-                gr.Markdown("Updates twice a second while the webcam records, for up to a minute.",
-                            elem_classes="caption")
+                gr.Markdown(f"Answers the newest frame as soon as the last one is answered, up to {1 / LIVE_EVERY:.0f} "
+                            "times a second, while the webcam records, for up to a minute. With several cameras, "
+                            "the button beside Record picks one.", elem_classes="caption")
                 timing = gr.Markdown(elem_id="live-timing", elem_classes="caption")
-    live.stream(partial(show_live, predictor), live, [live_label, live_note, timing], stream_every=0.5,
+    live.stream(partial(show_live, predictor), live, [live_label, live_note, timing], stream_every=LIVE_EVERY,
                 time_limit=60, concurrency_limit=4, api_visibility="private")
 
 
@@ -757,9 +789,8 @@ def main() -> None:
         print(f"serving {classifier.source} on {classifier.device.type}; {classifier.describe()}", flush=True)
     demo = build_demo(classifier, warning, tuple(args.allow_links_from))
     demo.queue(default_concurrency_limit=PREDICT_SLOTS, max_size=64)
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_BYTES, theme=THEME, css=CSS,
-                js=ONE_DECIMAL_LABELS,
-                state_session_capacity=SESSIONS_KEPT,
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_BYTES, theme=THEME,
+                css=CSS + WEBCAM_CSS, js=ONE_DECIMAL_LABELS, state_session_capacity=SESSIONS_KEPT,
                 app_kwargs={"middleware": [Middleware(RequestSizeLimit, max_bytes=MAX_REQUEST_BYTES,
                                                       upload_bytes=MAX_UPLOAD_BYTES)]})
 

@@ -194,7 +194,8 @@ class Setting:
 def settings(bank: Views, labels: torch.Tensor, temperature: float) -> list[Setting]:
     found = []
     for mirror in (True, False):
-        found += [Setting("MSP", "logits", mirror, lambda v, m=mirror: -(v.logit(m) / temperature).softmax(1).max(1).values),
+        found += [Setting("MSP", "logits", mirror,
+                          lambda v, m=mirror: -(v.logit(m) / temperature).softmax(1).max(1).values),
                   Setting("energy", "logits", mirror, lambda v, m=mirror: -v.logit(m).logsumexp(1))]
         for layer in LAYERS:
             fitted = bank.layer(layer, mirror)
@@ -202,10 +203,10 @@ def settings(bank: Views, labels: torch.Tensor, temperature: float) -> list[Sett
                 prepare = (lambda f: torch.nn.functional.normalize(f, dim=1)) if normalise else (lambda f: f)
                 maha = mahalanobis_scorer(prepare(fitted), labels)
                 found.append(Setting(f"Mahalanobis{'' if normalise else ', raw'}", layer, mirror,
-                                     lambda v, s=maha, p=prepare, l=layer, m=mirror: s(p(v.layer(l, m)))))
+                                     lambda v, s=maha, p=prepare, at=layer, m=mirror: s(p(v.layer(at, m)))))
                 knn = knn_scorer(fitted, 5, normalise)
                 found.append(Setting(f"KNN k=5{'' if normalise else ', raw'}", layer, mirror,
-                                     lambda v, s=knn, l=layer, m=mirror: s(v.layer(l, m))))
+                                     lambda v, s=knn, at=layer, m=mirror: s(v.layer(at, m))))
     return found
 
 

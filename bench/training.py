@@ -138,7 +138,8 @@ def measure(device: torch.device, photos: Photos, seconds: float, rounds: int, c
     rows.append([f"{device.type}: pre-made batch / our pipeline (target <= 1.1)", "", "", "",
                  f"{rates[premade_name] / ours_rate:.2f}x"])
     for name in compiled_steps:
-        rows.append([f"{device.type}: compiled / eager, the same layout", "", "", "", f"{rates[name] / ours_rate:.2f}x"])
+        ratio = f"{rates[name] / ours_rate:.2f}x"
+        rows.append([f"{device.type}: compiled / eager, the same layout", "", "", "", ratio])
     return rows
 
 

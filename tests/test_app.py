@@ -423,14 +423,16 @@ def link_app(shipped_weights, shared_data, tmp_path_factory):
         app.stop()
 
 
-def routes_taking(server: Server, config: dict, elem_ids: set[str]) -> dict[str, bool]:
-    """Every event (API or page) whose one input is the component with one of `elem_ids`: name -> takes a list."""
+def routes_taking(server: Server, config: dict, elem_ids: set[str]) -> dict[str, tuple[bool, int]]:
+    """Every event (API or page) whose first input is the component with one of `elem_ids` and whose others are
+    per-visitor states: name -> (takes a list, how many states follow it)."""
     ids = {c["id"]: c["props"].get("elem_id") for c in config["components"]}
+    states = {c["id"] for c in config["components"] if c.get("type") == "state"}
     routes = {}
     for name, (index, _) in server.endpoints.items():
-        inputs = config["dependencies"][index]["inputs"]
-        if len(inputs) == 1 and ids.get(inputs[0]) in elem_ids:
-            routes[name] = ids[inputs[0]] == "batch"
+        first, *others = config["dependencies"][index]["inputs"] or [None]
+        if ids.get(first) in elem_ids and set(others) <= states:
+            routes[name] = (ids[first] == "batch", len(others))
     return routes
 
 
@@ -443,10 +445,10 @@ def test_every_route_that_takes_a_photo_fetches_links_with_the_size_cap(link_app
     assert "ok" in server.call("predict", [file_data(f"{site}/cat.85.jpg")], shown=200)
     assert '"cat"' in server.call("predict_many", [[file_data(f"{site}/cat.85.jpg")]], shown=200)
     start = reset_peak(app)
-    for name, takes_list in routes.items():
+    for name, (takes_list, states) in routes.items():
         for big in ("sized", "unsized"):  # 500 MB, with and without Content-Length
             link = file_data(f"{site}/{big}/{500 * 2**20}")
-            answer = server.call(name, [[link]] if takes_list else [link])
+            answer = server.call(name, [[link] if takes_list else link, *[None] * states])
             assert "is over 20 MB" in answer, (name, big, answer)
     assert status_mb(app.proc.pid, "VmHWM") - start < 60
 

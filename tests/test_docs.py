@@ -108,8 +108,10 @@ def broken_link(page: Path, target: str) -> str | None:
 
 def test_slugs_follow_githubs_rules():
     assert slug("The demo: `python app.py`") == "the-demo-python-apppy"
-    assert slug("Calibration: percentages that mean what they say") == "calibration-percentages-that-mean-what-they-say"
-    assert slug("Moving average and mirror test-time augmentation") == "moving-average-and-mirror-test-time-augmentation"
+    assert (slug("Calibration: percentages that mean what they say")
+            == "calibration-percentages-that-mean-what-they-say")
+    assert (slug("Moving average and mirror test-time augmentation")
+            == "moving-average-and-mirror-test-time-augmentation")
     assert slug("1. Here: pack the photos") == "1-here-pack-the-photos"
     assert slug("snake_case and **bold** [a link](x.md)") == "snake_case-and-bold-a-link"
 

@@ -109,6 +109,9 @@ def test_gallery_captions_and_csv_match_the_api(browser, app, shared_data):
     captions.nth(len(photos) - 1).wait_for(timeout=60_000)
     assert captions.all_inner_texts() == expected
     assert expected[1].startswith(demo_app.NOT_A_PET) and "not sure" in expected[2]  # the three answers shown
+    # The captions come before the thumbnails have loaded: wait for every one to finish, loaded or broken.
+    page.wait_for_function("() => [...document.querySelectorAll('#gallery img')].every(img => img.complete)",
+                           timeout=30_000)
     assert no_broken_image(page, "gallery")
     link = page.locator("#batch-csv a").first.get_attribute("href")
     rows = list(csv.reader(io.StringIO(httpx.get(link, trust_env=False).text)))

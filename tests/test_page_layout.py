@@ -108,7 +108,8 @@ def test_the_text_states_the_weights_own_figures_and_links_the_whole_card(browse
     assert f"{metrics['n_train']:,} photos" in card and "epoch" not in card.lower()
     assert len(card) < 1000 and "/" not in card.replace("N/A", "")  # headline figures only, no paths
     client = Client(app.url, verbose=False)
-    answers = [f"{name.split('.')[0]} → {caption(client.predict(handle_file(demo_app.EXAMPLES / name), api_name='/predict'))}"
+    answers = [f"{name.split('.')[0]} → "
+               f"{caption(client.predict(handle_file(demo_app.EXAMPLES / name), api_name='/predict'))}"
                for name in demo_app.EXAMPLE_PICTURES]
     assert "; ".join(answers) in how  # what the examples get, as the weights answer them
     assert page.locator("#full-card").get_by_text("The full model card").is_visible()

@@ -1,0 +1,100 @@
+"""The live webcam tab in Chromium with a fake camera: answers per second and frame-to-answer latency.
+
+    python -m bench.live --seconds 20
+    python -m bench.live --seconds 20 --compare OTHER_CHECKOUT/app.py   # and another checkout's app, in turn
+
+Starts `python app.py`, opens the live tab in headless Chromium whose fake camera plays two full-size photos (a
+cat and a dog, alternating every half second), starts the stream and records it for --seconds. A script in the
+page notes when each frame leaves the browser (its HTTP request) and when each answer arrives (the queue's
+event stream); the latency of an answer is the time since the last frame sent before it. The browser sends the
+next frame only once the last one is answered, so answers per second is also frames per second.
+"""
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+from bench.app_load import PHOTOS, ROOT, start_app
+from bench.common import report
+
+sys.path.insert(0, str(ROOT / "tests"))
+from test_browser import CHROMIUM, WEBCAM_READY, write_y4m  # noqa: E402
+
+# Notes the time of every frame sent (a POST to /gradio_api/stream/, or the queue/join that opens the stream)
+# and of every answer (a "process_streaming" message on the queue's event stream).
+RECORDER = """(() => {
+  const fetch = window.fetch, decoder = new TextDecoder();
+  window.liveFrames = []; window.liveAnswers = [];
+  window.fetch = async (input, init) => {
+    const url = typeof input === 'string' ? input : input.url;
+    if (url.includes('/gradio_api/stream/') || url.includes('/gradio_api/queue/join'))
+      window.liveFrames.push(performance.now());
+    const response = await fetch(input, init);
+    if (!url.includes('/gradio_api/queue/data') || !response.body) return response;
+    const [mine, theirs] = response.body.tee();
+    (async () => {
+      const reader = mine.getReader();
+      for (;;) {
+        const {value, done} = await reader.read();
+        if (done) return;
+        const now = performance.now();
+        for (const _ of decoder.decode(value).matchAll(/"msg": ?"process_streaming"/g)) window.liveAnswers.push(now);
+      }
+    })();
+    return new Response(theirs, {status: response.status, statusText: response.statusText,
+                                 headers: response.headers});
+  };
+})();"""
+
+
+def record(browser, url: str, seconds: float) -> dict[str, float]:
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.add_init_script(RECORDER)
+    page.goto(url)
+    page.get_by_role("tab", name="Live webcam").click()
+    page.locator("#live").get_by_text("Click to Access Webcam").click()
+    page.wait_for_function(WEBCAM_READY, arg="live", timeout=60_000)
+    page.locator("#live").get_by_label("capture photo").click()  # "Record": the stream starts
+    page.wait_for_function("() => window.liveAnswers.length > 0", timeout=60_000)
+    page.wait_for_timeout(seconds * 1000)
+    frames, answers = page.evaluate("[window.liveFrames, window.liveAnswers]")
+    page.close()
+    start = answers[0]
+    answers = [t for t in answers if t > start]  # the first answer starts the clock: warm-up is not counted
+    latencies = [t - max(f for f in frames if f < t) for t in answers]
+    return {"answers_per_s": len(answers) / ((answers[-1] - start) / 1000), "p50_ms": statistics.median(latencies),
+            "p95_ms": statistics.quantiles(latencies, n=20)[-1], "answers": len(answers)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--compare", type=Path, help="another checkout's app.py, measured after this one")
+    args = parser.parse_args()
+    app_files = [ROOT / "app.py", *([args.compare.resolve()] if args.compare else [])]
+    with tempfile.TemporaryDirectory() as folder:
+        camera = write_y4m(Path(folder) / "pets.y4m", [PHOTOS / "cat.85.jpg", PHOTOS / "dog.79.jpg"])
+        rows = []
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={camera}"])
+            for app_file in app_files:
+                app, url = start_app(app_file, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    figures = record(browser, url, args.seconds)
+                finally:
+                    app.terminate()
+                rows.append([str(app_file), *figures.values()])
+            browser.close()
+    report(f"The live tab in Chromium, a fake 640x480 camera, {args.seconds:.0f} s of stream",
+           ["app", "answers/s", "p50 latency ms", "p95 latency ms", "answers"], rows)
+
+
+if __name__ == "__main__":
+    main()
