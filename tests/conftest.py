@@ -54,6 +54,32 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from catsdogs import allocator  # noqa: E402  (imports nothing heavy)
+
+
+def pytest_configure(config):
+    """The test processes train and score in-process too: on the allocator train.py restarts itself under
+    (jemalloc, when the system has it), for the same reason (docs/performance.md: the system's malloc page-faults
+    every step's activations in again). Here, after the conftests have loaded, pytest's output capture is
+    suspended, so the restarted pytest writes to the terminal; xdist's workers start later and inherit the preload."""
+    allocator.use_jemalloc()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _programs_start_on_their_own_allocator():
+    """What the tests start (train.py, app.py, Chromium) starts as it would for a user: without the preload,
+    train.py restarts itself under jemalloc and the app stays on the system's malloc."""
+    if os.environ.get(allocator.SWITCH) == "jemalloc":  # set by the restart above, with the two below
+        del os.environ[allocator.SWITCH]
+        library = allocator.find_jemalloc()
+        preload = [entry for entry in os.environ.pop("LD_PRELOAD", "").split(":") if entry and entry != library]
+        if preload:
+            os.environ["LD_PRELOAD"] = ":".join(preload)
+        if os.environ.get("MALLOC_CONF") == allocator.KEEP_FREED_PAGES:
+            del os.environ["MALLOC_CONF"]
+    yield
+
+
 WRITE_TOKEN = "hf_test_write"
 READ_TOKEN = "hf_test_read"
 BAD_TOKEN = "hf_test_unknown"

@@ -69,7 +69,8 @@ def test_training_ends_with_a_fitted_temperature_that_every_consumer_applies(tmp
     data = write_kaggle_folder(tmp_path / "photos", per_class=150)
     for i in range(25):  # warm "cats" labelled dog: no network gets these right, so the fit has something to do
         (data / f"cat.{i}.jpg").rename(data / f"dog.{1000 + i}.jpg")
-    config = TrainConfig(data=str(data), val_fraction=0.7, epochs=1, batch_size=30, output=str(tmp_path / "out"))
+    config = TrainConfig(data=str(data), val_fraction=0.7, epochs=1, batch_size=30, output=str(tmp_path / "out"),
+                         memory_format="channels_last")
     summary = train(config, command="python train.py --test").summary
     calibration = summary["calibration"]
     assert calibration["photos"] == summary["n_val"] >= MIN_PHOTOS

@@ -197,7 +197,7 @@ def test_the_moving_average_is_validated_and_saved_and_the_mirror_is_recorded(tm
 
     data = write_kaggle_folder(tmp_path / "photos", per_class=8)
     config = TrainConfig(data=str(data), val_fraction=0.25, epochs=1, batch_size=4, ema_decay=0.5, tta="mirror",
-                         device="cpu", workers=1, cache=False, output=str(tmp_path / "out"))
+                         device="cpu", workers=1, cache=False, memory_format="channels_last", output=str(tmp_path / "out"))
     train(config, command="python train.py --test")
     checkpoint = load_checkpoint(config.checkpoint)
     ema = checkpoint["ema"]
@@ -239,7 +239,7 @@ def test_a_run_never_replaces_weights_it_did_not_write(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     args = [sys.executable, str(ROOT / "train.py"), "--data", str(data), "--epochs", "1", "--batch-size", "6",
-            "--val-fraction", "0.25"]
+            "--val-fraction", "0.25", "--memory-format", "channels_last"]
     run = lambda *extra: subprocess.run([*args, *extra], cwd=work, capture_output=True, text=True,  # noqa: E731
                                         timeout=300)
     first = run()
