@@ -31,7 +31,8 @@ def train_and_push(photos: Path, output: Path, token: str | None, repo_id: str =
     if token:
         env["HF_TOKEN"] = token
     command = [sys.executable, "train.py", "--data", str(photos), "--val-fraction", "0.34", "--epochs", "1",
-               "--batch-size", "8", "--memory-format", "channels_last", "--output", str(output), "--checkpoint", str(output.parent / "ck.safetensors"),
+               "--batch-size", "8", "--memory-format", "channels_last", "--output", str(output),
+               "--checkpoint", str(output.parent / "ck.safetensors"),
                "--push", "--repo-id", repo_id]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 

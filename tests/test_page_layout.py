@@ -59,9 +59,10 @@ def test_an_example_gives_its_answer_its_figures_and_heatmap_on_one_screen(brows
     page = open_page(browser, app, width, height)
     tabs = page.get_by_role("tab")
     assert [tab.is_visible() for tab in tabs.all()] == [True] * 3 and page.locator(".overflow-menu").is_hidden()
-    thumbnails = page.locator("#examples img")
-    assert thumbnails.count() == len(demo_app.EXAMPLE_PICTURES)
-    assert page.locator("#examples").evaluate("e => [...e.querySelectorAll('img')].every(i => i.naturalWidth > 0)")
+    # Every example's thumbnail drawn (the gallery fills in after the page's first drawing):
+    page.wait_for_function("n => { const images = [...document.querySelectorAll('#examples img')];"
+                           " return images.length === n && images.every(i => i.complete && i.naturalWidth > 0); }",
+                           arg=len(demo_app.EXAMPLE_PICTURES), timeout=10_000)
     page.get_by_text("A cup of coffee").click()  # its picture, and its label under it
     page.wait_for_function(HEATMAP_SHOWN, timeout=30_000)
     page.locator("#unsure").get_by_text("Not sure between cat and dog").wait_for(timeout=30_000)

@@ -40,7 +40,8 @@ def test_train_py_on_real_photos_listed_in_a_csv(shared_data, tmp_path):
     (tmp_path / "cat_dog.csv").write_text("image,labels\n" + "\n".join(rows) + "\n")
     result = subprocess.run(
         [sys.executable, "train.py", "--data", str(tmp_path / "cat_dog.csv"), "--val-fraction", "0.25", "--epochs", "1",
-         "--batch-size", "9", "--memory-format", "channels_last", "--output", str(tmp_path / "weights"), "--checkpoint", str(tmp_path / "ck.safetensors")],
+         "--batch-size", "9", "--memory-format", "channels_last", "--output", str(tmp_path / "weights"),
+         "--checkpoint", str(tmp_path / "ck.safetensors")],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "weights" / "metrics.json").read_text())

@@ -197,7 +197,8 @@ def test_the_moving_average_is_validated_and_saved_and_the_mirror_is_recorded(tm
 
     data = write_kaggle_folder(tmp_path / "photos", per_class=8)
     config = TrainConfig(data=str(data), val_fraction=0.25, epochs=1, batch_size=4, ema_decay=0.5, tta="mirror",
-                         device="cpu", workers=1, cache=False, memory_format="channels_last", output=str(tmp_path / "out"))
+                         device="cpu", workers=1, cache=False, memory_format="channels_last",
+                         output=str(tmp_path / "out"))
     train(config, command="python train.py --test")
     checkpoint = load_checkpoint(config.checkpoint)
     ema = checkpoint["ema"]
