@@ -26,9 +26,9 @@ from catsdogs.data import CLASS_NAMES, IMAGE_SUFFIXES, DataError, Found, Photos,
 from catsdogs.device import pick_device
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model, read_metrics
 from catsdogs.inference import compiled_for_predictions, load_not_pet_score
-from catsdogs.loader import SCORING_BATCH, PhotoLoader, find
+from catsdogs.loader import PhotoLoader, find
 from catsdogs.metrics import BINS, auroc, confusion_matrix, measure, per_class
-from catsdogs.model import CatsDogsCNN, predict_with_features
+from catsdogs.model import CatsDogsCNN, predict_with_features, scoring_batch
 from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
 from catsdogs.outputs import portable_path
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, load_photo
@@ -113,7 +113,7 @@ def score(model: str | Path, data: str | Path, split: str = "all", revision: str
     with contextlib.redirect_stdout(sys.stderr):  # where the photos came from: a note, not the report
         loaded = PhotoLoader.load(photos, network.image_size, device, split, workers, progress, cache, cache_dir)
     network = network.to(device, memory_format=torch.channels_last)  # as trained and validated
-    predictor, compile_seconds = compiled_for_predictions(network, (SCORING_BATCH, 1))
+    predictor, compile_seconds = compiled_for_predictions(network, (scoring_batch(device), 1))
     logits, features = (outputs.cpu() for outputs in loaded.logits_and_features(predictor, progress))
     labels = loaded.labels.cpu()
     unreadable = {str(path) for path, _ in loaded.skipped}  # str: read back from the cache, a skipped photo is a Path

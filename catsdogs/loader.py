@@ -30,10 +30,8 @@ from catsdogs.cache import decoded_photos, human_size
 from catsdogs.data import HUB_PREFIX, DataError, Found, Photos, Split, choose_split, find_photos
 from catsdogs.device import Ranks
 from catsdogs.hub_data import fetch, parse, photos_in_snapshot
-from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD, CatsDogsCNN, predict_with_features
+from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD, CatsDogsCNN, predict_with_features, scoring_batch
 from catsdogs.preprocess import normalize
-
-SCORING_BATCH = 256  # photos per forward pass when scoring (with mirror TTA, half of them and their mirror images)
 
 
 def find(data: str | Path, revision: str | None = None, split: str = "train") -> Found:
@@ -101,7 +99,7 @@ class PhotoLoader:
     images: torch.Tensor  # on the device, or in the mapped cache file (`place_photos`)
     labels: torch.Tensor  # always on the device
     skipped: list = field(default_factory=list)  # (file, why) of the photos that could not be read
-    batch_size: int = SCORING_BATCH
+    batch_size: int = 64  # a loader that only scores never serves an epoch
     ranks: Ranks = field(default_factory=Ranks)
     seed: int = 0
     augment: bool = False
@@ -161,15 +159,15 @@ class PhotoLoader:
         return self.images[self.ranks.rank::self.ranks.world], self.labels[self.ranks.rank::self.ranks.world]
 
     def logits(self, model: CatsDogsCNN, progress: bool = False) -> torch.Tensor:
-        """The logits of this process's share, in order, SCORING_BATCH photos at a time, on the model's device."""
+        """The logits of this process's share, in order, on the model's device."""
         return self.logits_and_features(model, progress)[0]
 
     def logits_and_features(self, model: CatsDogsCNN, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The logits of this process's share and the penultimate features of the same pass (what catsdogs.notpet
-        scores), in order, SCORING_BATCH photos at a time, on the model's device."""
-        images = self.shard()[0].split(SCORING_BATCH)
+        scores), in order, catsdogs.model.scoring_batch photos at a time, on the model's device."""
+        images = self.shard()[0].split(scoring_batch(next(model.parameters()).device))
         batches = tqdm(images, desc="scoring", unit="batch", leave=False, disable=not progress)
-        outputs = [predict_with_features(model, batch, SCORING_BATCH) for batch in batches]
+        outputs = [predict_with_features(model, batch) for batch in batches]
         return torch.cat([logits for logits, _ in outputs]), torch.cat([features for _, features in outputs])
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -129,8 +129,15 @@ class CatsDogsCNN(
         return card
 
 
+def scoring_batch(device: torch.device) -> int:
+    """Images per forward pass when scoring many photos (validation, evaluation, the fits of the temperature and the
+    not-a-pet score): 256 on a GPU; 32 on a CPU, where a bigger batch is barely faster and holds several times the
+    activations in memory (docs/performance.md)."""
+    return 256 if device.type == "cuda" else 32
+
+
 @torch.inference_mode()
-def predict_logits(model: CatsDogsCNN, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def predict_logits(model: CatsDogsCNN, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """uint8 photos (N, 3, S, S), on any device -> float32 logits (N, classes) on the model's device (see
     `predict_with_features`)."""
     return predict_with_features(model, images, batch_size)[0]
@@ -138,16 +145,18 @@ def predict_logits(model: CatsDogsCNN, images: torch.Tensor, batch_size: int = 2
 
 @torch.inference_mode()
 def predict_with_features(model: CatsDogsCNN, images: torch.Tensor,
-                          batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                          batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 photos (N, 3, S, S), on any device -> float32 logits (N, classes) and penultimate features (N, 512)
     (what catsdogs.notpet scores) on the model's device.
 
     The one place the weights' test-time augmentation (`model.tta`, from config.json) is applied, so evaluation,
     calibration, validation and the app agree. "mirror": each photo and its mirror image go through the network in
     one batch, and their logits (and features) are averaged (logits rather than probabilities: averaging them
-    keeps the temperature's calibration); at most `batch_size` images go through at once either way.
+    keeps the temperature's calibration); at most `batch_size` images (by default `scoring_batch`) go through at
+    once either way.
     """
     device = next(model.parameters()).device
+    batch_size = batch_size or scoring_batch(device)
     views = 2 if model.tta == "mirror" else 1
     was_training = model.training
     model.eval()

@@ -346,7 +346,8 @@ def shipped_weights() -> Path:
 
 @pytest.fixture(scope="session")
 def app(shipped_weights):
-    """The demo on the shipped weights, started once for the client and browser tests."""
-    server = App().wait_ready()
+    """The demo on the shipped weights, started once for the client and browser tests; told to fetch linked photos
+    from 127.0.0.0/8 too, where tests/link_site.py serves them (public addresses only, by default)."""
+    server = App("--allow-links-from", "127.0.0.0/8").wait_ready()
     yield server
     server.stop()

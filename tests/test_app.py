@@ -21,6 +21,7 @@ from imagegen import pet_photo
 from link_site import link_site
 from PIL import Image
 
+import app as demo_app
 from app import EXAMPLE_PICTURES, EXAMPLES, NOT_A_PET, UNSURE_BELOW
 from bench.app_memory import Server, status_mb
 from bench.app_memory_rounds import malloc_arenas
@@ -183,6 +184,11 @@ def test_a_non_pet_picture_is_called_neither_and_clear_pets_never(client, shared
     assert NOT_A_PET not in labels, labels
 
 
+def page_texts(demo) -> list[str]:
+    """The Markdown texts of a page build_demo made, as its config serves them."""
+    return [str(c["props"].get("value")) for c in demo.get_config_file()["components"] if c.get("type") == "markdown"]
+
+
 def test_weights_without_a_not_pet_score_keep_working_and_the_page_says_so(shipped_weights, shared_data, tmp_path):
     weights = tmp_path / "weights-without-a-score"
     weights.mkdir()
@@ -190,15 +196,14 @@ def test_weights_without_a_not_pet_score_keep_working_and_the_page_says_so(shipp
     config = json.loads((shipped_weights / "config.json").read_text())
     del config["not_a_pet"]
     (weights / "config.json").write_text(json.dumps(config))
-    app = App("--model", str(weights)).wait_ready()
-    try:
-        client = Client(app.url, verbose=False)
-        assert client.predict(handle_file(BRICK), api_name="/predict")["label"] in {"cat", "dog"}
-        assert_right_answers(client, clear_photos(shared_data)[::4])  # a cat, a dog
-        how = next(text for text in markdown_texts(app) if text.startswith("**The network.**"))
-        assert "carry no \"not a pet\" score: they cannot tell" in how and "only knows cats and dogs" in how
-    finally:
-        app.stop()
+    classifier, warning = demo_app.load_classifier(str(weights), None)  # as app.py's start loads them
+    assert warning == "" and classifier.not_pet_score is None
+    predictor = demo_app.Predictor(classifier, warning)
+    assert predictor.label(str(BRICK)).label in {"cat", "dog"}
+    for photo in clear_photos(shared_data)[::4]:  # a cat, a dog
+        assert predictor.label(str(photo)).label == true_class(photo)
+    how = next(text for text in page_texts(demo_app.build_demo(classifier)) if text.startswith("**The network.**"))
+    assert "carry no \"not a pet\" score: they cannot tell" in how and "only knows cats and dogs" in how
 
 
 def test_the_api_page_describes_every_endpoint_for_users(app):
@@ -210,8 +215,9 @@ def test_the_api_page_describes_every_endpoint_for_users(app):
 
 
 def test_model_from_the_hub(hub, shipped_weights, shared_data):
+    """Named as a Space names it: its variables CATSDOGS_MODEL and CATSDOGS_REVISION."""
     push_outputs(shipped_weights, f"{USER}/catsdogs", token=WRITE_TOKEN)
-    app = App("--model", f"{USER}/catsdogs", "--revision", "main").wait_ready()
+    app = App(env={"CATSDOGS_MODEL": f"{USER}/catsdogs", "CATSDOGS_REVISION": "main"}).wait_ready()
     try:
         assert_right_answers(Client(app.url, verbose=False), clear_photos(shared_data)[::3])  # 2 cats, a dog
         assert f"serving {USER}/catsdogs@main on cpu" in app.log()
@@ -221,43 +227,39 @@ def test_model_from_the_hub(hub, shipped_weights, shared_data):
         app.stop()
 
 
-FALLBACKS = {  # what goes wrong -> (how the app is started, what the log and the page must say)
-    "hub down": (["--model", f"{USER}/catsdogs"], {}, "cannot reach the Hub"),
-    "no such repo": (["--model", f"{USER}/nothing-here"], {}, "no model repo"),
-    "no such revision (Space variables)": ([], {"CATSDOGS_MODEL": f"{USER}/catsdogs", "CATSDOGS_REVISION": "v9"},
-                                           "has no revision 'v9'"),
+def unusable_config(shipped_weights: Path, folder: Path) -> str:
+    """Weights whose config.json the network cannot run with (a zero std): their folder."""
+    folder.mkdir()
+    shutil.copy(shipped_weights / "model.safetensors", folder)
+    config = json.loads((shipped_weights / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "std": [0, 0, 0]}))
+    return str(folder)
+
+
+FALLBACKS = {  # what goes wrong -> the reason the log and the page must give
+    "hub down": "cannot reach the Hub",
+    "no such repo": "no model repo",
+    "no such revision": "has no revision 'v9'",
+    "a config the network cannot run with": "std must be three finite numbers above zero",
 }
 
 
 @pytest.mark.parametrize("problem", FALLBACKS)
-def test_a_model_that_cannot_be_fetched_falls_back_to_shipped_weights(hub, shipped_weights, shared_data, problem):
-    args, env, reason = FALLBACKS[problem]
+def test_weights_that_cannot_be_loaded_fall_back_with_the_reason(hub, shipped_weights, tmp_path, capsys, problem):
+    """What app.py's start does with them (load_classifier), and the page build_demo makes of its warning."""
     push_outputs(shipped_weights, f"{USER}/catsdogs", token=WRITE_TOKEN)
+    model, revision = {"hub down": (f"{USER}/catsdogs", None), "no such repo": (f"{USER}/nothing-here", None),
+                       "no such revision": (f"{USER}/catsdogs", "v9"),
+                       "a config the network cannot run with": (unusable_config(shipped_weights, tmp_path / "bad"),
+                                                                None)}[problem]
     if problem == "hub down":
         hub.kill()
-    app = App(*args, env=env).wait_ready()
-    try:
-        assert reason in app.log() and "Serving the shipped weights/ instead" in app.log()
-        assert reason in str(app.config())  # the page shows it too
-        assert_right_answers(Client(app.url, verbose=False), clear_photos(shared_data)[1::3])  # a cat, 2 dogs
-    finally:
-        app.stop()
-
-
-def test_a_config_the_network_cannot_run_with_falls_back_with_the_reason(shipped_weights, tmp_path):
-    bad = tmp_path / "bad-weights"
-    bad.mkdir()
-    shutil.copy(shipped_weights / "model.safetensors", bad)
-    config = json.loads((shipped_weights / "config.json").read_text())
-    (bad / "config.json").write_text(json.dumps({**config, "std": [0, 0, 0]}))
-    app = App("--model", str(bad)).wait_ready()
-    try:
-        reason = "std must be three finite numbers above zero"
-        assert reason in app.log() and "Serving the shipped weights/ instead" in app.log()
-        assert "Traceback" not in app.log()
-        assert reason in str(app.config())  # the page shows it too
-    finally:
-        app.stop()
+    classifier, warning = demo_app.load_classifier(model, revision)
+    log = capsys.readouterr().out
+    reason = FALLBACKS[problem]
+    assert classifier.source == str(shipped_weights) and reason in warning
+    assert reason in log and "Serving the shipped weights/ instead" in log and "Traceback" not in log
+    assert any(reason in text for text in page_texts(demo_app.build_demo(classifier, warning)))
 
 
 @pytest.fixture(scope="module")
@@ -311,8 +313,8 @@ def test_request_bodies_are_capped(server, tmp_path):
     ("predict", "hello.jpg", r"/predict is not what it takes: .*\(got 'hello.jpg'\)"),
     ("predict_many", "x", r"/predict_many is not what it takes: Input should be a valid list"),
     ("predict", {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, "a file that was not uploaded to this"),
-    ("predict", {"path": "http://127.0.0.1:1/cat.jpg", "meta": {"_type": "gradio.FileData"}},
-     "The linked photo cannot be used: .*only public web addresses"),
+    ("predict", {"path": "http://[::1]:1/cat.jpg", "meta": {"_type": "gradio.FileData"}},  # loopback (the test app
+     "The linked photo cannot be used: .*only public web addresses"),  # also fetches from 127.0.0.0/8, not ::1)
     ("heatmap", {"path": "http://100.100.100.200/latest/meta-data/", "meta": {"_type": "gradio.FileData"}},
      r"the host 100.100.100.200 is at 100.100.100.200, not a public web address"),
     ("predict_many", [{"path": "http://[::ffff:169.254.169.254]/", "meta": {"_type": "gradio.FileData"}}],
@@ -411,16 +413,12 @@ def test_a_real_fault_keeps_its_traceback_in_the_log(capfd):
 
 
 @pytest.fixture(scope="module")
-def link_app(shipped_weights, shared_data, tmp_path_factory):
-    """The demo told to fetch links from 127.0.0.0/8 too, and tests/link_site.py there, with a real cat photo."""
+def link_app(app, shared_data, tmp_path_factory):
+    """The demo (told to fetch links from 127.0.0.0/8 too), and tests/link_site.py there, with a real cat photo."""
     site = tmp_path_factory.mktemp("site")
     shutil.copy(shared_data / FULL_SIZE / "cat.85.jpg", site)
-    app = App("--allow-links-from", "127.0.0.0/8").wait_ready()
-    try:
-        with link_site(site) as url:
-            yield app, url
-    finally:
-        app.stop()
+    with link_site(site) as url:
+        yield app, url
 
 
 def routes_taking(server: Server, config: dict, elem_ids: set[str]) -> dict[str, tuple[bool, int]]:

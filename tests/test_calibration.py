@@ -12,9 +12,7 @@ from catsdogs.metrics import BOUNDS, MIN_PHOTOS, calibrate, expected_calibration
 from catsdogs.calibrate import main as calibrate_cli
 from catsdogs.config import TrainConfig
 from catsdogs.evaluate import main as evaluate_cli
-from catsdogs.evaluate import score
 from catsdogs.hub import HubError, load_model
-from catsdogs.inference import Classifier
 from catsdogs.notpet import NotPetScore
 from catsdogs.training import train
 
@@ -102,19 +100,6 @@ def test_calibrate_refuses_too_few_photos_and_a_hub_id(tmp_path, capsys):
     assert f"a temperature needs at least {MIN_PHOTOS}" in capsys.readouterr().err
     assert calibrate_cli(["--model", "someone/catsdogs", "--data", str(data)]) == 2
     assert "is not a weights folder" in capsys.readouterr().err
-
-
-def test_shipped_weights_are_calibrated_and_the_app_shows_evaluates_percentages(shipped_weights, shared_data):
-    sample = shared_data / "dogs-vs-cats-fullres-sample"
-    scores = score(shipped_weights, sample, progress=False)
-    calibrated = scores.network.probabilities(scores.logits)
-    assert scores.network.temperature < 1  # label smoothing left the network under-confident
-    assert (expected_calibration_error(calibrated, scores.labels)
-            < expected_calibration_error(scores.logits.softmax(dim=1), scores.labels))
-    classifier = Classifier(shipped_weights)
-    for i in (0, 57, 150):  # a few photos through the app's own path
-        shown = classifier.predict([scores.paths[i]])[0].probabilities
-        assert [shown[name] for name in classifier.class_names] == pytest.approx(calibrated[i].tolist(), abs=1e-4)
 
 
 @pytest.mark.parametrize("temperature", [0, -1.5, "hot", None])

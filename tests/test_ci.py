@@ -54,7 +54,7 @@ def run_pytest(tmp_path, ci: str | None) -> subprocess.CompletedProcess:
     """A separate pytest run over test files that skip, with this suite's conftest.py loaded as a plugin."""
     (tmp_path / "test_skips.py").write_text(SKIPPING_TESTS)
     (tmp_path / "test_importorskip.py").write_text('import pytest\npytest.importorskip("no_such_module_here")\n')
-    env = {k: v for k, v in os.environ.items() if k != "CI"} | {"PYTHONPATH": str(ROOT / "tests")}
+    env = {k: v for k, v in os.environ.items() if k != "CI"} | {"PYTHONPATH": f"{ROOT / 'tests'}:{ROOT}"}
     if ci is not None:
         env["CI"] = ci
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-rA",

@@ -28,25 +28,38 @@ def train_args(data: Path, out: Path, **recipe) -> list[str]:
     return args
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def ddp_run(easy_photos, tmp_path_factory):
-    """One uninterrupted 2-process run of the easy task, recorded per process by tests/ddp_probe.py."""
+    """One uninterrupted 2-process run of the easy task, recorded per process by tests/ddp_probe.py, launched as
+    docs/training.md launches one on two machines: two torchrun agents ("machines", one process each) meeting at a
+    c10d rendezvous, here on 127.0.0.1. One thread per process, as torchrun gives two processes on one machine, so
+    that the run is the one `torchrun --nproc-per-node 2` makes, bit for bit."""
     data, _ = easy_photos
     records = tmp_path_factory.mktemp("ddp")
     out = records / "run"
-    result = subprocess.run([*TORCHRUN, "tests/ddp_probe.py", str(records), *train_args(data, out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return records, out, result
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "test",
+              "tests/ddp_probe.py", str(records), *train_args(data, out)]
+    agents = [subprocess.Popen(launch, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [agent.communicate(timeout=300) for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    return records, out, "".join(stdout for stdout, _ in outputs)
 
 
 def test_two_processes_train_in_sync_on_disjoint_shards(ddp_run, trained):
-    records_dir, out, result = ddp_run
+    records_dir, out, stdout = ddp_run
     records = [json.loads((records_dir / f"rank{r}.json").read_text()) for r in (0, 1)]  # both ranks ran
 
     metrics = json.loads((out / "weights" / "metrics.json").read_text())
     n_train = metrics["n_train"]
-    assert n_train == 60 and "x 2 processes" in metrics["device"]
+    assert n_train == 60 and "x 2 processes" in metrics["device"] and "--nnodes 2" in metrics["command"]
     for epoch in ("1", "2", "3"):
         first, second = (set(record["shards"][epoch]) for record in records)
         assert len(first) == len(second) == n_train // 2
@@ -58,7 +71,7 @@ def test_two_processes_train_in_sync_on_disjoint_shards(ddp_run, trained):
     assert {p.name for p in (out / "weights").iterdir()} == OUTPUT_FILES
     assert [p.name for p in (out / "ck").iterdir()] == ["last.safetensors"]
     assert sorted(p.name for p in out.iterdir()) == ["ck", "weights"]
-    assert result.stdout.count("best validation accuracy") == 1
+    assert stdout.count("best validation accuracy") == 1
 
     # The same global batches, but each process augments with its own random stream, so the weights are not the
     # single run's; the accuracy is, exactly (measured: 100% in both, 20 of 20).
@@ -123,31 +136,16 @@ def test_one_process_under_torchrun_is_ddp_and_trains_exactly_as_a_plain_run(eas
     path (a process group, DDP, the all-reduces), and that must change nothing."""
     data, _ = easy_photos
     launches = {"torchrun": [*TORCHRUN[:-1], "1", "train.py"], "plain": [sys.executable, "train.py"]}
-    results = {name: subprocess.run([*launch, *train_args(data, tmp_path / name, epochs=2)], cwd=ROOT,
-                                    capture_output=True, text=True, timeout=300) for name, launch in launches.items()}
-    for result in results.values():
-        assert result.returncode == 0, result.stderr[-3000:]
-    assert "1 processes of 16 photos per step, DDP over gloo" in results["torchrun"].stdout
-    assert "DDP" not in results["plain"].stdout
+    runs = {name: subprocess.Popen([*launch, *train_args(data, tmp_path / name, epochs=1)], cwd=ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name, launch in launches.items()}  # side by side
+    stdout = {}
+    for name, run in runs.items():
+        stdout[name], stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr[-3000:]
+    assert "1 processes of 16 photos per step, DDP over gloo" in stdout["torchrun"]
+    assert "DDP" not in stdout["plain"]
     assert_same_training(tmp_path / "torchrun", tmp_path / "plain")
-
-
-def test_the_documented_multi_machine_command_on_loopback(easy_photos, tmp_path):
-    """Two torchrun agents ("machines", one process each) meet at a c10d rendezvous on 127.0.0.1."""
-    data, _ = easy_photos
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test",
-              "train.py", *train_args(data, tmp_path, epochs=1)]
-    agents = [subprocess.Popen(launch, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for _ in range(2)]
-    outputs = [agent.communicate(timeout=300) for agent in agents]
-    assert [agent.returncode for agent in agents] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
-    assert sum(stdout.count("best validation accuracy") for stdout, _ in outputs) == 1
-    metrics = json.loads((tmp_path / "weights" / "metrics.json").read_text())
-    assert "x 2 processes" in metrics["device"] and "--nnodes 2" in metrics["command"]
 
 
 def test_a_refused_output_stops_every_process_at_once(easy_photos, tmp_path):

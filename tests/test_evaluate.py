@@ -16,6 +16,7 @@ from imagegen import write_kaggle_folder
 from catsdogs import CatsDogsCNN
 from catsdogs.evaluate import main
 from catsdogs.hub import WEIGHTS_FILES, load_model, push_outputs
+from catsdogs.inference import Classifier
 from catsdogs.model import predict_logits
 from catsdogs.loader import PhotoLoader, find_split
 from catsdogs.training import validate
@@ -186,6 +187,13 @@ def test_shipped_weights_on_full_size_photos_score_what_the_readme_claims(shared
         assert report["confusion_matrix"] == [[98, 2], [0, 100]]
     else:  # bf16 on a GPU may move a photo that sits near 50% (cat.5.jpg is at 50.7% dog)
         assert abs(report["correct"] - correct) <= n // 100, report["correct"]
+    # Calibrated: label smoothing left the network under-confident, and the weights' temperature corrects that.
+    calibration = report["calibration"]
+    assert calibration["temperature"] < 1 and calibration["ece"] < calibration["ece_without_temperature"]
+    classifier = Classifier(weights)  # the app's own path shows the same calibrated percentages
+    for mistake in report["mistakes"]:
+        shown = classifier.predict([mistake["path"]])[0].probabilities[mistake["predicted"]]
+        assert shown == pytest.approx(mistake["probability"], abs=1e-4), mistake
 
 
 def test_not_pets_get_the_share_called_neither_and_the_auroc_against_the_pets(shipped_weights, shared_data,
