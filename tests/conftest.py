@@ -38,6 +38,9 @@ os.environ.update(
     HF_HUB_DISABLE_PROGRESS_BARS="1",
     HF_HUB_DISABLE_UPDATE_CHECK="1",
     CATSDOGS_CACHE_DIR=CACHE_DIR,  # subprocesses (train.py, torchrun) inherit it
+    # Two test processes share the cores (pyproject.toml: -n 2): one thread each, and in what they start, rather
+    # than PyTorch's one per core in every process, whose waiting threads spin on cores the others need.
+    OMP_NUM_THREADS="1",
 )
 for _var in ("NO_PROXY", "no_proxy"):
     _hosts = [h for h in os.environ.get(_var, "").split(",") if h]

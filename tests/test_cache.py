@@ -188,13 +188,10 @@ def test_the_same_seed_gives_the_same_weights_with_and_without_the_cache(tmp_pat
     assert_same_training(tmp_path / "hit", tmp_path / "off")
     assert_same_training(tmp_path / "miss", tmp_path / "off")
 
-
-def test_evaluate_reads_the_photos_training_cached(trained, capsys):
-    config, summary, _ = trained
-    capsys.readouterr()
-    scores = score(config.output, config.data, split="validation", progress=True)
-    assert len(scores.labels) == summary["n_val"]
-    assert f"validation photos: read from cache {cache.default_dir()}/" in capsys.readouterr().err
+    # evaluate re-creates the validation split and reads its photos from the cache training wrote
+    scores = score(tmp_path / "hit" / "weights", data, split="validation", progress=True, cache_dir=tmp_path / "cache")
+    assert len(scores.labels) == json.loads((tmp_path / "hit" / "weights" / "metrics.json").read_text())["n_val"]
+    assert f"validation photos: read from cache {tmp_path / 'cache'}/" in capsys.readouterr().err
 
 
 def test_the_cli_lists_and_removes_caches(tmp_path, capsys):

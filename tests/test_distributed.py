@@ -53,7 +53,7 @@ def ddp_run(easy_photos, tmp_path_factory):
     return records, out, "".join(stdout for stdout, _ in outputs)
 
 
-def test_two_processes_train_in_sync_on_disjoint_shards(ddp_run, trained):
+def test_two_processes_train_in_sync_on_disjoint_shards(ddp_run):
     records_dir, out, stdout = ddp_run
     records = [json.loads((records_dir / f"rank{r}.json").read_text()) for r in (0, 1)]  # both ranks ran
 
@@ -74,8 +74,8 @@ def test_two_processes_train_in_sync_on_disjoint_shards(ddp_run, trained):
     assert stdout.count("best validation accuracy") == 1
 
     # The same global batches, but each process augments with its own random stream, so the weights are not the
-    # single run's; the accuracy is, exactly (measured: 100% in both, 20 of 20).
-    assert metrics["best_val_accuracy"] == trained[1]["best_val_accuracy"] == 1.0
+    # one-process run's; the easy task is learnt all the same: 20 of 20.
+    assert metrics["best_val_accuracy"] == 1.0
 
 
 def children_of(pid: int) -> list[int]:
