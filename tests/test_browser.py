@@ -37,6 +37,23 @@ def write_y4m(path: Path, photos: list[Path], width: int = 640, height: int = 48
     return path
 
 
+def chromium(camera_photos: list[Path], video: Path, frames_each: int = 15):
+    """Chromium (Playwright) whose fake camera plays `camera_photos` (written to `video`, a y4m file); the test
+    skips where Playwright or Chromium is missing. A generator, for a fixture to `yield from`."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: "
+                                   "pip install -r requirements-dev.txt")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM}: apt-get install chromium (see .ci/run)")
+    camera = write_y4m(video, camera_photos, frames_each=frames_each)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run", "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={camera}"])
+        yield browser
+        browser.close()
+
+
 @pytest.fixture(scope="module", params=["cat", "dog"])
 def pet(request) -> str:
     """The class of everything the browser is shown in this round: the camera's photos and the uploads."""
@@ -45,20 +62,8 @@ def pet(request) -> str:
 
 @pytest.fixture(scope="module")
 def browser(pet, shared_data, tmp_path_factory):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: "
-                                   "pip install -r requirements-dev.txt")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM}: apt-get install chromium (see .ci/run)")
-    camera = write_y4m(tmp_path_factory.mktemp("webcam") / f"{pet}s.y4m",
-                       [shared_data / FULL_SIZE / name for name in CAMERA[pet]])
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-            f"--use-file-for-fake-video-capture={camera}"])
-        yield browser
-        browser.close()
+    yield from chromium([shared_data / FULL_SIZE / name for name in CAMERA[pet]],
+                        tmp_path_factory.mktemp("webcam") / f"{pet}s.y4m")
 
 
 @pytest.fixture

@@ -7,14 +7,13 @@ shows a brick wall.
 
 import csv
 import io
-from pathlib import Path
 
 import httpx
 import pytest
 from conftest import FULL_SIZE, clear_photos
 from gradio_client import Client, handle_file
 from test_app import confidences
-from test_browser import CHROMIUM, HEATMAP_SHOWN, WEBCAM_READY, no_broken_image, shown_answer, write_y4m
+from test_browser import HEATMAP_SHOWN, WEBCAM_READY, chromium, no_broken_image, shown_answer
 
 import app as demo_app
 
@@ -24,18 +23,7 @@ BRICK = demo_app.EXAMPLES / "brick.jpg"  # what the shipped not-a-pet score flag
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: "
-                                   "pip install -r requirements-dev.txt")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM}: apt-get install chromium (see .ci/run)")
-    camera = write_y4m(tmp_path_factory.mktemp("webcam") / "brick.y4m", [BRICK], frames_each=2)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run", "--use-fake-device-for-media-stream",
-            "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={camera}"])
-        yield browser
-        browser.close()
+    yield from chromium([BRICK], tmp_path_factory.mktemp("webcam") / "brick.y4m", frames_each=2)
 
 
 def open_page(browser, app, width: int = 1100, height: int = 900):
