@@ -23,7 +23,7 @@ from bench.app_load import PHOTOS, ROOT, start_app
 from bench.common import report
 
 sys.path.insert(0, str(ROOT / "tests"))
-from test_browser import CHROMIUM, WEBCAM_READY, write_y4m  # noqa: E402
+from test_browser import CHROMIUM, start_live_stream, write_y4m  # noqa: E402
 
 # Notes the time of every frame sent (a POST to /gradio_api/stream/, or the queue/join that opens the stream)
 # and of every answer (a "process_streaming" message on the queue's event stream).
@@ -56,10 +56,7 @@ def record(browser, url: str, seconds: float) -> dict[str, float]:
     page = browser.new_page(viewport={"width": 1100, "height": 900})
     page.add_init_script(RECORDER)
     page.goto(url)
-    page.get_by_role("tab", name="Live webcam").click()
-    page.locator("#live").get_by_text("Click to Access Webcam").click()
-    page.wait_for_function(WEBCAM_READY, arg="live", timeout=60_000)
-    page.locator("#live").get_by_label("capture photo").click()  # "Record": the stream starts
+    start_live_stream(page, timeout_ms=60_000)
     page.wait_for_function("() => window.liveAnswers.length > 0", timeout=60_000)
     page.wait_for_timeout(seconds * 1000)
     frames, answers = page.evaluate("[window.liveFrames, window.liveAnswers]")

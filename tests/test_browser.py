@@ -54,6 +54,21 @@ def chromium(camera_photos: list[Path], video: Path, frames_each: int = 15):
         browser.close()
 
 
+def open_webcam(page) -> None:
+    """The photo tab's webcam, on and showing the camera (the next click on "capture photo" takes a snapshot)."""
+    page.locator("#photo").get_by_label("Capture from camera").click()
+    page.locator("#photo").get_by_text("Click to Access Webcam").click()
+    page.wait_for_function(WEBCAM_READY, arg="photo", timeout=30_000)
+
+
+def start_live_stream(page, timeout_ms: float = 30_000) -> None:
+    """The live tab's webcam on, and its stream started (the "Record" button, labelled "capture photo")."""
+    page.get_by_role("tab", name="Live webcam").click()
+    page.locator("#live").get_by_text("Click to Access Webcam").click()
+    page.wait_for_function(WEBCAM_READY, arg="live", timeout=timeout_ms)
+    page.locator("#live").get_by_label("capture photo").click()
+
+
 @pytest.fixture(scope="module", params=["cat", "dog"])
 def pet(request) -> str:
     """The class of everything the browser is shown in this round: the camera's photos and the uploads."""
@@ -101,18 +116,13 @@ def test_upload_a_real_photo_shows_the_right_class_then_where_it_looked(page, sh
 
 
 def test_webcam_snapshot_shows_the_right_class(page, pet):
-    page.locator("#photo").get_by_label("Capture from camera").click()
-    page.locator("#photo").get_by_text("Click to Access Webcam").click()
-    page.wait_for_function(WEBCAM_READY, arg="photo", timeout=30_000)
+    open_webcam(page)
     page.locator("#photo").get_by_label("capture photo").click()
     assert_right(shown_answer(page, "prediction"), pet)
 
 
 def test_live_stream_keeps_updating_with_the_right_class(page, pet):
-    page.get_by_role("tab", name="Live webcam").click()
-    page.locator("#live").get_by_text("Click to Access Webcam").click()
-    page.wait_for_function(WEBCAM_READY, arg="live", timeout=30_000)
-    page.locator("#live").get_by_label("capture photo").click()  # the "Record" button starts the stream
+    start_live_stream(page)
     readings = [shown_answer(page, "live-prediction")]  # the camera alternates two photos every half second
     for _ in range(60):
         if sum(a != b for a, b in zip(readings, readings[1:])) >= 2:

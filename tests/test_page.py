@@ -13,7 +13,7 @@ import pytest
 from conftest import FULL_SIZE, clear_photos
 from gradio_client import Client, handle_file
 from test_app import confidences
-from test_browser import HEATMAP_SHOWN, WEBCAM_READY, chromium, no_broken_image, shown_answer
+from test_browser import HEATMAP_SHOWN, chromium, no_broken_image, open_webcam, shown_answer, start_live_stream
 
 import app as demo_app
 
@@ -60,15 +60,10 @@ def test_clicking_an_example_gives_one_of_the_three_answers(browser, app):
 
 def test_a_non_pet_on_the_webcam_is_neither_in_the_snapshot_and_the_live_stream(browser, app):
     page = open_page(browser, app)
-    page.locator("#photo").get_by_label("Capture from camera").click()
-    page.locator("#photo").get_by_text("Click to Access Webcam").click()
-    page.wait_for_function(WEBCAM_READY, arg="photo", timeout=30_000)
+    open_webcam(page)
     page.locator("#photo").get_by_label("capture photo").click()
     assert_neither(page, "prediction", "unsure")
-    page.get_by_role("tab", name="Live webcam").click()
-    page.locator("#live").get_by_text("Click to Access Webcam").click()
-    page.wait_for_function(WEBCAM_READY, arg="live", timeout=30_000)
-    page.locator("#live").get_by_label("capture photo").click()  # the "Record" button starts the stream
+    start_live_stream(page)
     assert_neither(page, "live-prediction", "live-unsure")
     page.close()
 

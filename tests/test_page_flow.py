@@ -14,7 +14,7 @@ import pytest
 from conftest import FULL_SIZE
 from gradio_client import Client, handle_file
 from PIL import Image, ImageOps
-from test_browser import HEATMAP_SHOWN, WEBCAM_READY, chromium, shown_answer
+from test_browser import HEATMAP_SHOWN, chromium, open_webcam, shown_answer, start_live_stream
 from test_page import open_page
 
 import app as demo_app
@@ -78,9 +78,7 @@ def test_a_bad_file_over_a_photo_is_one_error_and_one_log_line(browser, app, sha
 
 def test_a_webcam_snapshot_is_stored_and_explained_as_the_camera_sees_it(browser, app, camera_picture):
     page = open_page(browser, app, width=1280, height=900)
-    page.locator("#photo").get_by_label("Capture from camera").click()
-    page.locator("#photo").get_by_text("Click to Access Webcam").click()
-    page.wait_for_function(WEBCAM_READY, arg="photo", timeout=30_000)
+    open_webcam(page)
     preview = page.locator("#photo [data-testid=webcam-video]").evaluate("e => getComputedStyle(e).transform")
     assert preview == "matrix(-1, 0, 0, 1, 0, 0)", preview  # the preview is a mirror
     page.locator("#photo").get_by_label("capture photo").click()
@@ -134,10 +132,7 @@ def test_a_second_photo_never_shows_the_first_ones_heatmap(browser, app, shared_
 def test_the_live_view_answers_several_times_a_second(browser, app):
     page = open_page(browser, app, width=390, height=844)
     page.evaluate(RECORDER)
-    page.get_by_role("tab", name="Live webcam").click()
-    page.locator("#live").get_by_text("Click to Access Webcam").click()
-    page.wait_for_function(WEBCAM_READY, arg="live", timeout=30_000)
-    page.locator("#live").get_by_label("capture photo").click()  # "Record": the stream starts
+    start_live_stream(page)
     page.wait_for_function("() => window.liveAnswers.length > 0", timeout=30_000)
     # More than twice a second: at least 5 answers within 2 s of the first.
     page.wait_for_function("() => window.liveAnswers.length >= 6 && "
