@@ -8,9 +8,13 @@ and normalised on the device just before the network sees it.
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import torch
 from PIL import ExifTags, Image
-from torchvision.transforms import v2
+
+# Two tensor one-liners rather than torchvision's pil_to_tensor and normalize: importing torchvision loads
+# torch._dynamo and sympy, which would add seconds to every start of the app and the command-line tools
+# (docs/performance.md#start-up).
 
 # The most pixels a photo may have once decoded (after a JPEG's reduction while decoding): a 48/50-megapixel
 # camera's PNG or WebP still fits. Decoding one at this size costs +0.2 GB (RGB PNG) to +0.4 GB (RGBA PNG): the
@@ -102,8 +106,8 @@ def _reduced(image: Image.Image, at_least: int) -> Image.Image:
 
 def photo_to_uint8(image: Image.Image, size: int) -> torch.Tensor:
     """An RGB photo -> (3, size, size) uint8, squashed (not cropped) to the square."""
-    return v2.functional.pil_to_tensor(image.resize((size, size), Image.Resampling.BILINEAR,
-                                                    reducing_gap=REDUCING_GAP))
+    resized = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP)
+    return torch.from_numpy(np.array(resized)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W), a view
 
 
 def load_photo(source: PhotoSource, size: int, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
@@ -120,5 +124,6 @@ def normalize(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ..
     """uint8 (or 0..1 float) images (N, 3, H, W) -> normalised float32 in channels_last layout."""
     if batch.dtype == torch.uint8:
         batch = batch.float().div_(255)
-    batch = v2.functional.normalize(batch, list(mean), list(std))
+    mean, std = (torch.tensor(v, dtype=batch.dtype, device=batch.device).view(-1, 1, 1) for v in (mean, std))
+    batch = (batch - mean) / std
     return batch.contiguous(memory_format=torch.channels_last)
