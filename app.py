@@ -748,9 +748,10 @@ def api_endpoints(predictor: Predictor, photo: PetPhoto, label: AnswerLabel, hea
 
 
 def build_demo(classifier: Classifier | None, startup_warning: str = "",
-               link_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()) -> gr.Blocks:
+               link_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
+               link_seconds: float = LINK_SECONDS) -> gr.Blocks:
     predictor = Predictor(classifier, startup_warning)
-    links = LinkFetcher(MAX_FILE_BYTES, LINK_SECONDS, at_once=LINKS_AT_ONCE, per_client=1,
+    links = LinkFetcher(MAX_FILE_BYTES, link_seconds, at_once=LINKS_AT_ONCE, per_client=1,
                         also_allowed=link_networks)
     # Uploads and linked photos live in Gradio's cache: every CACHE_SECONDS, files older than that are deleted.
     with Demo(links, title="Cat or dog?", delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as demo:
@@ -781,13 +782,18 @@ def main() -> None:
     parser.add_argument("--allow-links-from", type=ipaddress.ip_network, action="append", default=[],
                         metavar="NETWORK", help="also fetch linked photos from this network, e.g. 10.0.0.0/8 for "
                         "an intranet (repeatable; by default only from public addresses)")
+    parser.add_argument("--link-seconds", type=float, default=LINK_SECONDS, metavar="SECONDS",
+                        help="how long the linked photos of one request may take to download, in all "
+                        "(default: %(default)s)")
     args = parser.parse_args()
+    if args.link_seconds <= 0:
+        parser.error(f"--link-seconds must be more than 0, not {args.link_seconds:g}")
 
     keep_freed_memory(heaps=PREDICT_SLOTS)  # this process serves one model: keep its activations' memory
     classifier, warning = load_classifier(args.model, args.revision)
     if classifier is not None:
         print(f"serving {classifier.source} on {classifier.device.type}; {classifier.describe()}", flush=True)
-    demo = build_demo(classifier, warning, tuple(args.allow_links_from))
+    demo = build_demo(classifier, warning, tuple(args.allow_links_from), args.link_seconds)
     demo.queue(default_concurrency_limit=PREDICT_SLOTS, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_BYTES, theme=THEME,
                 css=CSS + WEBCAM_CSS, js=ONE_DECIMAL_LABELS, state_session_capacity=SESSIONS_KEPT,
