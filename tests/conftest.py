@@ -49,6 +49,7 @@ for _var in ("NO_PROXY", "no_proxy"):
 # Only now is it safe to import things that may import huggingface_hub.
 import json  # noqa: E402
 import select  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -81,6 +82,23 @@ def _programs_start_on_their_own_allocator():
         if os.environ.get("MALLOC_CONF") == allocator.KEEP_FREED_PAGES:
             del os.environ["MALLOC_CONF"]
     yield
+
+
+@pytest.fixture
+def train_in_process(capsys):
+    """train.py's main in this process: (exit status, stdout, stderr). For runs refused before training, which a
+    subprocess would spend seconds starting (importing PyTorch) to say one line in; runs that train are tested as
+    the subprocesses users start."""
+    sigterm = signal.getsignal(signal.SIGTERM)  # main() makes a kill save like Ctrl-C does
+
+    def run(*args: str) -> tuple[int, str, str]:
+        from train import main
+
+        capsys.readouterr()
+        status = main(list(args))
+        return status, *capsys.readouterr()
+    yield run
+    signal.signal(signal.SIGTERM, sigterm)
 
 
 WRITE_TOKEN = "hf_test_write"
@@ -192,6 +210,42 @@ def _fail_skip_under_ci(report) -> None:
         report.outcome = "failed"
         report.longrepr = (f"{_skip_reason(report)}\n-> skipped under CI={os.environ['CI']}: a skip fails the run in "
                            "CI unless tests/conftest.py lists it in ALLOWED_SKIPS_IN_CI with its reason")
+
+
+# Test files that share a session fixture which takes long to build, each set run whole by one test process, which
+# builds it once: the running app (`app`) and the short training run (`trained`). A file missing here still passes:
+# the other process builds the fixture again.
+SHARING = {"the app": {"test_app.py", "test_browser.py", "test_page.py", "test_page_flow.py", "test_page_layout.py"},
+           "the training run": {"test_training.py", "test_evaluate.py", "test_hub_data.py"}}
+# What takes longest, longest first: handed out first, so that the two test processes end together rather than one
+# waiting for the other's last long file. The rest follow by name.
+LONGEST_FIRST = ["the training run", "the app", "test_distributed.py", "test_calibration.py"]
+
+
+def work_unit(file: str) -> str:
+    """What one test process runs whole: a set of SHARING, or a file."""
+    name = Path(file).name
+    return next((unit for unit, files in SHARING.items() if name in files), file)
+
+
+def pytest_collection_modifyitems(items):
+    """The tests in the order their work units are handed out (pyproject.toml: --no-loadscope-reorder keeps it)."""
+    def rank(item) -> tuple[int, str]:
+        unit = work_unit(item.path.name)
+        return LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST), unit
+    items.sort(key=rank)  # stable: within a unit, collection order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile (pyproject.toml), with each set of SHARING taken as one file."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Sharing(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid.split("::", 1)[0])
+    return Sharing(config, log)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -347,10 +401,14 @@ def shipped_weights() -> Path:
     return weights
 
 
+LINK_SECONDS = 10
+
+
 @pytest.fixture(scope="session")
 def app(shipped_weights):
     """The demo on the shipped weights, started once for the client and browser tests; told to fetch linked photos
-    from 127.0.0.0/8 too, where tests/link_site.py serves them (public addresses only, by default)."""
-    server = App("--allow-links-from", "127.0.0.0/8").wait_ready()
+    from 127.0.0.0/8 too, where tests/link_site.py serves them (public addresses only, by default), within
+    LINK_SECONDS in all (20 s by default): the slow-link test waits that out."""
+    server = App("--allow-links-from", "127.0.0.0/8", "--link-seconds", str(LINK_SECONDS)).wait_ready()
     yield server
     server.stop()

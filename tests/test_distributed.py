@@ -18,7 +18,8 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 # The moving average and the mirror on: each process keeps its own average, which must stay in step and resume exactly.
-DDP_RECIPE = {**EASY_TASK, "ema_decay": 0.5, "tta": "mirror"}
+# Two epochs: a kill after the first one's checkpoint leaves one to resume.
+DDP_RECIPE = {**EASY_TASK, "epochs": 2, "ema_decay": 0.5, "tta": "mirror"}
 
 
 def train_args(data: Path, out: Path, **recipe) -> list[str]:
@@ -60,7 +61,7 @@ def test_two_processes_train_in_sync_on_disjoint_shards(ddp_run):
     metrics = json.loads((out / "weights" / "metrics.json").read_text())
     n_train = metrics["n_train"]
     assert n_train == 60 and "x 2 processes" in metrics["device"] and "--nnodes 2" in metrics["command"]
-    for epoch in ("1", "2", "3"):
+    for epoch in ("1", "2"):
         first, second = (set(record["shards"][epoch]) for record in records)
         assert len(first) == len(second) == n_train // 2
         assert not first & second and first | second == set(range(n_train))
@@ -118,7 +119,7 @@ def test_killing_one_process_fails_the_run_and_resume_ends_exactly_where_the_uni
 
     assert run.returncode != 0
     completed = load_checkpoint(checkpoint)["epoch"]
-    assert 1 <= completed < 3
+    assert completed == 1
     assert f"{completed} finished epochs are saved" in stderr
     assert f"resume with: torchrun --nproc-per-node 2 train.py {' '.join(args)} --resume" in stderr
 
@@ -127,7 +128,7 @@ def test_killing_one_process_fails_the_run_and_resume_ends_exactly_where_the_uni
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"after epoch {completed}" in resumed.stdout
     history = json.loads((tmp_path / "weights" / "metrics.json").read_text())["history"]
-    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert [row["epoch"] for row in history] == [1, 2]
     assert_same_training(tmp_path, ddp_run[1])  # bit for bit, in both processes' random streams
 
 

@@ -26,15 +26,30 @@ def photos(tmp_path_factory):
     return write_kaggle_folder(tmp_path_factory.mktemp("photos"), per_class=6)
 
 
+def push_args(photos: Path, output: Path, repo_id: str = "tester/catsdogs") -> list[str]:
+    return ["--data", str(photos), "--val-fraction", "0.34", "--epochs", "1", "--batch-size", "8",
+            "--memory-format", "channels_last", "--output", str(output), "--checkpoint",
+            str(output.parent / "ck.safetensors"), "--push", "--repo-id", repo_id]
+
+
 def train_and_push(photos: Path, output: Path, token: str | None, repo_id: str = "tester/catsdogs"):
     env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
     if token:
         env["HF_TOKEN"] = token
-    command = [sys.executable, "train.py", "--data", str(photos), "--val-fraction", "0.34", "--epochs", "1",
-               "--batch-size", "8", "--memory-format", "channels_last", "--output", str(output),
-               "--checkpoint", str(output.parent / "ck.safetensors"),
-               "--push", "--repo-id", repo_id]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "train.py", *push_args(photos, output, repo_id)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def refused_push(photos, tmp_path, monkeypatch, train_in_process):
+    """A push refused before training, in this process: (exit status, stderr)."""
+    def run(token: str | None, repo_id: str = "tester/catsdogs") -> tuple[int, str]:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        if token:
+            monkeypatch.setenv("HF_TOKEN", token)
+        status, _, stderr = train_in_process(*push_args(photos, tmp_path / "weights", repo_id))
+        return status, stderr
+    return run
 
 
 def assert_same_outputs(a: CatsDogsCNN, b: CatsDogsCNN) -> None:
@@ -60,23 +75,23 @@ def test_push_then_pull_gives_identical_outputs(hub, photos, tmp_path):
     (BAD_TOKEN, "the Hub rejected the token (HTTP 401)"),
     (READ_TOKEN, "is read-only and cannot push"),
 ])
-def test_token_problems_stop_before_training(hub, photos, tmp_path, token, message):
-    result = train_and_push(photos, tmp_path / "weights", token)
-    assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
+def test_token_problems_stop_before_training(hub, refused_push, tmp_path, token, message):
+    status, stderr = refused_push(token)
+    assert status == 2
+    assert message in stderr and "Traceback" not in stderr
     assert not (tmp_path / "weights").exists()  # no training was started
 
 
-def test_repo_of_someone_else_stops_before_training(hub, photos, tmp_path):
-    result = train_and_push(photos, tmp_path / "weights", WRITE_TOKEN, repo_id="someone-else/catsdogs")
-    assert result.returncode == 2 and "cannot write to 'someone-else/'" in result.stderr
+def test_repo_of_someone_else_stops_before_training(hub, refused_push, tmp_path):
+    status, stderr = refused_push(WRITE_TOKEN, repo_id="someone-else/catsdogs")
+    assert status == 2 and "cannot write to 'someone-else/'" in stderr
     assert not (tmp_path / "weights").exists()
 
 
-def test_unreachable_hub_stops_before_training(hub, photos, tmp_path):
+def test_unreachable_hub_stops_before_training(hub, refused_push, tmp_path):
     hub.kill()
-    result = train_and_push(photos, tmp_path / "weights", WRITE_TOKEN)
-    assert result.returncode == 2 and "cannot reach the Hub" in result.stderr
+    status, stderr = refused_push(WRITE_TOKEN)
+    assert status == 2 and "cannot reach the Hub" in stderr
     assert not (tmp_path / "weights").exists()
 
 

@@ -137,12 +137,12 @@ def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
                           timeout=300, **kwargs)
 
 
-def test_cli_stops_at_once_on_unusable_data(tmp_path):
+def test_cli_stops_at_once_on_unusable_data(tmp_path, train_in_process):
     (tmp_path / "cats").mkdir()
     Image.new("RGB", (10, 10)).save(tmp_path / "cats" / "1.jpg")
-    result = run_cli("--data", str(tmp_path), "--output", str(tmp_path / "out"))
-    assert result.returncode == 2
-    assert "only one class" in result.stderr and "Traceback" not in result.stderr
+    status, _, stderr = train_in_process("--data", str(tmp_path), "--output", str(tmp_path / "out"))
+    assert status == 2
+    assert "only one class" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -234,7 +234,7 @@ def weights_digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def test_a_run_never_replaces_weights_it_did_not_write(tmp_path):
+def test_a_run_never_replaces_weights_it_did_not_write(tmp_path, monkeypatch, train_in_process):
     """The default output is a run folder; a second run there, or a run into other weights, is refused at once."""
     data = write_kaggle_folder(tmp_path / "photos", per_class=6)
     work = tmp_path / "work"
@@ -251,17 +251,18 @@ def test_a_run_never_replaces_weights_it_did_not_write(tmp_path):
     assert (output / "checkpoint" / "last.safetensors").is_file() and (output / "model.safetensors").is_file()
     before = weights_digest(output)
 
-    again = run()
-    assert again.returncode == 2 and "Traceback" not in again.stderr
-    assert f"{Path('runs/catsdogs/model.safetensors')} is from an earlier run" in again.stderr
-    assert "--output NEW_FOLDER" in again.stderr and "--overwrite" in again.stderr
-    assert "decoding" not in again.stderr  # refused before any photo was decoded
+    monkeypatch.chdir(work)  # the refusals, in this process: the same relative default output
+    status, _, stderr = train_in_process(*args[2:])
+    assert status == 2 and "Traceback" not in stderr
+    assert f"{Path('runs/catsdogs/model.safetensors')} is from an earlier run" in stderr
+    assert "--output NEW_FOLDER" in stderr and "--overwrite" in stderr
+    assert "decoding" not in stderr  # refused before any photo was decoded
     assert weights_digest(output) == before
 
     shipped = tmp_path / "weights"
     shutil.copytree(ROOT / "weights", shipped)
-    into_shipped = run("--output", str(shipped))
-    assert into_shipped.returncode == 2 and "is from an earlier run" in into_shipped.stderr
+    status, _, stderr = train_in_process(*args[2:], "--output", str(shipped))
+    assert status == 2 and "is from an earlier run" in stderr
     assert weights_digest(shipped) == weights_digest(ROOT / "weights")
 
     replaced = run("--overwrite")
@@ -269,13 +270,13 @@ def test_a_run_never_replaces_weights_it_did_not_write(tmp_path):
     assert weights_digest(output) != before
 
 
-def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, easy_photos):
+def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, easy_photos, train_in_process):
     data, _ = easy_photos
     (tmp_path / "a-file").write_text("not a folder")
-    result = run_cli("--data", str(data), "--output", str(tmp_path / "a-file" / "run"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"cannot create {tmp_path / 'a-file' / 'run'}/: {tmp_path / 'a-file'} is a file" in result.stderr
-    assert "epoch" not in result.stdout
+    status, stdout, stderr = train_in_process("--data", str(data), "--output", str(tmp_path / "a-file" / "run"))
+    assert status == 2 and "Traceback" not in stderr
+    assert f"cannot create {tmp_path / 'a-file' / 'run'}/: {tmp_path / 'a-file'} is a file" in stderr
+    assert "epoch" not in stdout
 
 
 def test_curves_of_a_short_run_have_whole_epochs_and_percentages():
