@@ -77,6 +77,8 @@ class Validation:
     loss: float
     accuracy: float
     confusion: list[list[int]]  # [true class][predicted class] counts
+    logits: torch.Tensor  # of this process's share of the photos, in order
+    features: torch.Tensor  # the penultimate features of the same pass (what catsdogs.notpet scores)
 
 
 @dataclass
@@ -123,6 +125,9 @@ class RunState:
     layout: LayoutChoice | None = None  # the memory layout the model trains in, and why
     compile_seconds: float | None = None  # how long torch.compile took before the first step; None: not compiled
     not_pet_score: NotPetScore | None = None  # of the best weights, fitted with the calibration (not saved)
+    # The best weights' logits and features of every validation photo, from their epoch's validation, when that
+    # epoch ran in this launch of a one-process run (not saved): the calibration and the not-a-pet score reuse them.
+    best_validation: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def around(cls, config: TrainConfig, model: CatsDogsCNN, precision: Precision, steps_per_epoch: int,
@@ -152,8 +157,9 @@ class RunState:
         """The weights that are validated, chosen as best and saved: the moving average when there is one."""
         return self.ema.module if self.ema else self.model
 
-    def finish_epoch(self, record: EpochRecord, seconds: float) -> bool:
-        """Add a finished epoch; keep its weights if they validate best. True when they do."""
+    def finish_epoch(self, record: EpochRecord, seconds: float, validation: Validation | None = None) -> bool:
+        """Add a finished epoch; keep its weights, and its `validation` of every photo, if they validate best. True
+        when they do."""
         self.epoch, self.seconds = record.epoch, seconds
         self.history.append(record)
         if record.val_accuracy <= self.best_accuracy:
@@ -161,6 +167,7 @@ class RunState:
         self.best_accuracy, self.best_epoch = record.val_accuracy, record.epoch
         weights = self.evaluated.state_dict()
         self.best_weights = {name: w.detach().to("cpu", copy=True).contiguous() for name, w in weights.items()}
+        self.best_validation = (validation.logits, validation.features) if validation else None
         return True
 
     def state_dict(self) -> dict:
@@ -357,7 +364,8 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
             val = validate(run.evaluated, val_photos)
             record = EpochRecord(epoch, loss, accuracy, run.optimizer.param_groups[0]["lr"], seconds, per_s,
                                  val.loss, val.accuracy, val.confusion)
-            improved = run.finish_epoch(record, seconds_before + time.perf_counter() - started)
+            improved = run.finish_epoch(record, seconds_before + time.perf_counter() - started,
+                                        None if ranks.distributed else val)  # under torchrun, a share of the photos
             if ranks.is_main:
                 tqdm.write(record.line(config.epochs) + ("  (best)" if improved else ""))
                 save_checkpoint(run.state_dict(), config.checkpoint)  # first: what a resume needs
@@ -445,14 +453,14 @@ def train_one_epoch(run: RunState, loader: PhotoLoader, epoch: int, ranks: Ranks
 
 def validate(model: CatsDogsCNN, photos: PhotoLoader) -> Validation:
     """Loss, accuracy and confusion matrix on the validation photos, each process scoring its share."""
-    logits, labels = photos.logits(model), photos.shard()[1]
+    (logits, features), labels = photos.logits_and_features(model), photos.shard()[1]
     loss_sum = F.cross_entropy(logits, labels, reduction="sum")
     confusion = confusion_matrix(labels, logits.argmax(dim=1), len(model.class_names)).float()
     if photos.ranks.distributed:
         for total in (loss_sum, confusion):
             dist.all_reduce(total)
     return Validation(loss_sum.item() / len(photos), confusion.trace().item() / len(photos),
-                      confusion.long().tolist())
+                      confusion.long().tolist(), logits, features)
 
 
 def check_outputs(config: TrainConfig) -> None:
@@ -516,7 +524,8 @@ def _calibrate_outputs(config: TrainConfig, run: RunState, train_photos: PhotoLo
         return
     best = build_model(run.config).to(val_photos.device, memory_format=torch.channels_last)
     best.load_state_dict(run.best_weights)
-    val_logits, val_features = predict_with_features(best, val_photos.images)  # one pass for both fits
+    # One pass for both fits: the best epoch's own validation, or (resumed, or under torchrun) a pass now.
+    val_logits, val_features = run.best_validation or predict_with_features(best, val_photos.images)
     run.calibration = calibrate(val_logits, val_photos.labels)
     log(f"calibration: temperature {run.calibration.temperature:.3f} brings the expected calibration error on "
         f"the validation photos from {run.calibration.ece_before:.2%} to {run.calibration.ece_after:.2%}")

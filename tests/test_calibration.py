@@ -1,13 +1,14 @@
 """Calibration: the fitted temperature, the expected calibration error and the reliability bins are right."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from imagegen import write_kaggle_folder
 
-from catsdogs import CatsDogsCNN
+from catsdogs import CatsDogsCNN, training
 from catsdogs.metrics import BOUNDS, MIN_PHOTOS, calibrate, expected_calibration_error, fit_temperature, reliability
 from catsdogs.calibrate import main as calibrate_cli
 from catsdogs.config import TrainConfig
@@ -90,6 +91,39 @@ def test_training_ends_with_a_fitted_temperature_that_every_consumer_applies(tmp
     assert report["n"] == calibration["photos"]
     assert report["calibration"]["ece"] == pytest.approx(calibration["ece_after"], abs=1e-4)
     assert report["calibration"]["ece_without_temperature"] == pytest.approx(calibration["ece_before"], abs=1e-4)
+
+
+def test_a_resumed_run_fits_what_the_best_epochs_own_validation_fitted(tmp_path, monkeypatch):
+    """The fits at the end of a run reuse the best epoch's validation pass; a run resumed after its last epoch scores
+    the validation photos afresh with the best weights, and must fit the same temperature and not-a-pet score.
+    (Few photos, so MIN_PHOTOS is lowered: the fits are checked for agreement here, not for honesty.)"""
+    monkeypatch.setattr(training, "MIN_PHOTOS", 4)
+    data = write_kaggle_folder(tmp_path / "photos", per_class=12)
+    config = TrainConfig(data=str(data), val_fraction=0.25, epochs=1, batch_size=6, output=str(tmp_path / "out"),
+                         checkpoint=str(tmp_path / "ck" / "last.safetensors"), memory_format="channels_last")
+    first = train(config).summary
+    resumed = train(replace(config, output=str(tmp_path / "again"), resume=True)).summary
+    assert first["epochs_completed"] == resumed["epochs_completed"] == 1 and first["n_val"] == 6
+    for fit in ("calibration", "not_a_pet"):
+        assert numbers_in(resumed[fit]) == pytest.approx(numbers_in(first[fit]), rel=1e-5), fit
+        assert texts_in(resumed[fit]) == texts_in(first[fit]), fit
+    assert first["calibration"]["temperature"] != 1.0
+
+
+def numbers_in(value) -> list[float]:
+    if isinstance(value, dict):
+        return [n for key in sorted(value) for n in numbers_in(value[key])]
+    if isinstance(value, (list, tuple)):
+        return [n for item in value for n in numbers_in(item)]
+    return [float(value)] if isinstance(value, (int, float)) else []
+
+
+def texts_in(value) -> list[str]:
+    if isinstance(value, dict):
+        return [t for key in sorted(value) for t in texts_in(value[key])]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in texts_in(item)]
+    return [value] if isinstance(value, str) else []
 
 
 def test_calibrate_refuses_too_few_photos_and_a_hub_id(tmp_path, capsys):

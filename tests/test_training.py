@@ -132,11 +132,6 @@ def test_every_flag_reaches_the_training_config(tmp_path):
         name: portable_path(value) if name in PATH_SETTINGS else value for name, value in expected.items()}
 
 
-def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, **kwargs)
-
-
 def test_cli_stops_at_once_on_unusable_data(tmp_path, train_in_process):
     (tmp_path / "cats").mkdir()
     Image.new("RGB", (10, 10)).save(tmp_path / "cats" / "1.jpg")
@@ -146,7 +141,7 @@ def test_cli_stops_at_once_on_unusable_data(tmp_path, train_in_process):
     assert not (tmp_path / "out").exists()
 
 
-def test_kill_then_resume_ends_exactly_where_an_uninterrupted_run_ends(tmp_path):
+def test_kill_then_resume_ends_exactly_where_an_uninterrupted_run_ends(tmp_path, train_in_process):
     data = write_kaggle_folder(tmp_path / "photos", per_class=12)
     recipe = ["--data", str(data), "--val-fraction", "0.25", "--ema-decay", "0.9", "--tta", "mirror", "--epochs", "3",
               "--batch-size", "6", "--memory-format", "channels_last"]  # EMA and the mirror must resume exactly too;
@@ -174,9 +169,9 @@ def test_kill_then_resume_ends_exactly_where_an_uninterrupted_run_ends(tmp_path)
     assert resume_command.endswith("--resume")
     assert CatsDogsCNN.from_pretrained(output) is not None  # the best weights so far are whole
 
-    changed = run_cli(*recipe[:-4], "--epochs", "5", "--batch-size", "6", "--output", str(output),
-                      "--checkpoint", str(checkpoint), "--resume")
-    assert changed.returncode == 2 and "--epochs was 3, now 5" in changed.stderr
+    status, _, stderr = train_in_process(*recipe[:-4], "--epochs", "5", "--batch-size", "6", "--output", str(output),
+                                         "--checkpoint", str(checkpoint), "--resume")
+    assert status == 2 and "--epochs was 3, now 5" in stderr
 
     program, *resume_args = shlex.split(resume_command)
     assert program == "python"
