@@ -41,8 +41,8 @@ def train_and_push(photos: Path, output: Path, token: str | None, repo_id: str =
 
 
 @pytest.fixture
-def refused_push(photos, tmp_path, monkeypatch, train_in_process):
-    """A push refused before training, in this process: (exit status, stderr)."""
+def push_in_process(photos, tmp_path, monkeypatch, train_in_process):
+    """A push, in this process: (exit status, stderr)."""
     def run(token: str | None, repo_id: str = "tester/catsdogs") -> tuple[int, str]:
         monkeypatch.delenv("HF_TOKEN", raising=False)
         if token:
@@ -75,38 +75,38 @@ def test_push_then_pull_gives_identical_outputs(hub, photos, tmp_path):
     (BAD_TOKEN, "the Hub rejected the token (HTTP 401)"),
     (READ_TOKEN, "is read-only and cannot push"),
 ])
-def test_token_problems_stop_before_training(hub, refused_push, tmp_path, token, message):
-    status, stderr = refused_push(token)
+def test_token_problems_stop_before_training(hub, push_in_process, tmp_path, token, message):
+    status, stderr = push_in_process(token)
     assert status == 2
     assert message in stderr and "Traceback" not in stderr
     assert not (tmp_path / "weights").exists()  # no training was started
 
 
-def test_repo_of_someone_else_stops_before_training(hub, refused_push, tmp_path):
-    status, stderr = refused_push(WRITE_TOKEN, repo_id="someone-else/catsdogs")
+def test_repo_of_someone_else_stops_before_training(hub, push_in_process, tmp_path):
+    status, stderr = push_in_process(WRITE_TOKEN, repo_id="someone-else/catsdogs")
     assert status == 2 and "cannot write to 'someone-else/'" in stderr
     assert not (tmp_path / "weights").exists()
 
 
-def test_unreachable_hub_stops_before_training(hub, refused_push, tmp_path):
+def test_unreachable_hub_stops_before_training(hub, push_in_process, tmp_path):
     hub.kill()
-    status, stderr = refused_push(WRITE_TOKEN)
+    status, stderr = push_in_process(WRITE_TOKEN)
     assert status == 2 and "cannot reach the Hub" in stderr
     assert not (tmp_path / "weights").exists()
 
 
-def test_hub_down_during_push_keeps_weights_and_the_retry_uploads_them(hub, photos, tmp_path):
+def test_hub_down_during_push_keeps_weights_and_the_retry_uploads_them(hub, push_in_process, tmp_path):
     hub.die_on_next_commit()
     output = tmp_path / "weights"
-    result = train_and_push(photos, output, WRITE_TOKEN)
-    assert result.returncode == 1
-    assert "the push to tester/catsdogs failed" in result.stderr and "Traceback" not in result.stderr
+    status, stderr = push_in_process(WRITE_TOKEN)
+    assert status == 1
+    assert "the push to tester/catsdogs failed" in stderr and "Traceback" not in stderr
     assert hub.wait_dead() != 0
     saved = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in output.iterdir()}
     assert set(saved) == PUSHED_FILES
     CatsDogsCNN.from_pretrained(output)  # whole and loadable
 
-    retry = result.stderr.split("retry only the upload with: ")[1].strip()
+    retry = stderr.split("retry only the upload with: ")[1].strip()
     assert retry == (f"hf upload tester/catsdogs {output} . "
                      "--exclude '.saving-*/**' --exclude '.*' --exclude 'checkpoint/**'")
     leftover, checkpoint = output / ".saving-killed", output / "checkpoint"  # a save killed mid-way; a run's state

@@ -236,9 +236,7 @@ def test_a_run_never_replaces_weights_it_did_not_write(tmp_path, monkeypatch, tr
     work.mkdir()
     args = [sys.executable, str(ROOT / "train.py"), "--data", str(data), "--epochs", "1", "--batch-size", "6",
             "--val-fraction", "0.25", "--memory-format", "channels_last"]
-    run = lambda *extra: subprocess.run([*args, *extra], cwd=work, capture_output=True, text=True,  # noqa: E731
-                                        timeout=300)
-    first = run()
+    first = subprocess.run(args, cwd=work, capture_output=True, text=True, timeout=300)  # as a user starts it
     assert first.returncode == 0, first.stderr
     # The allocator train.py restarted itself under (README, "Performance"), or how to get it.
     assert ("memory allocator: jemalloc" if find_jemalloc() else "apt-get install libjemalloc2") in first.stdout
@@ -246,7 +244,7 @@ def test_a_run_never_replaces_weights_it_did_not_write(tmp_path, monkeypatch, tr
     assert (output / "checkpoint" / "last.safetensors").is_file() and (output / "model.safetensors").is_file()
     before = weights_digest(output)
 
-    monkeypatch.chdir(work)  # the refusals, in this process: the same relative default output
+    monkeypatch.chdir(work)  # the runs after the first, in this process: the same relative default output
     status, _, stderr = train_in_process(*args[2:])
     assert status == 2 and "Traceback" not in stderr
     assert f"{Path('runs/catsdogs/model.safetensors')} is from an earlier run" in stderr
@@ -260,8 +258,8 @@ def test_a_run_never_replaces_weights_it_did_not_write(tmp_path, monkeypatch, tr
     assert status == 2 and "is from an earlier run" in stderr
     assert weights_digest(shipped) == weights_digest(ROOT / "weights")
 
-    replaced = run("--overwrite")
-    assert replaced.returncode == 0, replaced.stderr
+    status, _, stderr = train_in_process(*args[2:], "--overwrite")
+    assert status == 0, stderr
     assert weights_digest(output) != before
 
 
