@@ -15,6 +15,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 
 if __name__ == "__main__":  # here, before PyTorch loads: the restart under jemalloc then costs nothing
     from catsdogs.allocator import use_jemalloc
@@ -55,6 +56,19 @@ def launch_command(argv: list[str]) -> str:
     return "python train.py " + shlex.join(argv)
 
 
+MAIN_PROCESS_GRACE = 10  # seconds the other processes of a torchrun launch give the main one to say why they stop
+
+
+def wait_for_the_main_process() -> None:
+    """Under torchrun every process meets the same refusal and the main one says why; the others wait until it has:
+    one exiting first would make torchrun stop the main process before it said anything. torchrun stops the waiting
+    processes (SIGTERM, a KeyboardInterrupt here) once the main one has exited."""
+    try:
+        time.sleep(MAIN_PROCESS_GRACE)
+    except KeyboardInterrupt:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
@@ -69,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"Hub: logged in as {user}; will push to {args.repo_id} after training")
         summary = train(config, command).summary
     except (DataError, DeviceError, CheckpointError, HubError, OutputError) as error:
-        say(f"error: {error}", file=sys.stderr)
+        if main_process:
+            print(f"error: {error}", file=sys.stderr)
+        else:
+            wait_for_the_main_process()
         return 2
     except TrainingInterrupted as stop:
         if stop.completed == 0:

@@ -150,14 +150,16 @@ def test_one_process_under_torchrun_is_ddp_and_trains_exactly_as_a_plain_run(eas
 
 
 def test_a_refused_output_stops_every_process_at_once(easy_photos, tmp_path):
-    """Under torchrun the first process checks the output; its refusal ends the whole launch, said once."""
+    """Under torchrun every process checks the output and the first one says why it refuses, once, even when the
+    others get there first (the first is held back 2 s): their refusal ends the whole launch."""
     data, _ = easy_photos
     out = tmp_path / "run"
     (out / "weights").mkdir(parents=True)
     (out / "weights" / "model.safetensors").write_bytes(b"an earlier run's weights")
     started = time.monotonic()
-    result = subprocess.run([*TORCHRUN, "train.py", *train_args(data, out)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    held_back = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "slow_first_process")}  # its sitecustomize.py
+    result = subprocess.run([*TORCHRUN, "train.py", *train_args(data, out)], cwd=ROOT, env=held_back,
+                            capture_output=True, text=True, timeout=120)
     # Under torchrun's 30 s grace period: the others stop on their own, not when torchrun kills them (~36 s).
     assert result.returncode != 0 and time.monotonic() - started < 25
     assert result.stderr.count("is from an earlier run and this run would replace it") == 1
