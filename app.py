@@ -28,6 +28,14 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+PREDICT_SLOTS = 2  # photo events running at once (the queue's concurrency limit for them)
+
+if __name__ == "__main__":  # here, before Gradio loads: importing it starts threads, and glibc caps its heaps only
+    # if told before a second thread allocates (a heap opened earlier stays)
+    from catsdogs.inference import keep_freed_memory
+
+    keep_freed_memory(heaps=PREDICT_SLOTS)  # this process serves one model: keep its activations' memory
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
 # Behind an HTTP(S) proxy, launch() must still reach its own server on loopback.
 os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
@@ -45,7 +53,7 @@ from starlette.middleware import Middleware  # noqa: E402
 
 from catsdogs.explain import Explainer  # noqa: E402
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, read_metrics  # noqa: E402
-from catsdogs.inference import Answer, Classifier, keep_freed_memory  # noqa: E402
+from catsdogs.inference import Answer, Classifier  # noqa: E402
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge  # noqa: E402
 from catsdogs.serving import LinkError, LinkFetcher, RequestSizeLimit, Visit  # noqa: E402
 
@@ -59,7 +67,6 @@ MAX_FILE_BYTES = 20 * 2**20  # one photo file, uploaded or linked
 MAX_BATCH_FILES = 100  # photos per "Several photos" batch: ~5-10 s of the 2 CPU cores, one queue slot
 MAX_REQUEST_BYTES = 8 * 2**20  # any other request body (JSON, parsed in memory): a phone photo as a data: URL fits
 MAX_UPLOAD_BYTES = MAX_BATCH_FILES * MAX_FILE_BYTES + 2**20  # one upload request (streamed to disk, not memory)
-PREDICT_SLOTS = 2  # photo events running at once (the queue's concurrency limit for them)
 LINK_SECONDS = 20  # the links of one request must have downloaded by then, however slowly their servers send
 # Links download inside a prediction slot: at most PREDICT_SLOTS - 1 at once, one per visitor, so slow links
 # always leave a slot for uploads.
@@ -789,7 +796,6 @@ def main() -> None:
     if args.link_seconds <= 0:
         parser.error(f"--link-seconds must be more than 0, not {args.link_seconds:g}")
 
-    keep_freed_memory(heaps=PREDICT_SLOTS)  # this process serves one model: keep its activations' memory
     classifier, warning = load_classifier(args.model, args.revision)
     if classifier is not None:
         print(f"serving {classifier.source} on {classifier.device.type}; {classifier.describe()}", flush=True)
