@@ -86,9 +86,9 @@ def _programs_start_on_their_own_allocator():
 
 @pytest.fixture
 def train_in_process(capsys):
-    """train.py's main in this process: (exit status, stdout, stderr). For runs refused before training, which a
-    subprocess would spend seconds starting (importing PyTorch) to say one line in; runs that train are tested as
-    the subprocesses users start."""
+    """train.py's main in this process: (exit status, stdout, stderr), for runs whose own process is not what a
+    test checks (a subprocess spends seconds importing PyTorch): refusals, a push, a rerun. What a user's process
+    does (the allocator restart, a kill, torchrun) is tested on the subprocesses users start."""
     sigterm = signal.getsignal(signal.SIGTERM)  # main() makes a kill save like Ctrl-C does
 
     def run(*args: str) -> tuple[int, str, str]:
