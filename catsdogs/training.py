@@ -15,7 +15,7 @@ import os
 import shlex
 import sys
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -314,7 +314,10 @@ def train(config: TrainConfig, command: str | None = None) -> TrainResult:
         return _train(config, command or "python train.py " + shlex.join(sys.argv[1:]), ranks, device)
     finally:
         if ranks.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+            # torchrun's stop (SIGTERM: a KeyboardInterrupt) may land here, after a failed peer was already
+            # noticed: the run's outcome, with what is saved, must still reach the caller.
+            with suppress(KeyboardInterrupt):
+                dist.destroy_process_group()
 
 
 def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device) -> TrainResult:
