@@ -19,9 +19,7 @@ from catsdogs.hub import SHIPPED_WEIGHTS, HubError
 from catsdogs.metrics import MIN_PHOTOS, Calibration, calibrate
 from catsdogs.model import CatsDogsCNN
 from catsdogs.notpet import CONFIG_KEY as NOT_PET_CONFIG_KEY
-from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
-from catsdogs.notpet import NotPetScore
-from catsdogs.outputs import card_details, portable_path, save_outputs
+from catsdogs.outputs import portable_path, rewrite_card
 
 
 def calibrate_folder(folder: str | Path, data: str | Path, split: str = "validation", progress: bool = True,
@@ -42,16 +40,14 @@ def calibrate_folder(folder: str | Path, data: str | Path, split: str = "validat
         raise DataError(f"only {len(scores.labels)} photos in {scores.split['description']}: a temperature needs "
                         f"at least {MIN_PHOTOS} to be fitted honestly")
     result = calibrate(scores.logits, scores.labels)
-    not_pet_score = NotPetScore.load(folder) if (folder / NOT_PET_FILE).is_file() else None  # the same weights'
-    metrics = {**scores.metrics, "calibration": {**result.summary(), "data": portable_path(data), **scores.split},
-               **(not_pet_score.config_entry() if not_pet_score else {})}
+    metrics = {**scores.metrics, "calibration": {**result.summary(), "data": portable_path(data), **scores.split}}
     config = json.loads((folder / "config.json").read_text())
     config.pop(NOT_PET_CONFIG_KEY, None)  # written back from the score itself
     model = CatsDogsCNN(**{**config, "temperature": result.temperature})  # its config is what config.json gets
     model.load_state_dict(scores.network.state_dict())
     figure = plots.reliability_diagram(result.bins_before, result.bins_after,
                                        f"{scores.split['description']} (T = {result.temperature:.3f})")
-    save_outputs(model, folder, card_details(metrics), metrics, {"reliability.png": figure}, not_pet_score)
+    rewrite_card(folder, model, metrics, {"reliability.png": figure})
     return result
 
 

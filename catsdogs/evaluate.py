@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +24,19 @@ import torch
 
 from catsdogs import plots
 from catsdogs.data import CLASS_NAMES, IMAGE_SUFFIXES, DataError, Found, Photos, choose_split
-from catsdogs.device import pick_device
+from catsdogs.checkpoint import WriteError
+from catsdogs.device import Precision, pick_device
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model, read_metrics
 from catsdogs.inference import compiled_for_predictions, load_not_pet_score
 from catsdogs.loader import PhotoLoader, find
 from catsdogs.metrics import BINS, auroc, confusion_matrix, measure, per_class
 from catsdogs.model import CatsDogsCNN, predict_with_features, scoring_batch
 from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
-from catsdogs.outputs import portable_path
+from catsdogs.outputs import portable_command, portable_path, rewrite_card
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, load_photo
 
 SPLITS = ("all", "validation", "training")
+PATH_FLAGS = ("--model", "--data", "--cache-dir", "--not-pets", "--reliability")  # made portable where recorded
 
 
 class IncompatibleModel(ValueError):
@@ -199,6 +202,34 @@ def not_pet_report(scores: Scores, folder: Path) -> dict:
     }
 
 
+def record_validation(report: dict, command: str) -> Path:
+    """Keep the validation accuracy of `report` beside the weights it scored: metrics.json's `validation_by_device`
+    for the kind of device it ran on, which the demo states for that kind of device and the card shows (rendered
+    again). The folder it was written to."""
+    folder = Path(report["model"])
+    if report["split"]["name"] != "validation":
+        raise DataError("only the validation split's accuracy is kept beside the weights: pass --split validation")
+    if not folder.is_dir():
+        raise HubError(f"{report['model']} is not a weights folder: record the accuracy of a local copy (e.g. `hf "
+                       "download REPO --local-dir DIR`), then push it")
+    if report["warnings"]:  # other photos than training validated on: not the weights' validation accuracy
+        raise DataError(f"not recorded: {report['warnings'][0]}")
+    device = torch.device(report["device"])
+    measured = {"accuracy": report["accuracy"], "correct": report["correct"], "photos": report["n"],
+                "measured": f"{Precision.for_inference(device).name} on {device_in_words(device)}",
+                "command": portable_command(command, PATH_FLAGS)}
+    metrics = read_metrics(folder)
+    metrics["validation_by_device"] = metrics.get("validation_by_device", {}) | {device.type: measured}
+    rewrite_card(folder, load_model(folder), metrics)
+    return folder
+
+
+def device_in_words(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "a CPU" if device.type == "cpu" else device.type
+
+
 def format_report(report: dict) -> str:
     """The report as a person reads it in a terminal."""
     percent = lambda value: "-" if value is None else f"{value:.2%}"  # noqa: E731
@@ -268,9 +299,17 @@ def main(argv: list[str] | None = None) -> int:
                         "weights' not-a-pet score calls neither, and its AUROC against the evaluated photos")
     parser.add_argument("--reliability", metavar="PNG",
                         help="also write the reliability diagram (accuracy against confidence) to this file")
+    parser.add_argument("--record", action="store_true", help="with --split validation: keep the accuracy beside "
+                        "the weights (metrics.json's validation_by_device, for this kind of device) and render their "
+                        "card again; the demo states it when it runs on this kind of device")
     args = parser.parse_args(argv)
     if args.mistakes < 0 or args.workers < 1:
         parser.error("--mistakes must be 0 or more and --workers 1 or more")
+    if args.record and args.split != "validation":
+        parser.error("--record keeps the validation accuracy: pass --split validation")
+    if args.record and not Path(args.model).is_dir():
+        parser.error(f"--record writes beside the weights: {args.model} is not a weights folder (record the "
+                     "accuracy of a local copy, e.g. `hf download REPO --local-dir DIR`, then push it)")
     if args.model == str(SHIPPED_WEIGHTS) and not SHIPPED_WEIGHTS.is_dir():
         print(f"error: no shipped weights in {SHIPPED_WEIGHTS}/ yet (train.py writes them); pass --model DIR_OR_REPO",
               file=sys.stderr)
@@ -281,15 +320,20 @@ def main(argv: list[str] | None = None) -> int:
                               args.mistakes, args.workers, reliability_png=args.reliability, cache=args.cache,
                               cache_dir=args.cache_dir, data_revision=args.data_revision, data_split=args.data_split,
                               not_pets=args.not_pets)
-    except (DataError, HubError, IncompatibleModel) as error:
+        for warning in report["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(json.dumps(report, indent=2) if args.json else format_report(report))
+        if args.record:
+            command = ["python", "-m", "catsdogs.evaluate", *(sys.argv[1:] if argv is None else argv)]
+            folder = record_validation(report, shlex.join(command))
+            print(f"recorded {report['accuracy']:.2%} on the {torch.device(report['device']).type} in "
+                  f"{folder / 'metrics.json'} and the card {folder / 'README.md'}", file=sys.stderr)
+    except (DataError, HubError, IncompatibleModel, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    for warning in report["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 

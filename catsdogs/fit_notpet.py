@@ -18,6 +18,7 @@ from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model, r
 from catsdogs.loader import PhotoLoader, find_split
 from catsdogs.model import CatsDogsCNN, predict_with_features
 from catsdogs.notpet import BANK_PER_CLASS, NEIGHBOUR, SEED, NotPetScore, bank_indices, fit
+from catsdogs.outputs import rewrite_card
 
 
 def sample(photos: Photos, per_class: int, seed: int = SEED) -> Photos:
@@ -71,8 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, HubError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    path = score.save(folder)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and its entry in {folder / 'config.json'}: "
+    card = (folder / "metrics.json").is_file()  # a card rendered from train.py's metrics: it describes the score too
+    try:
+        path = score.save(folder)
+        if card:
+            rewrite_card(folder, load_model(folder), read_metrics(folder))
+    except OSError as error:  # a WriteError says what could not be written
+        print(f"error: cannot write the score beside the weights in {folder}: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and its entry in {folder / 'config.json'}"
+          f"{' and the card' if card else ''}: "
           f"{json.dumps(score.config_entry(), indent=2)}")
     return 0
 

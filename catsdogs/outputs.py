@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
 from catsdogs.notpet import NotPetScore
 
 FIGURE_BYTES = 2**20  # the most a plot's PNG takes
+TRAIN_PATH_FLAGS = tuple("--" + name.replace("_", "-") for name in PATH_SETTINGS)
 
 
 def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any], metrics: dict[str, Any],
@@ -52,6 +54,17 @@ def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any
                 os.replace(file, output_dir / file.name)
 
 
+def rewrite_card(folder: str | Path, model: CatsDogsCNN, metrics: dict[str, Any],
+                 figures: dict[str, Figure] | None = None) -> None:
+    """Write `metrics` (metrics.json) into the weights folder `folder` and render its card from them again, with
+    `model` (the folder's weights, or the same weights with a changed config such as a new temperature), the "not a
+    pet" score already beside them, and `figures` replacing plots of the same name (the others stay)."""
+    folder = Path(folder)
+    not_pet_score = NotPetScore.load(folder) if (folder / NOT_PET_FILE).is_file() else None
+    metrics = {**metrics, **(not_pet_score.config_entry() if not_pet_score else {})}
+    save_outputs(model, folder, card_details(metrics), metrics, figures or {}, not_pet_score)
+
+
 def portable_path(path: str | Path | None) -> str | None:
     """A path as a card may show it: a Hub dataset or a relative path as named, an absolute one relative to the
     working folder when inside it, else only its last two names below the home folder (e.g. dogs-vs-cats/train)."""
@@ -66,9 +79,9 @@ def portable_path(path: str | Path | None) -> str | None:
     return "/".join(below.parts[-2:])
 
 
-def portable_command(command: str) -> str:
-    """A launch command with the values of its path flags (--data, --output, ...) made portable."""
-    flags = {"--" + name.replace("_", "-") for name in PATH_SETTINGS}
+def portable_command(command: str, flags: Iterable[str] = TRAIN_PATH_FLAGS) -> str:
+    """A launch command with the values of its path `flags` (train.py's --data, --output, ...) made portable."""
+    flags = set(flags)
     words = shlex.split(command)
     for i, word in enumerate(words):
         flag, equals, value = word.partition("=")

@@ -120,6 +120,7 @@ class RunState:
     best_epoch: int = 0
     best_weights: dict[str, torch.Tensor] | None = None  # a CPU copy of the best epoch's weights
     seconds: float = 0.0  # training time of the finished epochs, over every launch of the run
+    resumed_after: list[int] = field(default_factory=list)  # the epochs after which a launch continued the run
     calibration: Calibration | None = None  # of the best weights, fitted once the last epoch is done (not saved)
     ema: AveragedModel | None = None  # the moving average of the weights (--ema-decay), updated after every step
     layout: LayoutChoice | None = None  # the memory layout the model trains in, and why
@@ -178,6 +179,7 @@ class RunState:
             "best": {"accuracy": self.best_accuracy, "epoch": self.best_epoch, "model": self.best_weights},
             "recipe": self.config.recipe(), "data_fingerprint": self.data_fingerprint,
             "steps_per_epoch": self.steps_per_epoch, "ema": self.ema.state_dict() if self.ema else None,
+            "resumed_after": self.resumed_after,
         }
 
     def resume_from(self, path: str | Path) -> None:
@@ -202,6 +204,7 @@ class RunState:
         if self.ema:
             self.ema.load_state_dict(saved["ema"])
         self.epoch, self.seconds = saved["epoch"], saved["seconds"]
+        self.resumed_after = [*saved.get("resumed_after", []), saved["epoch"]]  # older checkpoints did not keep it
         self.history = [EpochRecord(**row) for row in saved["history"]]
         best = saved["best"]
         self.best_accuracy, self.best_epoch, self.best_weights = best["accuracy"], best["epoch"], best["model"]
@@ -494,7 +497,8 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
         "skipped_files": [[portable_path(str(p)), r.replace(str(p), portable_path(str(p)))]
                           for p, r in train_photos.skipped + val_photos.skipped],
         "epochs_completed": run.epoch, "best_epoch": run.best_epoch, "best_val_accuracy": run.best_accuracy,
-        "training_seconds": run.seconds, "compile_seconds": run.compile_seconds,
+        "training_seconds": run.seconds, "compile_seconds": run.compile_seconds, "resumed_after": run.resumed_after,
+        "torch": torch.__version__,
         "history": [asdict(r) for r in run.history],
         **({"calibration": run.calibration.summary()} if run.calibration else {}),
         **(run.not_pet_score.config_entry() if run.not_pet_score else {}),

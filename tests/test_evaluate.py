@@ -222,3 +222,35 @@ def test_not_pets_need_weights_with_a_score(trained, tmp_path, capsys):
     (tmp_path / "wall.jpg").symlink_to(ROOT / "examples" / "brick.jpg")
     assert "have no notpet.safetensors: fit one with python -m catsdogs.fit_notpet" in error_of(
         capsys, "--model", config.output, "--data", config.data, "--not-pets", str(tmp_path))
+
+
+def test_record_keeps_the_validation_accuracy_beside_the_weights_and_in_their_card(trained, tmp_path, capsys):
+    config, _, _ = trained
+    weights = Path(shutil.copytree(config.output, tmp_path / "weights"))
+    before = {file.name: file.read_bytes() for file in weights.iterdir()}
+    report = run(capsys, "--model", str(weights), "--data", config.data, "--split", "validation", "--record")
+    metrics = json.loads((weights / "metrics.json").read_text())
+    recorded = metrics.pop("validation_by_device")["cpu"]
+    assert metrics == json.loads(before["metrics.json"])  # the rest as training wrote it
+    assert {k: recorded[k] for k in ("accuracy", "correct", "photos", "measured")} == {
+        "accuracy": report["accuracy"], "correct": report["correct"], "photos": 20, "measured": "fp32 on a CPU"}
+    assert recorded["command"].startswith("python -m catsdogs.evaluate --model ") and str(tmp_path) not in \
+        recorded["command"] and recorded["command"].endswith("--split validation --record --json")
+    for unchanged in ("model.safetensors", "config.json", "training_curves.png"):
+        assert (weights / unchanged).read_bytes() == before[unchanged], unchanged
+    card = " ".join((weights / "README.md").read_text().split())
+    assert (f"as the demo computes it, fp32 on a CPU: **{report['accuracy']:.2%}** ({report['correct']} of 20)."
+            in card)
+
+    with pytest.raises(SystemExit):  # usage errors: before any photo is scored
+        main(["--model", str(weights), "--data", config.data, "--record"])
+    assert "--record keeps the validation accuracy: pass --split validation" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", f"{USER}/evalmodel", "--data", config.data, "--split", "validation", "--record"])
+    assert f"{USER}/evalmodel is not a weights folder" in capsys.readouterr().err
+    for split in ("train", "val"):  # other photos than the weights validated on
+        write_kaggle_folder(tmp_path / "other" / split, per_class=2, start=100 if split == "val" else 0)
+    recorded_card = (weights / "README.md").read_bytes()
+    assert main(["--model", str(weights), "--data", str(tmp_path / "other"), "--split", "validation", "--record"]) == 2
+    assert "error: not recorded: these validation photos" in capsys.readouterr().err
+    assert (weights / "README.md").read_bytes() == recorded_card

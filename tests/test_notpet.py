@@ -109,6 +109,9 @@ def test_the_command_fits_for_a_weights_folder_on_its_training_split(shipped_wei
     assert "6 training photos (3 of each class, seed 0)" in score.fitted_on and "seed 0" in score.fitted_on
     assert f"wrote {weights / FILE_NAME}" in capsys.readouterr().out
     assert json.loads((weights / "config.json").read_text())["not_a_pet"] == score.config_entry()["not_a_pet"]
+    assert f"- Fitted on: {score.fitted_on}." in (weights / "README.md").read_text()  # the card describes it
+    assert json.loads((weights / "metrics.json").read_text())["not_a_pet"] == score.config_entry()["not_a_pet"]
+    assert "not_a_pet" not in json.loads((shipped_weights / "metrics.json").read_text())  # a link was replaced
     assert main(["--model", str(tmp_path / "nothing"), "--data", str(photos)]) == 2
 
 

@@ -178,12 +178,18 @@ def test_kill_then_resume_ends_exactly_where_an_uninterrupted_run_ends(tmp_path,
     resumed = subprocess.run([sys.executable, *resume_args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {checkpoint} after epoch {completed}" in resumed.stdout
-    history = json.loads((output / "metrics.json").read_text())["history"]
-    assert [row["epoch"] for row in history] == [1, 2, 3]
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2, 3]
+    assert (metrics["resumed_after"], metrics["torch"]) == ([completed], torch.__version__)
+    card = " ".join((output / "README.md").read_text().split())  # its lines joined, as Markdown shows them
+    assert f"The run was stopped after epoch {completed} and continued from its checkpoint with the command above." \
+        in card and f", torch {torch.__version__}. Training time:" in card
 
     _, stderr = uninterrupted.communicate(timeout=300)
     assert uninterrupted.returncode == 0, stderr
     assert_same_training(run, reference)  # bit for bit: the random streams are reseeded per seed and epoch
+    assert json.loads((reference / "weights" / "metrics.json").read_text())["resumed_after"] == []
+    assert "was stopped" not in (reference / "weights" / "README.md").read_text()
 
 
 def test_the_moving_average_is_validated_and_saved_and_the_mirror_is_recorded(tmp_path):
