@@ -58,6 +58,10 @@ class TrainConfig:
     flip: str = setting("random", "how augmentation mirrors photos: random = each with probability 1/2 in every "
                         "epoch; alternate = each in every other epoch (airbench's alternating flip: any two epochs "
                         "in a row show every photo both ways)", "recipe", recipe=True, choices=FLIPS)
+    whiten: bool = setting(False, "start the first convolution as a whitening of the training photos' 3x3 "
+                           "patches (airbench's patch-whitening start: 27 filters the eigenvectors of the patches' "
+                           "second moments scaled to unit variance, 27 their negatives); it trains on from there",
+                           "recipe", recipe=True)
     ema_decay: float = setting(0.0, "keep an exponential moving average of the weights, updated after every step "
                                "with this decay (e.g. 0.999; 0 = off): validation, the best epoch and the saved "
                                "weights are the average's", "recipe", recipe=True)

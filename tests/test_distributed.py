@@ -17,15 +17,16 @@ from catsdogs.checkpoint import load_checkpoint
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
-# The moving average and the mirror on: each process keeps its own average, which must stay in step and resume exactly.
-# Two epochs: a kill after the first one's checkpoint leaves one to resume.
-DDP_RECIPE = {**EASY_TASK, "epochs": 2, "ema_decay": 0.5, "tta": "mirror"}
+# The moving average and the mirror on: each process keeps its own average, which must stay in step and resume exactly;
+# --whiten: every process must start from the same whitening. Two epochs: a kill after the first one's checkpoint
+# leaves one to resume.
+DDP_RECIPE = {**EASY_TASK, "epochs": 2, "ema_decay": 0.5, "tta": "mirror", "whiten": True}
 
 
 def train_args(data: Path, out: Path, **recipe) -> list[str]:
     args = ["--data", str(data), "--output", str(out / "weights"), "--checkpoint", str(out / "ck" / "last.safetensors")]
     for key, value in {**DDP_RECIPE, **recipe}.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
+        args += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
     return args
 
 

@@ -25,6 +25,7 @@ from catsdogs.allocator import find_jemalloc
 from catsdogs.checkpoint import load_checkpoint
 from catsdogs.config import PATH_SETTINGS, TrainConfig
 from catsdogs.loader import PhotoLoader, augment, find_split
+from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD
 from catsdogs.outputs import portable_command, portable_path
 from catsdogs.training import make_scheduler, start_run
 
@@ -103,7 +104,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
                 "batch_size": 20, "lr": 0.001, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
                 "label_smoothing": 0.0, "dropout": 0.2, "augment": False, "device": "cpu",
                 "ema_decay": 0.99, "tta": "mirror", "memory_format": "contiguous", "photos_on": "host",
-                "compile": "off", "flip": "alternate",
+                "compile": "off", "flip": "alternate", "whiten": True,
                 "output": str(tmp_path / "out"), "checkpoint": str(tmp_path / "ck" / "last.safetensors"),
                 "resume": False, "overwrite": True, "workers": 1,
                 "cache": False, "cache_dir": str(tmp_path / "cache"), "data_revision": None, "data_split": "train"}
@@ -116,7 +117,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
             "--batch-size", "20", "--lr", "0.001", "--optimizer", "adam", "--schedule", "constant",
             "--weight-decay", "0", "--label-smoothing", "0", "--dropout", "0.2", "--no-augment", "--ema-decay", "0.99",
             "--tta", "mirror", "--device", "cpu", "--memory-format", "contiguous", "--photos-on", "host",
-            "--compile", "off", "--flip", "alternate",
+            "--compile", "off", "--flip", "alternate", "--whiten",
             "--output", expected["output"], "--checkpoint", expected["checkpoint"], "--overwrite", "--workers", "1",
             "--no-cache", "--cache-dir", expected["cache_dir"]]
     metrics = Path(expected["output"]) / "metrics.json"
@@ -190,6 +191,31 @@ def test_kill_then_resume_ends_exactly_where_an_uninterrupted_run_ends(tmp_path,
     assert_same_training(run, reference)  # bit for bit: the random streams are reseeded per seed and epoch
     assert json.loads((reference / "weights" / "metrics.json").read_text())["resumed_after"] == []
     assert "was stopped" not in (reference / "weights" / "README.md").read_text()
+
+
+def test_whiten_starts_the_first_convolution_as_a_whitening_of_the_photos_patches():
+    smooth = torch.nn.functional.interpolate(torch.rand(40, 3, 28, 28, generator=torch.Generator().manual_seed(1)),
+                                             size=224, mode="bilinear")  # neighbouring pixels correlate
+    photos = (smooth * 255).to(torch.uint8)
+    config = TrainConfig(data="photos", whiten=True, device="cpu", memory_format="channels_last")
+    plain = start_run(replace(config, whiten=False), torch.device("cpu"), 10, 4).model.blocks[0][0]
+    random_state = torch.random.get_rng_state()
+    conv = start_run(config, torch.device("cpu"), 10, 4, photos=photos).model.blocks[0][0]
+    assert torch.equal(torch.random.get_rng_state(), random_state)  # as without --whiten (start_run reseeds)
+    images = (photos.float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        3, 1, 1)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(images, conv.weight[:27])  # the eigenvectors, largest variance first
+    variances = out.pow(2).mean(dim=(0, 2, 3))
+    assert variances[:5] == pytest.approx(1, rel=0.01)  # whitened: unit variance where the photos vary most
+    assert variances.diff().max() < 1e-3  # and never more as the variance they whiten falls (the eps)
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 27)[:, :5]
+    moments = flat.T @ flat / len(flat)
+    assert (moments - torch.eye(5)).abs().max() < 0.01  # uncorrelated
+    assert torch.equal(conv.weight[27:54], -conv.weight[:27]) and not conv.bias[:54].any()
+    assert torch.equal(conv.weight[54:], plain.weight[54:])  # the filters left over keep their seeded start
+    with pytest.raises(ValueError, match="--whiten needs the training photos"):
+        start_run(config, torch.device("cpu"), 10, 4)
 
 
 def test_the_moving_average_is_validated_and_saved_and_the_mirror_is_recorded(tmp_path):
