@@ -124,13 +124,17 @@ def test_every_flag_reaches_the_training_config(tmp_path):
     process = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not metrics.exists() and process.poll() is None and time.monotonic() < deadline:
+    card_file = metrics.parent / "README.md"
+    while not (metrics.exists() and card_file.exists()) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)  # one epoch of 30 is enough to see the config
     _, stderr = process.communicate(timeout=60)
     assert metrics.exists(), stderr
     assert json.loads(metrics.read_text())["config"] == {  # the paths as a published card may show them
         name: portable_path(value) if name in PATH_SETTINGS else value for name, value in expected.items()}
+    card = " ".join(card_file.read_text().split())
+    assert "Augmentation: none." in card and "| whiten | True |" in card and "| flip | alternate |" in card
+    assert "The first convolution started as a whitening of the training photos' 3×3 patches" in card
 
 
 def test_cli_stops_at_once_on_unusable_data(tmp_path, train_in_process):
