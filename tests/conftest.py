@@ -228,8 +228,18 @@ def work_unit(file: str) -> str:
     return next((unit for unit, files in SHARING.items() if name in files), file)
 
 
+# The session fixture each set of SHARING is there to build once: a file that uses it belongs to that set.
+BUILT_ONCE = {"app": "the app", "trained": "the training run"}
+
+
 def pytest_collection_modifyitems(items):
-    """The tests in the order their work units are handed out (pyproject.toml: --no-loadscope-reorder keeps it)."""
+    """The tests in the order their work units are handed out (pyproject.toml: --no-loadscope-reorder keeps it),
+    after checking that every file using a fixture of BUILT_ONCE is in its set (else a second process builds it)."""
+    for item in items:
+        for fixture, unit in BUILT_ONCE.items():
+            if fixture in getattr(item, "fixturenames", ()) and work_unit(item.path.name) != unit:
+                raise pytest.UsageError(f"{item.path.name} uses the {fixture!r} fixture: add it to SHARING[{unit!r}] "
+                                        "in tests/conftest.py, so that one test process builds it for every file")
     def rank(item) -> tuple[int, str]:
         unit = work_unit(item.path.name)
         return LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST), unit
