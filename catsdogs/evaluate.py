@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from catsdogs import plots
-from catsdogs.data import CLASS_NAMES, IMAGE_SUFFIXES, DataError, Found, Photos, choose_split
 from catsdogs.checkpoint import WriteError
+from catsdogs.data import CLASS_NAMES, IMAGE_SUFFIXES, DataError, Found, Photos, choose_split
 from catsdogs.device import Precision, pick_device
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model, read_metrics
 from catsdogs.inference import compiled_for_predictions, load_not_pet_score

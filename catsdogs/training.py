@@ -43,7 +43,6 @@ from catsdogs.loader import PhotoLoader, find_split
 from catsdogs.metrics import MIN_PHOTOS, Calibration, calibrate, confusion_matrix
 from catsdogs.model import INPUT_SIZE, CatsDogsCNN, predict_with_features
 from catsdogs.notpet import BANK_PER_CLASS, SEED, NotPetScore, bank_indices, fit
-from catsdogs.preprocess import normalize
 from catsdogs.outputs import (
     card_details,
     human_duration,
@@ -52,6 +51,7 @@ from catsdogs.outputs import (
     portable_path,
     save_outputs,
 )
+from catsdogs.preprocess import normalize
 
 WHITENING_PHOTOS = 256  # photos whose 3x3 patches --whiten measures: ~12.6 million patches of 27 values
 WHITENING_EPS = 5e-4  # added to each eigenvalue: directions of almost no variance are not blown up (airbench's)
