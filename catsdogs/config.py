@@ -62,6 +62,10 @@ class TrainConfig:
                            "patches (airbench's patch-whitening start: 27 filters the eigenvectors of the patches' "
                            "second moments scaled to unit variance, 27 their negatives); it trains on from there",
                            "recipe", recipe=True)
+    identity_start: bool = setting(False, "start each 3x3 convolution after the first as the identity on its "
+                                   "first channels (airbench's identity start: PyTorch's default start leaves this "
+                                   "deep network without normalisation almost deaf to its input); it trains on from "
+                                   "there", "recipe", recipe=True)
     ema_decay: float = setting(0.0, "keep an exponential moving average of the weights, updated after every step "
                                "with this decay (e.g. 0.999; 0 = off): validation, the best epoch and the saved "
                                "weights are the average's", "recipe", recipe=True)

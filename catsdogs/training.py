@@ -240,6 +240,16 @@ def build_model(config: TrainConfig, temperature: float = 1.0) -> CatsDogsCNN:
     return CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout, tta=config.tta, temperature=temperature)
 
 
+def start_as_identity(model: CatsDogsCNN) -> None:
+    """--identity-start: every 3x3 convolution after the first passes its first min(in, out) input channels through
+    unchanged (a Dirac filter each), so that a photo's signal reaches the classifier undiminished at the first step;
+    a convolution's other filters keep their random start. Draws nothing from the random stream."""
+    convolutions = [module for module in model.blocks.modules() if isinstance(module, nn.Conv2d)]
+    with torch.no_grad():
+        for conv in convolutions[1:]:
+            nn.init.dirac_(conv.weight[:min(conv.in_channels, conv.out_channels)])
+
+
 def whiten_first_convolution(model: CatsDogsCNN, photos: torch.Tensor, seed: int) -> None:
     """--whiten: make the first convolution's filters whiten the 3x3 patches of a seeded sample of `photos` (uint8,
     the training photos): the eigenvectors of the patches' second moments, each scaled to give unit variance, and
@@ -280,11 +290,14 @@ def start_run(config: TrainConfig, device: torch.device, steps_per_epoch: int, p
     every process), on `device` in the memory layout that trains fastest there (--memory-format), wrapped in
     DistributedDataParallel under torchrun, compiled when --compile asks (for the batch sizes an epoch has:
     `process_batch`, and `last_batch` when its last batch is smaller), with its optimiser, schedule, gradient
-    scaler and moving average; with --whiten, its first convolution whitens `photos` (the training photos).
+    scaler and moving average; with --identity-start, its later convolutions start as the identity, and with
+    --whiten, its first convolution whitens `photos` (the training photos).
     `train` and the benchmarks start their runs here."""
     precision = Precision.for_training(device)
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
+    if config.identity_start:
+        start_as_identity(model)
     if config.whiten:
         if photos is None:
             raise ValueError("--whiten needs the training photos")

@@ -17,10 +17,9 @@ from catsdogs.checkpoint import load_checkpoint
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
-# The moving average and the mirror on: each process keeps its own average, which must stay in step and resume exactly;
-# --whiten: every process must start from the same whitening. Two epochs: a kill after the first one's checkpoint
-# leaves one to resume.
-DDP_RECIPE = {**EASY_TASK, "epochs": 2, "ema_decay": 0.5, "tta": "mirror", "whiten": True}
+# The moving average and the mirror on: each process keeps its own average, which must stay in step and resume exactly.
+# Two epochs: a kill after the first one's checkpoint leaves one to resume.
+DDP_RECIPE = {**EASY_TASK, "epochs": 2, "ema_decay": 0.5, "tta": "mirror"}
 
 
 def train_args(data: Path, out: Path, **recipe) -> list[str]:
@@ -135,10 +134,11 @@ def test_killing_one_process_fails_the_run_and_resume_ends_exactly_where_the_uni
 
 def test_one_process_under_torchrun_is_ddp_and_trains_exactly_as_a_plain_run(easy_photos, tmp_path):
     """On a one-GPU machine `torchrun --nproc-per-node 1` is what proves the NCCL path: it must be the distributed
-    path (a process group, DDP, the all-reduces), and that must change nothing."""
+    path (a process group, DDP, the all-reduces), and that must change nothing, the GPU session's starts included."""
     data, _ = easy_photos
     launches = {"torchrun": [*TORCHRUN[:-1], "1", "train.py"], "plain": [sys.executable, "train.py"]}
-    runs = {name: subprocess.Popen([*launch, *train_args(data, tmp_path / name, epochs=1)], cwd=ROOT,
+    starts = {"epochs": 1, "whiten": True, "identity_start": True}
+    runs = {name: subprocess.Popen([*launch, *train_args(data, tmp_path / name, **starts)], cwd=ROOT,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for name, launch in launches.items()}  # side by side
     stdout = {}
@@ -148,6 +148,8 @@ def test_one_process_under_torchrun_is_ddp_and_trains_exactly_as_a_plain_run(eas
     assert "1 processes of 16 photos per step, DDP over gloo" in stdout["torchrun"]
     assert "DDP" not in stdout["plain"]
     assert_same_training(tmp_path / "torchrun", tmp_path / "plain")
+    config = json.loads((tmp_path / "torchrun" / "weights" / "metrics.json").read_text())["config"]
+    assert config["whiten"] and config["identity_start"]
 
 
 def test_a_refused_output_stops_every_process_at_once(easy_photos, tmp_path):

@@ -44,7 +44,8 @@ def test_the_session_recipes_are_valid_train_py_commands_and_its_dry_run_is_shor
     for chosen in (gpu_session.FAST, gpu_session.LONG):
         config = train.TrainConfig.from_args(train.parse_args(["--data", "x", *chosen.args]))
         assert config.epochs == chosen.epochs and config.flip == "alternate" and config.compile == "auto"
-        assert config.whiten and gpu_session.TRAINING_PHOTOS % config.batch_size == 0  # one batch size to compile
+        assert config.whiten and config.identity_start
+        assert gpu_session.TRAINING_PHOTOS % config.batch_size == 0  # one batch size to compile
     dry, full = gpu_session.SessionPlan.choose(dry_run=True), gpu_session.SessionPlan.choose(dry_run=False)
     assert (dry.fast.epochs, dry.long.epochs) == (1, 2) and full.fast == gpu_session.FAST
     assert full.long == gpu_session.LONG

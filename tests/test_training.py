@@ -104,7 +104,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
                 "batch_size": 20, "lr": 0.001, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
                 "label_smoothing": 0.0, "dropout": 0.2, "augment": False, "device": "cpu",
                 "ema_decay": 0.99, "tta": "mirror", "memory_format": "contiguous", "photos_on": "host",
-                "compile": "off", "flip": "alternate", "whiten": True,
+                "compile": "off", "flip": "alternate", "whiten": True, "identity_start": True,
                 "output": str(tmp_path / "out"), "checkpoint": str(tmp_path / "ck" / "last.safetensors"),
                 "resume": False, "overwrite": True, "workers": 1,
                 "cache": False, "cache_dir": str(tmp_path / "cache"), "data_revision": None, "data_split": "train"}
@@ -117,7 +117,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
             "--batch-size", "20", "--lr", "0.001", "--optimizer", "adam", "--schedule", "constant",
             "--weight-decay", "0", "--label-smoothing", "0", "--dropout", "0.2", "--no-augment", "--ema-decay", "0.99",
             "--tta", "mirror", "--device", "cpu", "--memory-format", "contiguous", "--photos-on", "host",
-            "--compile", "off", "--flip", "alternate", "--whiten",
+            "--compile", "off", "--flip", "alternate", "--whiten", "--identity-start",
             "--output", expected["output"], "--checkpoint", expected["checkpoint"], "--overwrite", "--workers", "1",
             "--no-cache", "--cache-dir", expected["cache_dir"]]
     metrics = Path(expected["output"]) / "metrics.json"
@@ -135,6 +135,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
     card = " ".join(card_file.read_text().split())
     assert "Augmentation: none." in card and "| whiten | True |" in card and "| flip | alternate |" in card
     assert "The first convolution started as a whitening of the training photos' 3×3 patches" in card
+    assert "The convolutions after the first started as the identity on their first channels" in card
 
 
 def test_cli_stops_at_once_on_unusable_data(tmp_path, train_in_process):
@@ -220,6 +221,31 @@ def test_whiten_starts_the_first_convolution_as_a_whitening_of_the_photos_patche
     assert torch.equal(conv.weight[54:], plain.weight[54:])  # the filters left over keep their seeded start
     with pytest.raises(ValueError, match="--whiten needs the training photos"):
         start_run(config, torch.device("cpu"), 10, 4)
+
+
+def test_identity_start_passes_the_signal_through_the_later_convolutions():
+    photos = (torch.nn.functional.interpolate(torch.rand(8, 3, 28, 28, generator=torch.Generator().manual_seed(2)),
+                                              size=224, mode="bilinear") * 255).to(torch.uint8)
+    config = TrainConfig(data="photos", identity_start=True, device="cpu", memory_format="channels_last")
+    plain = start_run(replace(config, identity_start=False), torch.device("cpu"), 10, 4).model
+    random_state = torch.random.get_rng_state()
+    model = start_run(config, torch.device("cpu"), 10, 4).model
+    assert torch.equal(torch.random.get_rng_state(), random_state)  # draws nothing more than the plain start
+    first, *later = [m for m in model.blocks.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert torch.equal(first.weight, plain.blocks[0][0].weight)
+    x = torch.randn(2, 64, 12, 12)
+    with torch.no_grad():
+        passed = torch.nn.functional.conv2d(x, later[0].weight)  # the weights alone, without the bias
+    torch.testing.assert_close(passed, x[:, :, 1:-1, 1:-1])  # 64 -> 64: every channel through, unchanged
+    assert later[2].out_channels == 32 and torch.equal(later[2].weight[:, :, 1, 1], torch.eye(32, 64))  # 64 -> 32
+
+    def spread(network) -> float:  # how much the logits of different photos differ
+        images = (photos.float() / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(
+            IMAGENET_STD).view(3, 1, 1)
+        with torch.no_grad():
+            return network(images).std(dim=0).max().item()
+    both = start_run(replace(config, whiten=True), torch.device("cpu"), 10, 4, photos=photos).model
+    assert spread(plain) < 0.005 < 0.05 < spread(both)  # deaf to the photo by default; not with both starts
 
 
 def test_the_moving_average_is_validated_and_saved_and_the_mirror_is_recorded(tmp_path):
