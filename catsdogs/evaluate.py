@@ -206,22 +206,30 @@ def record_validation(report: dict, command: str) -> Path:
     """Keep the validation accuracy of `report` beside the weights it scored: metrics.json's `validation_by_device`
     for the kind of device it ran on, which the demo states for that kind of device and the card shows (rendered
     again). The folder it was written to."""
-    folder = Path(report["model"])
-    if report["split"]["name"] != "validation":
-        raise DataError("only the validation split's accuracy is kept beside the weights: pass --split validation")
-    if not folder.is_dir():
-        raise HubError(f"{report['model']} is not a weights folder: record the accuracy of a local copy (e.g. `hf "
-                       "download REPO --local-dir DIR`), then push it")
+    refusal = record_refusal(report["model"], report["split"]["name"])
+    if refusal:
+        raise DataError(refusal)
     if report["warnings"]:  # other photos than training validated on: not the weights' validation accuracy
         raise DataError(f"not recorded: {report['warnings'][0]}")
     device = torch.device(report["device"])
     measured = {"accuracy": report["accuracy"], "correct": report["correct"], "photos": report["n"],
                 "measured": f"{Precision.for_inference(device).name} on {device_in_words(device)}",
                 "command": portable_command(command, PATH_FLAGS)}
+    folder = Path(report["model"])
     metrics = read_metrics(folder)
     metrics["validation_by_device"] = metrics.get("validation_by_device", {}) | {device.type: measured}
     rewrite_card(folder, load_model(folder), metrics)
     return folder
+
+
+def record_refusal(model: str | Path, split: str) -> str | None:
+    """Why --record cannot keep the accuracy of `model` on `split` beside the weights; None when it can."""
+    if split != "validation":
+        return "--record keeps the validation accuracy: pass --split validation"
+    if not Path(model).is_dir():
+        return (f"--record writes beside the weights: {model} is not a weights folder (record the accuracy of a "
+                "local copy, e.g. `hf download REPO --local-dir DIR`, then push it)")
+    return None
 
 
 def device_in_words(device: torch.device) -> str:
@@ -305,11 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.mistakes < 0 or args.workers < 1:
         parser.error("--mistakes must be 0 or more and --workers 1 or more")
-    if args.record and args.split != "validation":
-        parser.error("--record keeps the validation accuracy: pass --split validation")
-    if args.record and not Path(args.model).is_dir():
-        parser.error(f"--record writes beside the weights: {args.model} is not a weights folder (record the "
-                     "accuracy of a local copy, e.g. `hf download REPO --local-dir DIR`, then push it)")
+    if args.record and (refusal := record_refusal(args.model, args.split)):
+        parser.error(refusal)  # before any photo is scored
     if args.model == str(SHIPPED_WEIGHTS) and not SHIPPED_WEIGHTS.is_dir():
         print(f"error: no shipped weights in {SHIPPED_WEIGHTS}/ yet (train.py writes them); pass --model DIR_OR_REPO",
               file=sys.stderr)

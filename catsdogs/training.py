@@ -256,12 +256,13 @@ def whiten_first_convolution(model: CatsDogsCNN, photos: torch.Tensor, seed: int
     their negatives, so that the ReLU after them passes every direction (airbench's start); the filters left over
     keep their random start. The global random stream is not used: every process starts from the same weights."""
     conv = model.blocks[0][0]
+    size = conv.weight[0].numel()  # of one patch: 3 x 3 x 3
     chosen = torch.randperm(len(photos), generator=torch.Generator().manual_seed(seed))[:WHITENING_PHOTOS]
-    moments = torch.zeros(conv.weight[0].numel(), conv.weight[0].numel(), dtype=torch.float64)
+    moments = torch.zeros(size, size, dtype=torch.float64)
     patches = 0
     for indices in chosen.split(16):  # 16 photos' patches at a time: ~90 MB of float32
         images = normalize(photos[indices.to(photos.device)].to(conv.weight.device), model.mean, model.std)
-        flat = F.unfold(images.contiguous(), conv.kernel_size).transpose(1, 2).reshape(-1, conv.weight[0].numel())
+        flat = F.unfold(images.contiguous(), conv.kernel_size).transpose(1, 2).reshape(-1, size)
         moments += (flat.T @ flat).double().cpu()
         patches += len(flat)
     eigenvalues, eigenvectors = torch.linalg.eigh(moments / patches)  # ascending
