@@ -10,7 +10,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from catsdogs.autotune import CHOICES
-from catsdogs.model import TTA_MODES
+from catsdogs.model import TTA_MODES, check_crop_pct
 
 COMPILE = ("auto", "on", "off")  # --compile
 FLIPS = ("random", "alternate")  # --flip
@@ -72,6 +72,12 @@ class TrainConfig:
     tta: str = setting("none", "test-time augmentation, recorded in config.json so that validation, evaluate and "
                        "the app all apply it: mirror = average the logits of each photo and its mirror image "
                        "(twice the compute per photo)", "recipe", recipe=True, choices=TTA_MODES)
+    crop_pct: float = setting(1.0, "the centred share of each photo's width and height the network sees when it "
+                              "predicts (timm's crop_pct; 1 = the whole photo), recorded in config.json so that "
+                              "validation, evaluate and the app all apply it: training's random zoom (0.85 to 1.05 "
+                              "of the photo) shows pets larger than the whole photo does; 0.95 shows them at its "
+                              "average size",
+                              "recipe", recipe=True)
 
     device: str = setting("auto", "auto (CUDA if present), cpu, cuda or cuda:N", "run")
     memory_format: str = setting("auto", "the layout the network trains in: auto measures both on this machine at "
@@ -97,6 +103,7 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema-decay must be at least 0 and below 1 (0 turns the average off), "
                              f"not {self.ema_decay}")
+        check_crop_pct(self.crop_pct, "--crop-pct")
         if self.checkpoint is None:  # the checkpoint lives with the run it belongs to
             self.checkpoint = str(Path(self.output) / CHECKPOINT_IN_OUTPUT)
 

@@ -15,8 +15,8 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from PIL import Image
 
-from catsdogs.model import CatsDogsCNN
-from catsdogs.preprocess import PhotoSource, normalize, open_rgb, photo_to_uint8, upright_rgb
+from catsdogs.model import CatsDogsCNN, network_input
+from catsdogs.preprocess import PhotoSource, open_rgb, photo_to_uint8, upright_rgb
 
 HEATMAP_SIDE = 512  # the longest side of the picture the heatmap is drawn over
 # The colour's opacity is HEATMAP_OPACITY * sqrt(heat): strong where the network looked hardest, fading out where it
@@ -36,12 +36,17 @@ class Explainer:
         self.lock = threading.Lock()
 
     def heatmap(self, image: torch.Tensor, class_name: str, size: tuple[int, int]) -> np.ndarray:
-        """A (3, S, S) uint8 network input -> where it looked for `class_name`, (height, width) in 0..1."""
-        batch = normalize(image[None].to(self.device), self.model.mean, self.model.std).requires_grad_()
+        """A (3, S, S) uint8 photo -> where the network looked for `class_name`, (height, width) in 0..1; zero
+        outside the centred crop it sees (config.json's crop_pct)."""
+        batch = network_input(self.model, image[None].to(self.device)).requires_grad_()
         with self.lock:
             attribution = self.gradcam.attribute(batch, target=self.model.class_names.index(class_name),
                                                  relu_attributions=True)
-        heat = LayerAttribution.interpolate(attribution.detach().float(), size[::-1], interpolate_mode="bilinear")
+        width, height = size
+        seen = (round(height * self.model.crop_pct), round(width * self.model.crop_pct))
+        heat = LayerAttribution.interpolate(attribution.detach().float(), seen, interpolate_mode="bilinear")
+        top, left = (height - seen[0]) // 2, (width - seen[1]) // 2
+        heat = torch.nn.functional.pad(heat, (left, width - seen[1] - left, top, height - seen[0] - top))
         heat = heat[0, 0].clamp_(min=0).cpu().numpy()
         return heat / heat.max() if heat.max() > 0 else heat  # all zero: nothing in the photo spoke for the class
 

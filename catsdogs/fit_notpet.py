@@ -54,7 +54,8 @@ def fit_for_weights(model_source: str | Path, data: str | Path, bank_per_class: 
     bank = sample(split.train, bank_per_class)
     fitted_on = f"{len(bank)} training photos ({bank_per_class} of each class, seed {SEED}); {split.source}"
     score = fit(features_of(model, bank, "bank", workers, progress),
-                features_of(model, split.val, "validation", workers, progress), model.tta, fitted_on, k)
+                features_of(model, split.val, "validation", workers, progress), model.tta, fitted_on, k,
+                crop_pct=model.crop_pct)
     return score, folder
 
 

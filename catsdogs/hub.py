@@ -32,7 +32,8 @@ from huggingface_hub.errors import (
 )
 from safetensors import SafetensorError
 
-from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, TTA_MODES, CatsDogsCNN, predict_logits
+from catsdogs.model import (IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, TTA_MODES, CatsDogsCNN, check_crop_pct,
+                            predict_logits)
 from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
 
 
@@ -242,6 +243,10 @@ def config_problem(config: Any) -> str | None:
         return f"temperature must be a number above zero, not {temperature!r}"
     if config.get("tta", "none") not in TTA_MODES:
         return f"tta must be one of {', '.join(map(repr, TTA_MODES))}, not {config['tta']!r}"
+    try:
+        check_crop_pct(config.get("crop_pct", 1.0))
+    except ValueError as error:
+        return str(error)
     return None
 
 

@@ -111,9 +111,10 @@ def load_not_pet_score(folder: Path, model: CatsDogsCNN) -> NotPetScore | None:
         score = NotPetScore.load(folder)
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise HubError(f"the {NOT_PET_FILE} in {folder} cannot be read ({type(error).__name__}: {error})") from error
-    if score.tta != model.tta:
-        raise HubError(f"the {NOT_PET_FILE} in {folder} was fitted with test-time augmentation {score.tta!r}, and "
-                       f"these weights run with {model.tta!r}: fit it again (python -m catsdogs.fit_notpet)")
+    if (score.tta, score.crop_pct) != (model.tta, model.crop_pct):
+        raise HubError(f"the {NOT_PET_FILE} in {folder} was fitted with test-time augmentation {score.tta!r} and "
+                       f"crop_pct {score.crop_pct}, and these weights run with {model.tta!r} and {model.crop_pct}: "
+                       "fit it again (python -m catsdogs.fit_notpet)")
     if score.bank.shape[1] != model.head.in_features:
         raise HubError(f"the {NOT_PET_FILE} in {folder} holds {score.bank.shape[1]} features per photo, and these "
                        f"weights have {model.head.in_features}: it belongs to other weights")

@@ -20,7 +20,7 @@ from huggingface_hub.repocard_data import EvalResult
 from torch import nn
 
 from catsdogs.device import Precision
-from catsdogs.preprocess import normalize
+from catsdogs.preprocess import centre_crop, normalize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,6 +28,12 @@ INPUT_SIZE = 224  # the layer table's 800 flattened features hold only for 224x2
 TTA_MODES = ("none", "mirror")  # test-time augmentation: the photo alone, or averaged with its mirror image
 
 MODEL_CARD_TEMPLATE = (Path(__file__).parent / "model_card.md").read_text()
+
+
+def check_crop_pct(crop_pct: object, name: str = "crop_pct") -> None:
+    """Raise ValueError unless `crop_pct` (the centred share of a photo the network sees) is above 0 and at most 1."""
+    if not (isinstance(crop_pct, int | float) and not isinstance(crop_pct, bool) and 0 < crop_pct <= 1):
+        raise ValueError(f"{name} must be a number above 0 and at most 1 (1: the whole photo), not {crop_pct!r}")
 
 
 class CatsDogsCNN(
@@ -48,6 +54,7 @@ class CatsDogsCNN(
         dropout: float = 0.0,
         temperature: float = 1.0,
         tta: str = "none",
+        crop_pct: float = 1.0,
     ) -> None:
         super().__init__()
         if image_size != INPUT_SIZE:
@@ -57,7 +64,9 @@ class CatsDogsCNN(
             raise ValueError(f"temperature must be a number above zero, not {temperature!r}")
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, not {tta!r}")
+        check_crop_pct(crop_pct)
         self.tta = tta  # how catsdogs.inference.predict_logits runs these weights; config.json carries it
+        self.crop_pct = float(crop_pct)  # the centred share of each photo the network sees (`network_input`)
         self.temperature = float(temperature)  # logits / temperature -> calibrated probabilities (catsdogs.calibrate)
         self.class_names = list(class_names)
         self.image_size = image_size
@@ -106,7 +115,7 @@ class CatsDogsCNN(
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """The mixin's card, plus the validation accuracy as structured eval results."""
-        card = super().generate_model_card(*args, **{"tta": self.tta, **kwargs})
+        card = super().generate_model_card(*args, **{"tta": self.tta, "crop_pct": self.crop_pct, **kwargs})
         card.data.model_name = kwargs.get("model_name", "catsdogs")
         if kwargs.get("datasets"):  # a Hub dataset: the model page links to it
             card.data.datasets = kwargs["datasets"]
@@ -136,6 +145,12 @@ def scoring_batch(device: torch.device) -> int:
     return 256 if device.type == "cuda" else 32
 
 
+def network_input(model: CatsDogsCNN, images: torch.Tensor) -> torch.Tensor:
+    """uint8 photos (N, 3, S, S) -> what the network takes when it predicts: normalised, and the centred crop of
+    config.json's `crop_pct` (the one place it is applied: predictions and the Grad-CAM heatmap)."""
+    return centre_crop(normalize(images, model.mean, model.std), model.crop_pct)
+
+
 @torch.inference_mode()
 def predict_logits(model: CatsDogsCNN, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """uint8 photos (N, 3, S, S), on any device -> float32 logits (N, classes) on the model's device (see
@@ -163,7 +178,7 @@ def predict_with_features(model: CatsDogsCNN, images: torch.Tensor,
     logits, features = [], []
     with Precision.for_inference(device).autocast():
         for batch in images.split(max(1, batch_size // views)):
-            batch = normalize(batch.to(device, non_blocking=True), model.mean, model.std)
+            batch = network_input(model, batch.to(device, non_blocking=True))
             if views == 2:
                 batch = torch.cat([batch, batch.flip(-1)])  # flip(-1): left-right, the mirror image
             for outputs, views_output in zip((logits, features), model.logits_and_features(batch), strict=True):

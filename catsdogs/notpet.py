@@ -43,6 +43,7 @@ class NotPetScore:
     rule: str  # how the threshold was chosen, in words
     fitted_on: str  # which photos the bank and the threshold come from
     tta: str  # the weights' test-time augmentation the features were taken with (model.tta)
+    crop_pct: float = 1.0  # and the centred crop the network saw (model.crop_pct; 1 in files that do not say)
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """Penultimate features (N, d) on any device -> (N,) distances to the k-th nearest training photo."""
@@ -64,11 +65,12 @@ class NotPetScore:
         return distances <= self.threshold
 
     def config_entry(self) -> dict:
-        """What config.json can say about it (the bank stays in FILE_NAME)."""
-        return {CONFIG_KEY: {"file": FILE_NAME, "method": f"knn: distance to the {self.k}-th nearest of "
-                              f"{len(self.bank)} training photos' penultimate features (L2-normalised)",
-                              "k": self.k, "threshold": self.threshold, "rule": self.rule,
-                              "fitted_on": self.fitted_on, "tta": self.tta}}
+        """What config.json can say about it (the bank stays in FILE_NAME); the crop only where it is not the whole
+        photo, as files written before the setting say nothing of it."""
+        entry = {"file": FILE_NAME, "method": f"knn: distance to the {self.k}-th nearest of {len(self.bank)} "
+                 "training photos' penultimate features (L2-normalised)", "k": self.k, "threshold": self.threshold,
+                 "rule": self.rule, "fitted_on": self.fitted_on, "tta": self.tta}
+        return {CONFIG_KEY: entry | ({"crop_pct": self.crop_pct} if self.crop_pct < 1 else {})}
 
     def save(self, folder: str | Path) -> Path:
         """Write FILE_NAME into `folder` and describe it in the folder's config.json (where there is one)."""
@@ -107,11 +109,12 @@ def threshold_for(scores: torch.Tensor, share: float = FLAG_SHARE) -> float:
 
 
 def fit(train_features: torch.Tensor, val_features: torch.Tensor, tta: str, fitted_on: str, k: int = NEIGHBOUR,
-        share: float = FLAG_SHARE) -> NotPetScore:
-    """The score with a bank of `train_features` and the threshold that flags at most `share` of `val_features`."""
+        share: float = FLAG_SHARE, crop_pct: float = 1.0) -> NotPetScore:
+    """The score with a bank of `train_features` and the threshold that flags at most `share` of `val_features`
+    (both taken with test-time augmentation `tta` and centred crop `crop_pct`)."""
     bank = torch.nn.functional.normalize(train_features.float(), dim=1).half().float()  # as it is saved
-    unfitted = NotPetScore(bank.cpu(), k, math.inf, "", fitted_on, tta)
+    unfitted = NotPetScore(bank.cpu(), k, math.inf, "", fitted_on, tta, crop_pct)
     threshold = threshold_for(unfitted.score(val_features).cpu(), share)
     rule = (f"the lowest distance above which at most {share:.0%} of the {len(val_features)} validation photos "
             "fall")
-    return NotPetScore(bank.cpu(), k, threshold, rule, fitted_on, tta)
+    return NotPetScore(bank.cpu(), k, threshold, rule, fitted_on, tta, crop_pct)

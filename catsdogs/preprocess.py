@@ -120,6 +120,20 @@ def load_photo(source: PhotoSource, size: int, max_pixels: int = MAX_PIXELS) -> 
     return photo_to_uint8(image, size)
 
 
+def centre_crop(batch: torch.Tensor, share: float) -> torch.Tensor:
+    """The central `share` of each image's width and height (N, C, S, S), resized back to S x S (bilinear): what
+    the network sees of a photo when it predicts (timm's crop_pct). Training's random zoom shows it the pets up to
+    ~18% larger than the whole photo does; a centred crop at test time closes that gap (FixRes)."""
+    size = batch.shape[-1]
+    side = round(size * share)
+    if side == size:
+        return batch
+    start = (size - side) // 2
+    crop = batch[..., start:start + side, start:start + side]
+    resized = torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
+    return resized.contiguous(memory_format=torch.channels_last)
+
+
 def normalize(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 (or 0..1 float) images (N, 3, H, W) -> normalised float32 in channels_last layout."""
     if batch.dtype == torch.uint8:

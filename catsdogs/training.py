@@ -236,8 +236,9 @@ def make_ema(config: TrainConfig, model: CatsDogsCNN) -> AveragedModel | None:
 
 
 def build_model(config: TrainConfig, temperature: float = 1.0) -> CatsDogsCNN:
-    """The network as this run trains, validates and saves it (its config.json: classes, dropout, TTA)."""
-    return CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout, tta=config.tta, temperature=temperature)
+    """The network as this run trains, validates and saves it (its config.json: classes, dropout, TTA, crop)."""
+    return CatsDogsCNN(class_names=CLASS_NAMES, dropout=config.dropout, tta=config.tta, crop_pct=config.crop_pct,
+                       temperature=temperature)
 
 
 def start_as_identity(model: CatsDogsCNN) -> None:
@@ -595,4 +596,4 @@ def _fit_not_pet_score(best: CatsDogsCNN, train_photos: PhotoLoader, val_feature
     bank = train_photos.images[torch.tensor(chosen, device=train_photos.images.device)]
     fitted_on = (f"{len(chosen)} training photos ({BANK_PER_CLASS} of each class at most, seed {SEED}); threshold "
                  f"on the {len(val_features)} validation photos")
-    return fit(predict_with_features(best, bank)[1], val_features, best.tta, fitted_on)
+    return fit(predict_with_features(best, bank)[1], val_features, best.tta, fitted_on, crop_pct=best.crop_pct)

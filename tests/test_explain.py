@@ -6,6 +6,7 @@ import torch
 from conftest import FULL_SIZE, clear_photos, true_class
 from PIL import Image
 
+from catsdogs import CatsDogsCNN
 from catsdogs.explain import HEATMAP_SIDE, Explainer
 from catsdogs.hub import SHIPPED_WEIGHTS
 from catsdogs.inference import Classifier
@@ -65,3 +66,14 @@ def test_the_overlay_is_the_upright_photo_coloured_where_it_looked(classifier, s
     assert overlay.width / overlay.height == pytest.approx(original.width / original.height, rel=0.01)
     changed = np.abs(np.asarray(overlay, float) - np.asarray(original.resize(overlay.size), float)).max(axis=2) > 40
     assert 0.05 < changed.mean() < 0.9  # coloured where it looked, the photo itself elsewhere
+
+
+def test_with_a_crop_the_heatmap_covers_the_part_of_the_photo_the_network_saw(classifier, shared_data):
+    cropped = Explainer(CatsDogsCNN(crop_pct=0.8, tta=classifier.model.tta))
+    cropped.model.load_state_dict(classifier.model.state_dict())
+    photo = Image.open(clear_photos(shared_data)[0])
+    heat = cropped.heatmap(photo_to_uint8(photo, 224), true_class(photo.filename), (300, 200))
+    assert heat.shape == (200, 300) and heat.max() == pytest.approx(1)
+    seen = np.zeros_like(heat, dtype=bool)
+    seen[20:180, 30:270] = True  # the centred 80% of each side
+    assert (heat[~seen] == 0).all() and (heat[seen] > 0).mean() > 0.2

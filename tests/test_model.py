@@ -98,7 +98,8 @@ def test_config_round_trip_gives_identical_outputs(tmp_path):
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config == {"class_names": ["cat", "dog"], "image_size": 224, "mean": [0.485, 0.456, 0.406],
-                      "std": [0.229, 0.224, 0.225], "dropout": 0.3, "temperature": 0.75, "tta": "none"}
+                      "std": [0.229, 0.224, 0.225], "dropout": 0.3, "temperature": 0.75, "tta": "none",
+                      "crop_pct": 1.0}
     loaded = CatsDogsCNN.from_pretrained(tmp_path)
     assert (loaded.class_names, loaded.image_size, loaded.mean, loaded.std, loaded.temperature) == (
         ["cat", "dog"], 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0.75)
@@ -137,6 +138,26 @@ def test_mirror_tta_averages_photo_and_mirror_logits_in_one_forward_pass(tmp_pat
     batches.clear()
     predict_logits(mirrored, photos, batch_size=4)
     assert batches == [4, 2]  # batch_size bounds the images per forward pass, mirrors included
+
+
+def test_crop_pct_travels_in_config_json_and_the_network_sees_the_centred_crop(tmp_path):
+    from catsdogs.hub import load_model
+    from catsdogs.model import predict_logits
+
+    torch.manual_seed(0)
+    CatsDogsCNN(crop_pct=0.9).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["crop_pct"] == 0.9
+    cropped = load_model(tmp_path)
+    assert cropped.crop_pct == 0.9
+    whole = CatsDogsCNN().eval()
+    whole.load_state_dict(cropped.state_dict())
+    photos = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8)
+    middle = nn.functional.interpolate(photos[..., 11:213, 11:213].float() / 255, size=224, mode="bilinear")
+    torch.testing.assert_close(predict_logits(cropped, photos), predict_logits(whole, middle), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(predict_logits(cropped, photos), predict_logits(whole, photos), atol=1e-4)
+    for bad in (0, 1.5, True, "0.9", math.nan):
+        with pytest.raises(ValueError, match="crop_pct must be a number above 0 and at most 1"):
+            CatsDogsCNN(crop_pct=bad)
 
 
 def test_weights_without_a_tta_setting_load_without_tta(shipped_weights, tmp_path):

@@ -136,6 +136,18 @@ def test_a_score_fitted_with_another_tta_is_refused(shipped_weights, tmp_path):
     (tmp_path / "model.safetensors").symlink_to(shipped_weights / "model.safetensors")
     write_config(tmp_path, shipped_weights, tta="none")
     replace(NotPetScore.load(shipped_weights), tta="mirror").save(tmp_path)
-    with pytest.raises(HubError, match="fitted with test-time augmentation 'mirror', and these weights run with "
-                                       "'none'"):
+    with pytest.raises(HubError, match="fitted with test-time augmentation 'mirror' and crop_pct 1.0, and these "
+                                       "weights run with 'none' and 1.0"):
         Classifier(tmp_path)
+
+
+def test_a_score_fitted_with_another_crop_is_refused_and_one_that_does_not_say_is_the_whole_photos(
+        shipped_weights, tmp_path):
+    assert NotPetScore.load(shipped_weights).crop_pct == 1.0  # its file predates the setting
+    (tmp_path / "model.safetensors").symlink_to(shipped_weights / "model.safetensors")
+    write_config(tmp_path, shipped_weights, crop_pct=0.9)
+    NotPetScore.load(shipped_weights).save(tmp_path)
+    with pytest.raises(HubError, match="crop_pct 1.0, and these weights run with 'mirror' and 0.9"):
+        Classifier(tmp_path)
+    replace(NotPetScore.load(shipped_weights), crop_pct=0.9).save(tmp_path)
+    assert Classifier(tmp_path).not_pet_score.crop_pct == 0.9

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge, load_photo, normalize, open_rgb
+from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge, centre_crop, load_photo, normalize, open_rgb
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> io.BytesIO:
@@ -167,6 +167,18 @@ def test_normalize_uses_the_given_statistics():
     out = normalize(batch, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, torch.full((2, 3, 4, 4), 2.0))
+
+
+def test_the_centre_crop_shows_the_middle_of_the_photo_at_full_size():
+    framed = torch.zeros(2, 3, 224, 224)
+    framed[..., 11:213, 11:213] = 0.5  # a 202-pixel middle (round(0.9 * 224)) in an 11-pixel black frame
+    framed[1, :, 112:, :] = 1.0  # the second photo's lower half white, frame included
+    cropped = centre_crop(framed, 0.9)
+    assert cropped.shape == framed.shape and cropped.is_contiguous(memory_format=torch.channels_last)
+    near = lambda part, value: torch.allclose(part, torch.full_like(part, value))  # noqa: E731
+    assert near(cropped[0], 0.5)  # the frame is gone, the middle fills the picture
+    assert near(cropped[1, :, :100], 0.5) and near(cropped[1, :, 124:], 1.0)  # upright, not shifted
+    assert centre_crop(framed, 1.0) is framed  # the whole photo: nothing resampled
 
 
 def test_a_photo_over_the_pixel_limit_is_refused_but_a_jpeg_is_first_reduced_while_decoding():

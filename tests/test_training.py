@@ -104,7 +104,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
                 "batch_size": 20, "lr": 0.001, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
                 "label_smoothing": 0.0, "dropout": 0.2, "augment": False, "device": "cpu",
                 "ema_decay": 0.99, "tta": "mirror", "memory_format": "contiguous", "photos_on": "host",
-                "compile": "off", "flip": "alternate", "whiten": True, "identity_start": True,
+                "compile": "off", "flip": "alternate", "whiten": True, "identity_start": True, "crop_pct": 0.9,
                 "output": str(tmp_path / "out"), "checkpoint": str(tmp_path / "ck" / "last.safetensors"),
                 "resume": False, "overwrite": True, "workers": 1,
                 "cache": False, "cache_dir": str(tmp_path / "cache"), "data_revision": None, "data_split": "train"}
@@ -117,7 +117,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
             "--batch-size", "20", "--lr", "0.001", "--optimizer", "adam", "--schedule", "constant",
             "--weight-decay", "0", "--label-smoothing", "0", "--dropout", "0.2", "--no-augment", "--ema-decay", "0.99",
             "--tta", "mirror", "--device", "cpu", "--memory-format", "contiguous", "--photos-on", "host",
-            "--compile", "off", "--flip", "alternate", "--whiten", "--identity-start",
+            "--compile", "off", "--flip", "alternate", "--whiten", "--identity-start", "--crop-pct", "0.9",
             "--output", expected["output"], "--checkpoint", expected["checkpoint"], "--overwrite", "--workers", "1",
             "--no-cache", "--cache-dir", expected["cache_dir"]]
     metrics = Path(expected["output"]) / "metrics.json"
@@ -136,6 +136,8 @@ def test_every_flag_reaches_the_training_config(tmp_path):
     assert "Augmentation: none." in card and "| whiten | True |" in card and "| flip | alternate |" in card
     assert "The first convolution started as a whitening of the training photos' 3×3 patches" in card
     assert "The convolutions after the first started as the identity on their first channels" in card
+    assert "The network sees the centred 90% of each photo's width and height" in card
+    assert json.loads((metrics.parent / "config.json").read_text())["crop_pct"] == 0.9
 
 
 def test_cli_stops_at_once_on_unusable_data(tmp_path, train_in_process):
@@ -323,6 +325,17 @@ def test_a_run_never_replaces_weights_it_did_not_write(tmp_path, monkeypatch, tr
     status, _, stderr = train_in_process(*args[2:], "--overwrite")
     assert status == 0, stderr
     assert weights_digest(output) != before
+
+
+@pytest.mark.parametrize("crop", ["0", "1.5", "-0.9"])
+def test_a_crop_beyond_the_photo_is_refused_before_anything_runs(tmp_path, capsys, crop):
+    from train import parse_args
+
+    with pytest.raises(SystemExit) as refused:
+        parse_args(["--data", str(tmp_path), "--crop-pct", crop])
+    assert refused.value.code == 2
+    assert f"--crop-pct must be a number above 0 and at most 1 (1: the whole photo), not {float(crop)}" in \
+        capsys.readouterr().err
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, easy_photos, train_in_process):
