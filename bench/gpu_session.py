@@ -490,7 +490,7 @@ def write_results(outcomes: list[Outcome], out: Path, budget: float, parallel: i
 # The time-to-accuracy recipe (docs/training.md#time-to-accuracy) and the long run that continues from one machine
 # to the next. Both compile (train.py's --compile auto, on CUDA) and mirror each photo in alternate epochs; neither
 # keeps a moving average, which the sweep found costs accuracy after a one-cycle schedule. Both validate on the
-# centred 95% of each photo and its mirror image (--crop-pct 0.95, docs/training.md#the-test-time-crop).
+# centred 95% of each photo and its mirror image (--crop-pct 0.95, docs/training.md#the-test-time-crop-and-zoom).
 # Batches that divide the 20,700 training photos (TRAINING_PHOTOS): every batch of an epoch has one size, so each
 # launch compiles the step once, not twice (a smaller last batch is a second static shape).
 STARTS = dict(whiten=True, identity_start=True)  # airbench's starts: training begins to learn at the first steps

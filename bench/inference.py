@@ -28,8 +28,7 @@ from catsdogs.autotune import Layout, use_layout
 from catsdogs.device import Precision, cpu_has_native_bf16
 from catsdogs.hub import SHIPPED_WEIGHTS
 from catsdogs.inference import Classifier, keep_freed_memory
-from catsdogs.model import predict_logits
-from catsdogs.model import CatsDogsCNN
+from catsdogs.model import CatsDogsCNN, predict_logits, views_per_photo
 from catsdogs.preprocess import load_photo, normalize
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-fullres-sample"
@@ -104,9 +103,9 @@ def batched(classifier: Classifier, batch: int, seconds_per_row: int, compiled: 
                                max(3, int(seconds_per_row / once)), device)
         name = precision.name + (" (TF32 convolutions)" if device.type == "cuda" and precision.dtype == torch.float32
                                  else "")
-        app_path = precision == Precision.for_inference(device) and model.tta == "mirror"
-        views = 2 if app_path else 1  # the app's path puts each photo's mirror image through the network too
-        name += ", the app's path (mirror TTA: 2 forwards a photo)" if app_path else ""
+        app_path = precision == Precision.for_inference(device) and model.tta != "none"
+        views = views_per_photo(model.tta) if app_path else 1  # the app's path: every view of a photo (its TTA)
+        name += f", the app's path ({model.tta} TTA: {views} forwards a photo)" if app_path else ""
         for layout, (seconds, _) in measured.items():
             per_s = batch / percentile(seconds, 0.5)
             label = f"{classifier.layout.layout.label}, torch.compile" if layout == "compiled" else layout.label

@@ -71,7 +71,8 @@ class TrainConfig:
                                "weights are the average's", "recipe", recipe=True)
     tta: str = setting("none", "test-time augmentation, recorded in config.json so that validation, evaluate and "
                        "the app all apply it: mirror = average the logits of each photo and its mirror image "
-                       "(twice the compute per photo)", "recipe", recipe=True, choices=TTA_MODES)
+                       "(twice the compute per photo); mirror-zoom = those and both zoomed in 5%% further (four "
+                       "times the compute)", "recipe", recipe=True, choices=TTA_MODES)
     crop_pct: float = setting(1.0, "the centred share of each photo's width and height the network sees when it "
                               "predicts (timm's crop_pct; 1 = the whole photo), recorded in config.json so that "
                               "validation, evaluate and the app all apply it: training's random zoom (0.85 to 1.05 "

@@ -212,13 +212,15 @@ def record_validation(report: dict, command: str) -> Path:
     if report["warnings"]:  # other photos than training validated on: not the weights' validation accuracy
         raise DataError(f"not recorded: {report['warnings'][0]}")
     device = torch.device(report["device"])
+    folder = Path(report["model"])
+    model = load_model(folder)
     measured = {"accuracy": report["accuracy"], "correct": report["correct"], "photos": report["n"],
                 "measured": f"{Precision.for_inference(device).name} on {device_in_words(device)}",
+                "tta": model.tta, "crop_pct": model.crop_pct,  # config.json may have changed since training
                 "command": portable_command(command, PATH_FLAGS)}
-    folder = Path(report["model"])
     metrics = read_metrics(folder)
     metrics["validation_by_device"] = metrics.get("validation_by_device", {}) | {device.type: measured}
-    rewrite_card(folder, load_model(folder), metrics)
+    rewrite_card(folder, model, metrics)
     return folder
 
 

@@ -25,7 +25,11 @@ from catsdogs.preprocess import centre_crop, normalize
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_SIZE = 224  # the layer table's 800 flattened features hold only for 224x224 inputs
-TTA_MODES = ("none", "mirror")  # test-time augmentation: the photo alone, or averaged with its mirror image
+# Test-time augmentation (config.json's tta) -> the zooms each photo is seen at, each with its mirror image but for
+# "none": the photo alone; "mirror": it and its mirror image; "mirror-zoom": those, and both zoomed in 5% further
+# (airbench's multi-crop TTA, as scales: the network has no padding to shift photos by).
+TTA_ZOOMS = {"none": (1.0,), "mirror": (1.0,), "mirror-zoom": (1.0, 0.95)}
+TTA_MODES = tuple(TTA_ZOOMS)
 
 MODEL_CARD_TEMPLATE = (Path(__file__).parent / "model_card.md").read_text()
 
@@ -115,7 +119,7 @@ class CatsDogsCNN(
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """The mixin's card, plus the validation accuracy as structured eval results."""
-        card = super().generate_model_card(*args, **{"tta": self.tta, "crop_pct": self.crop_pct, **kwargs})
+        card = super().generate_model_card(*args, **kwargs)
         card.data.model_name = kwargs.get("model_name", "catsdogs")
         if kwargs.get("datasets"):  # a Hub dataset: the model page links to it
             card.data.datasets = kwargs["datasets"]
@@ -145,10 +149,25 @@ def scoring_batch(device: torch.device) -> int:
     return 256 if device.type == "cuda" else 32
 
 
-def network_input(model: CatsDogsCNN, images: torch.Tensor) -> torch.Tensor:
+def network_input(model: CatsDogsCNN, images: torch.Tensor, zoom: float = 1.0) -> torch.Tensor:
     """uint8 photos (N, 3, S, S) -> what the network takes when it predicts: normalised, and the centred crop of
-    config.json's `crop_pct` (the one place it is applied: predictions and the Grad-CAM heatmap)."""
-    return centre_crop(normalize(images, model.mean, model.std), model.crop_pct)
+    config.json's `crop_pct`, zoomed in further by `zoom` (the one place the crop is applied: predictions and the
+    Grad-CAM heatmap)."""
+    return centre_crop(normalize(images, model.mean, model.std), model.crop_pct * zoom)
+
+
+def tta_views(model: CatsDogsCNN, images: torch.Tensor) -> torch.Tensor:
+    """uint8 photos (N, 3, S, S) -> every view of them that the weights' test-time augmentation (config.json's tta)
+    puts through the network, view after view: (views * N, 3, S, S)."""
+    views = [network_input(model, images, zoom) for zoom in TTA_ZOOMS[model.tta]]
+    if model.tta != "none":
+        views += [view.flip(-1) for view in views]  # flip(-1): left-right, the mirror image
+    return torch.cat(views)
+
+
+def views_per_photo(tta: str) -> int:
+    """How many images a photo puts through the network under test-time augmentation `tta`."""
+    return len(TTA_ZOOMS[tta]) * (1 if tta == "none" else 2)
 
 
 @torch.inference_mode()
@@ -165,22 +184,20 @@ def predict_with_features(model: CatsDogsCNN, images: torch.Tensor,
     (what catsdogs.notpet scores) on the model's device.
 
     The one place the weights' test-time augmentation (`model.tta`, from config.json) is applied, so evaluation,
-    calibration, validation and the app agree. "mirror": each photo and its mirror image go through the network in
-    one batch, and their logits (and features) are averaged (logits rather than probabilities: averaging them
-    keeps the temperature's calibration); at most `batch_size` images (by default `scoring_batch`) go through at
-    once either way.
+    calibration, validation and the app agree: every view of a photo (`tta_views`: "mirror", it and its
+    mirror image) goes through the network in one batch, and their logits (and features) are averaged (logits
+    rather than probabilities: averaging them keeps the temperature's calibration); at most `batch_size` images
+    (by default `scoring_batch`) go through at once either way.
     """
     device = next(model.parameters()).device
     batch_size = batch_size or scoring_batch(device)
-    views = 2 if model.tta == "mirror" else 1
+    views = views_per_photo(model.tta)
     was_training = model.training
     model.eval()
     logits, features = [], []
     with Precision.for_inference(device).autocast():
         for batch in images.split(max(1, batch_size // views)):
-            batch = network_input(model, batch.to(device, non_blocking=True))
-            if views == 2:
-                batch = torch.cat([batch, batch.flip(-1)])  # flip(-1): left-right, the mirror image
+            batch = tta_views(model, batch.to(device, non_blocking=True))
             for outputs, views_output in zip((logits, features), model.logits_and_features(batch), strict=True):
                 outputs.append(views_output.float().unflatten(0, (views, -1)).mean(dim=0))
     model.train(was_training)

@@ -224,6 +224,24 @@ def test_not_pets_need_weights_with_a_score(trained, tmp_path, capsys):
         capsys, "--model", config.output, "--data", config.data, "--not-pets", str(tmp_path))
 
 
+def test_record_after_the_test_time_settings_changed_says_which_ran_and_keeps_training_s_own(trained, tmp_path,
+                                                                                         capsys):
+    config, _, _ = trained
+    weights = Path(shutil.copytree(config.output, tmp_path / "weights"))
+    trained_card = " ".join((weights / "README.md").read_text().split())
+    settings = json.loads((weights / "config.json").read_text())
+    (weights / "config.json").write_text(json.dumps(settings | {"tta": "mirror-zoom", "crop_pct": 0.95}))
+    report = run(capsys, "--model", str(weights), "--data", config.data, "--split", "validation", "--record")
+    recorded = json.loads((weights / "metrics.json").read_text())["validation_by_device"]["cpu"]
+    assert (recorded["tta"], recorded["crop_pct"]) == ("mirror-zoom", 0.95)
+    card = " ".join((weights / "README.md").read_text().split())
+    assert (f"fp32 on a CPU, with the test-time settings set in `config.json` after training (`\"tta\": "
+            f"\"mirror-zoom\"`, `\"crop_pct\": 0.95`): **{report['accuracy']:.2%}**") in card
+    trained_with = "validation accuracy is that of single predictions on the photos as they are (no test-time"
+    assert config.tta == "none" and trained_with in trained_card and trained_with in card  # training's settings
+    assert "mirror image (" not in card and "The network sees the centred" not in card
+
+
 def test_record_keeps_the_validation_accuracy_beside_the_weights_and_in_their_card(trained, tmp_path, capsys):
     config, _, _ = trained
     weights = Path(shutil.copytree(config.output, tmp_path / "weights"))

@@ -162,7 +162,7 @@ BAD_CONFIGS = {  # config.json values -> what the error must say
     "one class": ({"class_names": ["cat"]}, "class_names must be a list of at least two"),
     "text dropout": ({"dropout": "x"}, "dropout must be a number"),
     "zero temperature": ({"temperature": 0}, "temperature must be a number above zero"),
-    "unknown tta": ({"tta": "flip"}, "tta must be one of 'none', 'mirror', not 'flip'"),
+    "unknown tta": ({"tta": "flip"}, "tta must be one of 'none', 'mirror', 'mirror-zoom', not 'flip'"),
     "crop above the photo": ({"crop_pct": 1.5}, "crop_pct must be a number above 0 and at most 1"),
     "not an object": ([1, 2], "it holds a list"),
     "three classes for two-class weights": ({"class_names": ["a", "b", "c"]}, "(?s)cannot be loaded .*size mismatch"),

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import FULL_SIZE
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
@@ -140,6 +141,31 @@ def test_mirror_tta_averages_photo_and_mirror_logits_in_one_forward_pass(tmp_pat
     assert batches == [4, 2]  # batch_size bounds the images per forward pass, mirrors included
 
 
+def test_mirror_zoom_averages_four_views_in_one_forward_pass(shipped_weights, shared_data):
+    from catsdogs.model import network_input, predict_logits, predict_with_features
+    from catsdogs.preprocess import load_photo
+
+    plain = CatsDogsCNN(crop_pct=0.95).eval()
+    plain.load_state_dict(CatsDogsCNN.from_pretrained(shipped_weights).state_dict())
+    zoomed = CatsDogsCNN(crop_pct=0.95, tta="mirror-zoom").eval()
+    zoomed.load_state_dict(plain.state_dict())
+    photos = torch.stack([load_photo(shared_data / FULL_SIZE / f"{name}.jpg", 224)
+                          for name in ("cat.1", "dog.2", "cat.3")])
+    batches = []
+    zoomed.register_forward_hook(lambda module, inputs, output: batches.append(len(inputs[0])))
+    logits, features = predict_with_features(zoomed, photos)
+    assert batches == [12]  # each photo's four views, in one batch
+    crops = [network_input(plain, photos, zoom) for zoom in (1, 0.95)]  # the second pair: zoomed in 5% further
+    with torch.no_grad():
+        each = [plain.logits_and_features(view) for crop in crops for view in (crop, crop.flip(-1))]
+    torch.testing.assert_close(logits, sum(view[0] for view in each) / 4, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(features, sum(view[1] for view in each) / 4, rtol=1e-4, atol=1e-4)
+    assert all((view[0] - logits).abs().max() > 1e-2 for view in each)  # four different views, not one four times
+    batches.clear()
+    predict_logits(zoomed, photos, batch_size=8)
+    assert batches == [8, 4]  # batch_size bounds the images per forward pass, every view included
+
+
 def test_crop_pct_travels_in_config_json_and_the_network_sees_the_centred_crop(tmp_path):
     from catsdogs.hub import load_model
     from catsdogs.model import predict_logits
@@ -171,5 +197,5 @@ def test_weights_without_a_tta_setting_load_without_tta(shipped_weights, tmp_pat
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     assert load_model(tmp_path / "old").tta == "none"
     assert load_model(shipped_weights).tta == "mirror"
-    with pytest.raises(ValueError, match="tta must be one of none, mirror, not 'flip'"):
+    with pytest.raises(ValueError, match="tta must be one of none, mirror, mirror-zoom, not 'flip'"):
         CatsDogsCNN(tta="flip")
