@@ -6,9 +6,9 @@
 Single photo: read a full-size JPEG -> preprocess -> forward -> probabilities,
 exactly as app.py does it (`Classifier.predict`, in the layout the Classifier
 chose by measuring), against the network's work alone on a ready uint8 photo in each
-memory layout (`predict_logits`: with the weights' mirror TTA, the photo and its mirror
-image in one batch of 2), p50/p95, all taking turns call by call. Batched: images/s of the
-forward pass in each precision and layout, with the achieved GFLOP/s as a share
+memory layout (`predict_logits`: every view of the photo the weights' TTA asks for, in
+one batch: with the mirror, the photo and its mirror image), p50/p95, all taking turns call
+by call. Batched: images/s of the forward pass in each precision and layout, with the achieved GFLOP/s as a share
 of a large matmul's measured GFLOP/s on the same device.
 """
 
@@ -60,7 +60,7 @@ def single_photo(classifier: Classifier, photos: list[Path], runs: int) -> list[
     ready = load_photo(photos[0], model.image_size)[None].to(device)
     forwards = {layout: in_layout(model, layout) for layout in Layout}
 
-    def forward(layout: Layout):  # the network's whole work for one photo: its mirror image too, if config.json says
+    def forward(layout: Layout):  # the network's whole work for one photo: every view config.json's TTA asks for
         return forwards[layout].probabilities(predict_logits(forwards[layout], ready))
 
     calls = {f"photo end to end (app path, {chosen.label})": lambda: classifier.predict([next_photo()]),
