@@ -3,13 +3,13 @@
     python -m bench.inference                  # CPU, and CUDA too when there is a GPU
     python -m bench.inference --device cpu --runs 300
 
-Single photo: read a full-size JPEG -> preprocess -> forward -> probabilities,
-exactly as app.py does it (`Classifier.predict`, in the layout the Classifier
-chose by measuring), against the network's work alone on a ready uint8 photo in each
-memory layout (`predict_logits`: every view of the photo the weights' TTA asks for, in
-one batch: with the mirror, the photo and its mirror image), p50/p95, all taking turns call
-by call. Batched: images/s of the forward pass in each precision and layout, with the achieved GFLOP/s as a share
-of a large matmul's measured GFLOP/s on the same device.
+Single photo: read a full-size JPEG -> preprocess -> forward -> probabilities, exactly as app.py
+does it (`Classifier.predict`, in the layout the Classifier chose by measuring), against the
+network's work alone on a ready uint8 photo in each memory layout (`predict_logits`: every view of
+the photo the weights' TTA asks for, in one batch: with the mirror, the photo and its mirror image),
+p50/p95, all taking turns call by call. Batched: images/s of the forward pass in each precision and
+layout, with the achieved GFLOP/s as a share of a large matmul's measured GFLOP/s on the same
+device.
 """
 
 import argparse
