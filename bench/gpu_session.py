@@ -86,7 +86,8 @@ def pack(data: Path, chunks: Path, max_mib: float, fullres: int) -> list[Path]:
     written, index = [], 0
     while index < len(files):
         path = chunks / f"photos-{len(written) + 1}.tar.gz"
-        with path.open("wb") as raw, tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6) as tar:
+        # dereference: a photo linked into the folder travels as the photo, not as a link to this machine's path
+        with path.open("wb") as raw, tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6, dereference=True) as tar:
             while index < len(files) and (raw.tell() + files[index].stat().st_size + margin < limit
                                           or not tar.getmembers()):
                 tar.add(files[index], arcname=str(files[index].relative_to(data)))

@@ -58,3 +58,17 @@ def test_time_to_target_counts_compiling_and_the_epochs_until_the_first_at_95(tm
     history[1]["val_accuracy"] = history[2]["val_accuracy"] = 0.94
     (tmp_path / "metrics.json").write_text(json.dumps({"compile_seconds": None, "history": history}))
     assert gpu_session.time_to_target(tmp_path) == "95% not reached in 3 epochs (0.0 s compiling)"
+
+
+def test_photos_linked_into_the_folder_travel_as_photos(tmp_path):
+    originals = write_kaggle_folder(tmp_path / "elsewhere", per_class=3)
+    linked = tmp_path / "data" / gpu_session.TRAIN
+    linked.mkdir(parents=True)
+    for photo in originals.iterdir():
+        (linked / photo.name).symlink_to(photo)
+    gpu_session.pack(tmp_path / "data", tmp_path / "chunks", max_mib=1, fullres=0)
+
+    gpu_session.setup(tmp_path / "chunks", tmp_path / "photos", wheels_folder=tmp_path / "no-wheels")
+    arrived = tmp_path / "photos" / gpu_session.TRAIN
+    assert all(not (arrived / p.name).is_symlink() and (arrived / p.name).read_bytes() == p.read_bytes()
+               for p in originals.iterdir())
