@@ -35,29 +35,31 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from app import UNSURE_BELOW  # the page's "not sure between cat and dog"
 from bench.common import report, timings
 from catsdogs.cache import decoded_photos
 from catsdogs.data import Photos
 from catsdogs.hub import SHIPPED_WEIGHTS, load_model
 from catsdogs.inference import Classifier
 from catsdogs.metrics import auroc
-from catsdogs.model import predict_logits, predict_with_features
+from catsdogs.model import network_input, predict_logits, predict_with_features
 from catsdogs.model import CatsDogsCNN
 from catsdogs.fit_notpet import sample, training_split
 from catsdogs.notpet import NEIGHBOUR, threshold_for
-from catsdogs.preprocess import load_photo, normalize, open_rgb
+from catsdogs.preprocess import load_photo, open_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = ("as is", "200px", "64px")  # each picture as it is, squashed to 200x200 first, shrunk to 64x64 and back
 LAYERS = ("conv", "fc1", "penultimate")  # the 800 conv features, the first 512-unit ReLU, the one the head reads
 
 # Photos only: the icons, logos, drawings, synthetic test patterns and tiny (<100 px) images beside them are left
-# out, and so are duplicates (scikit-image's brick, coffee and grass are examples/' photos; one of its stereo pair).
+# out, and so are duplicates (scikit-image's brick, coffee, grass and gravel are examples/' photos; one of its stereo
+# pair).
 NON_PET_PHOTOS = {
     "matplotlib": ["grace_hopper.jpg"],
     "gradio": ["tower.jpg", "groot.jpeg"],
-    "examples/": ["brick.jpg", "coffee.jpg", "grass.jpg"],
-    "scikit-image": ["astronaut.png", "camera.png", "cell.png", "clock_motion.png", "coins.png", "gravel.png",
+    "examples/": ["brick.jpg", "coffee.jpg", "grass.jpg", "gravel.jpg"],
+    "scikit-image": ["astronaut.png", "camera.png", "cell.png", "clock_motion.png", "coins.png",
                      "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png", "page.png",
                      "retina.jpg", "rocket.jpg", "text.png"],
     "scikit-learn": ["china.jpg", "flower.jpg"],
@@ -85,12 +87,13 @@ def find_pictures(names: dict[str, list[str]], folders: dict[str, list[Path]]) -
 
 
 def resized(source: Path | Image.Image, size: str, input_size: int) -> torch.Tensor:
-    """A picture as the network's uint8 input, as it is or first squashed/shrunk to `size`."""
+    """A picture as the network's uint8 input, as it is (decoded as the app decodes a file) or first squashed/shrunk
+    to `size`."""
+    if size == "as is":
+        return load_photo(source, input_size)
     image = open_rgb(source) if isinstance(source, Path) else source
-    if size != "as is":
-        side = int(size.removesuffix("px"))
-        image = image.resize((side, side), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    return load_photo(image, input_size)
+    side = int(size.removesuffix("px"))
+    return load_photo(image.resize((side, side), Image.Resampling.BILINEAR, reducing_gap=3.0), input_size)
 
 
 @dataclass
@@ -110,14 +113,15 @@ class Views:
 
 @torch.inference_mode()
 def views_of(model: CatsDogsCNN, images: torch.Tensor, batch: int = 64) -> Views:
-    """Every layer's features and the logits of uint8 photos and their mirror images (fp32, as predictions run)."""
+    """Every layer's features and the logits of uint8 photos and their mirror images (fp32, as predictions run:
+    through `network_input`, the weights' crop included)."""
     captured: dict[str, torch.Tensor] = {}
     hooks = [model.blocks.register_forward_hook(lambda m, a, out: captured.__setitem__("conv", out.flatten(1))),
              model.fc[2].register_forward_hook(lambda m, a, out: captured.__setitem__("fc1", out.clone()))]
     layers: dict[str, list[torch.Tensor]] = {name: [] for name in LAYERS}
     logits = []
     for chunk in tqdm(images.split(batch), desc="features", unit="batch", leave=False):
-        x = normalize(chunk, model.mean, model.std)
+        x = network_input(model, chunk)  # as predictions see a photo: normalised, config.json's crop
         both = torch.cat([x, x.flip(-1)])
         out, captured["penultimate"] = model.logits_and_features(both)
         logits.append(out.unflatten(0, (2, -1)))
@@ -247,19 +251,18 @@ def table_rows(found: list[Setting], views: dict[str, Views]) -> list[list]:
 
 
 
-UNSURE = 0.975  # the app's "not sure between cat and dog": the top class probability under this
 
 
 def unsure_rows(views: dict[str, Views], labels: dict[str, torch.Tensor], setting: Setting,
                 temperature: float) -> list[list]:
-    """What "not sure" says beside the not-a-pet score: per group, the pets' accuracy under and over UNSURE among
-    the photos the score keeps, and how many pictures each verdict takes."""
+    """What "not sure" says beside the not-a-pet score: per group, the pets' accuracy under and over the app's
+    UNSURE_BELOW among the photos the score keeps, and how many pictures each verdict takes."""
     threshold = threshold_for(setting.scores(views["val pets 200px"]))
     rows = []
     for name in ("val pets 200px", "full-size pets as is", "val pets 64px", *OTHER_GROUPS):
         probabilities = (views[name].logit(True) / temperature).softmax(dim=1)
         kept = setting.scores(views[name]) <= threshold
-        unsure = probabilities.max(dim=1).values < UNSURE
+        unsure = probabilities.max(dim=1).values < UNSURE_BELOW
         row = [name, len(kept), f"{(~kept).float().mean().item():.1%}", f"{(kept & unsure).float().mean():.1%}",
                f"{(kept & ~unsure).float().mean():.1%}"]
         if name in labels:
@@ -337,7 +340,7 @@ def main() -> None:
              "val pets 64px": torch.tensor(sample(val, args.val_per_class // 4).labels),
         "full-size pets as is": torch.tensor([int(p.name.startswith("dog")) for p in
                                               sorted(args.full_size.glob("*.jpg"))])}
-    report(f"'Not sure' (top probability under {UNSURE}) beside the chosen score ({chosen.method})",
+    report(f"'Not sure' (top probability under {UNSURE_BELOW}) beside the chosen score ({chosen.method})",
            ["pictures", "n", "not a pet", "pet, not sure", "pet, sure", "accuracy when not sure",
             "accuracy when sure"], unsure_rows(views, known, chosen, model.temperature))
     names = [p.name for paths in find_pictures(NON_PET_PHOTOS, package_folders(args.pictures)).values() for p in paths]

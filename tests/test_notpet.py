@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from conftest import ROOT, clear_photos
 
 from catsdogs.hub import HubError, load_model
 from catsdogs.inference import Classifier
 from catsdogs.loader import find_split
-from catsdogs.model import predict_logits, predict_with_features
+from catsdogs.model import CatsDogsCNN, predict_logits, predict_with_features
 from catsdogs.fit_notpet import sample
 from catsdogs.notpet import FILE_NAME, NotPetScore, fit, threshold_for
 from catsdogs.preprocess import load_photo
@@ -97,6 +99,7 @@ def test_the_command_fits_for_a_weights_folder_on_its_training_split(shipped_wei
 
     weights, photos = tmp_path / "weights", tmp_path / "photos"
     weights.mkdir(), photos.mkdir()
+    shipped_metrics = (shipped_weights / "metrics.json").read_bytes()
     for name in ("model.safetensors", "metrics.json"):
         (weights / name).symlink_to(shipped_weights / name)
     write_config(weights, shipped_weights)  # without a score
@@ -111,7 +114,7 @@ def test_the_command_fits_for_a_weights_folder_on_its_training_split(shipped_wei
     assert json.loads((weights / "config.json").read_text())["not_a_pet"] == score.config_entry()["not_a_pet"]
     assert f"- Fitted on: {score.fitted_on}." in (weights / "README.md").read_text()  # the card describes it
     assert json.loads((weights / "metrics.json").read_text())["not_a_pet"] == score.config_entry()["not_a_pet"]
-    assert "not_a_pet" not in json.loads((shipped_weights / "metrics.json").read_text())  # a link was replaced
+    assert (shipped_weights / "metrics.json").read_bytes() == shipped_metrics  # a link was replaced, not written
     assert main(["--model", str(tmp_path / "nothing"), "--data", str(photos)]) == 2
 
 
@@ -134,8 +137,8 @@ def test_the_classifier_applies_the_score_beside_the_weights(shipped_weights, sh
 
 def test_a_score_fitted_with_another_tta_is_refused(shipped_weights, tmp_path):
     (tmp_path / "model.safetensors").symlink_to(shipped_weights / "model.safetensors")
-    write_config(tmp_path, shipped_weights, tta="none")
-    replace(NotPetScore.load(shipped_weights), tta="mirror").save(tmp_path)
+    write_config(tmp_path, shipped_weights, tta="none", crop_pct=1.0)
+    replace(NotPetScore.load(shipped_weights), tta="mirror", crop_pct=1.0).save(tmp_path)
     with pytest.raises(HubError, match="fitted with test-time augmentation 'mirror' and crop_pct 1.0, and these "
                                        "weights run with 'none' and 1.0"):
         Classifier(tmp_path)
@@ -143,11 +146,26 @@ def test_a_score_fitted_with_another_tta_is_refused(shipped_weights, tmp_path):
 
 def test_a_score_fitted_with_another_crop_is_refused_and_one_that_does_not_say_is_the_whole_photos(
         shipped_weights, tmp_path):
-    assert NotPetScore.load(shipped_weights).crop_pct == 1.0  # its file predates the setting
     (tmp_path / "model.safetensors").symlink_to(shipped_weights / "model.safetensors")
     write_config(tmp_path, shipped_weights, crop_pct=0.9)
-    NotPetScore.load(shipped_weights).save(tmp_path)
+    path = NotPetScore.load(shipped_weights).save(tmp_path)
+    with safe_open(path, "pt") as file:  # a score file that does not say its crop
+        metadata = {key: value for key, value in file.metadata().items() if key != "crop_pct"}
+    save_file(load_file(path), path, metadata=metadata)
+    assert NotPetScore.load(tmp_path).crop_pct == 1.0
     with pytest.raises(HubError, match="crop_pct 1.0, and these weights run with 'mirror' and 0.9"):
         Classifier(tmp_path)
     replace(NotPetScore.load(shipped_weights), crop_pct=0.9).save(tmp_path)
     assert Classifier(tmp_path).not_pet_score.crop_pct == 0.9
+
+
+def test_the_benchmark_sees_photos_as_predictions_do():
+    """bench.notpet measures the features the app scores: the weights' crop and mirror view included."""
+    from bench.notpet import views_of
+
+    model = CatsDogsCNN(crop_pct=0.9, tta="mirror").eval()
+    images = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    views = views_of(model, images)
+    logits, features = predict_with_features(model, images)
+    assert torch.allclose(views.logit(mirror=True), logits, atol=1e-4)
+    assert torch.allclose(views.layer("penultimate", mirror=True), features, atol=1e-4)
