@@ -59,7 +59,7 @@ from catsdogs.serving import LinkError, LinkFetcher, RequestSizeLimit, Visit  # 
 
 # Below this top-class (calibrated) probability the page says it is not sure. Measured on the shipped weights
 # (docs/demo.md): the highest threshold that puts the note on at most one pet photo in eight.
-UNSURE_BELOW = 0.975
+UNSURE_BELOW = 0.98
 NOT_A_PET = "not a cat or a dog"  # the third answer, for a photo the weights' "not a pet" score flags
 NOT_A_PHOTO = "This file is not a photo the app can read (is it a JPEG, PNG, WebP or GIF?)."
 # Limits per request (docs/limits.md): each bounds the memory or the time one request can take.
@@ -79,8 +79,8 @@ SESSIONS_KEPT = 1000
 # The clickable examples: pictures whose licence lets them ship here (docs/demo.md lists each
 # one's source and licence). No dog among them: no licence-clean dog photo could be found on these machines.
 EXAMPLES = Path(__file__).resolve().parent / "examples"
-EXAMPLE_PICTURES = {"chelsea.jpg": "Chelsea the cat", "coffee.jpg": "A cup of coffee", "grass.jpg": "Grass",
-                    "brick.jpg": "A brick wall"}
+EXAMPLE_PICTURES = {"chelsea.jpg": "Chelsea the cat", "coffee.jpg": "A cup of coffee", "gravel.jpg": "Gravel",
+                    "grass.jpg": "Grass", "brick.jpg": "A brick wall"}
 # The webcam's frames go to the network as the camera sees them (text in the photo reads the right way, in the
 # answer's heatmap too): Gradio's `mirror` flips the captured frame as well as the preview, so it is off and
 # WEBCAM_CSS mirrors the preview alone, as a mirror would. 640 px wide is enough for a 224x224 network.
@@ -128,7 +128,7 @@ CSS = """
 }
 """.replace("PHONE_WIDTHpx", f"{PHONE_WIDTH - 1}px").replace("PHONE_IMAGE_HEIGHTpx", f"{PHONE_IMAGE_HEIGHT}px")
 
-# Gradio's Label rounds its percentages to whole ones ("dog 97%" on a photo that is "not sure" below 97.5%): on
+# Gradio's Label rounds its percentages to whole ones ("dog 98%" for a photo at 97.6%, "not sure" below 98%): on
 # every page load, a watcher writes each Label's percentages from its bars' values, with one decimal like the rest.
 ONE_DECIMAL_LABELS = """() => {
   const shown = (meter) => `${(Number(meter.value) * 100).toFixed(1)}%`;
@@ -551,8 +551,8 @@ def how_it_works(classifier: Classifier | None, examples: str) -> str:
         honesty = "These weights carry no calibration: the percentages are the network's plain softmax."
     return (
         "**The network.** A small convolutional network (786,402 parameters: five blocks of 3×3 convolutions, "
-        "then two fully connected layers) trained on Kaggle's *Dogs vs. Cats* photos. It sees the whole photo "
-        f"squashed to 224×224 pixels and gives each class a probability. {accuracy} {honesty}\n\n"
+        "then two fully connected layers) trained on Kaggle's *Dogs vs. Cats* photos. It sees "
+        f"{what_it_sees(classifier)} and gives each class a probability. {accuracy} {honesty}\n\n"
         f"{neither(classifier)}\n\n"
         "**Where it looked.** The heatmap is Grad-CAM: the parts of the photo that pushed the network towards its "
         "answer are red and yellow, those that did not keep their own colours. It shows what the network used, "
@@ -561,6 +561,16 @@ def how_it_works(classifier: Classifier | None, examples: str) -> str:
         "between cat and dog. It judges the whole photo at once: several animals, drawings or a pet far away are "
         f"guesses too. {examples}"
     )
+
+
+def what_it_sees(classifier: Classifier | None) -> str:
+    """What of a photo the network looks at: the whole photo squashed to its input size, or the centred share of
+    it that the weights' config.json sets (crop_pct)."""
+    crop = classifier.model.crop_pct if classifier is not None else 1.0
+    size = classifier.model.image_size if classifier is not None else 224
+    if crop == 1:
+        return f"the whole photo squashed to {size}×{size} pixels"
+    return f"the photo squashed to {size}×{size} pixels, its middle {crop:.0%} (the edges trimmed)"
 
 
 def tells_non_pets(classifier: Classifier | None) -> bool:

@@ -58,7 +58,7 @@ def main() -> None:
 
             page.get_by_role("tab", name="Several photos").click()
             page.locator("#batch input[type=file]").set_input_files(
-                [EXAMPLES / name for name in ("chelsea.jpg", "coffee.jpg", "grass.jpg", "brick.jpg")]
+                [EXAMPLES / name for name in ("chelsea.jpg", "coffee.jpg", "gravel.jpg", "grass.jpg", "brick.jpg")]
                 + [MATPLOTLIB_IMAGES / "grace_hopper.jpg"])
             page.locator("#batch-run").click()
             page.wait_for_function("() => document.querySelector('#batch-results').innerText.includes('grace_hopper')")

@@ -340,11 +340,22 @@ def markdown_texts(app: App) -> list[str]:
 def test_the_page_explains_itself_and_shows_the_card_without_broken_images(app):
     texts = markdown_texts(app)
     how = next(text for text in texts if text.startswith("**The network.**"))
-    assert "96.9%" in how  # the shipped weights' accuracy on the CPU
+    assert "97.0%" in how  # the shipped weights' accuracy on the CPU
+    assert "It sees the photo squashed to 224×224 pixels, its middle 95% (the edges trimmed)" in how  # their crop
     assert "**Not a cat or a dog.**" in how and "the 5-th nearest of 2000" in how  # their not-a-pet score
     assert "faces and many everyday objects still pass as pets" in how
     card = next(text for text in texts if text.startswith("**Model card, in short**"))
-    assert "96.9%" in card and "![" not in card
+    assert "97.0%" in card and "![" not in card
+
+
+def test_the_page_says_the_network_sees_the_whole_photo_for_weights_without_a_crop(tmp_path):
+    weights = Path(shutil.copytree(demo_app.SHIPPED_WEIGHTS, tmp_path / "weights"))
+    config = json.loads((weights / "config.json").read_text())
+    del config["not_a_pet"]  # the score was fitted with the crop, and the app would refuse it
+    (weights / "notpet.safetensors").unlink()
+    (weights / "config.json").write_text(json.dumps(config | {"crop_pct": 1.0}))
+    how = demo_app.how_it_works(demo_app.Classifier(weights), examples="")
+    assert "It sees the whole photo squashed to 224×224 pixels and gives each class a probability." in how
 
 
 def file_data(path: str) -> dict:

@@ -240,6 +240,8 @@ def test_record_after_the_test_time_settings_changed_says_which_ran_and_keeps_tr
     trained_with = "validation accuracy is that of single predictions on the photos as they are (no test-time"
     assert config.tta == "none" and trained_with in trained_card and trained_with in card  # training's settings
     assert "mirror image (" not in card and "The network sees the centred" not in card
+    preprocessing = "the network then sees its centred 95% (`\"crop_pct\": 0.95`), resized back to 224×224."
+    assert preprocessing not in trained_card and preprocessing in card  # how the weights predict now
 
 
 def test_record_keeps_the_validation_accuracy_beside_the_weights_and_in_their_card(trained, tmp_path, capsys):

@@ -63,7 +63,7 @@ def test_an_example_gives_its_answer_its_figures_and_heatmap_on_one_screen(brows
     page.wait_for_function("n => { const images = [...document.querySelectorAll('#examples img')];"
                            " return images.length === n && images.every(i => i.complete && i.naturalWidth > 0); }",
                            arg=len(demo_app.EXAMPLE_PICTURES), timeout=10_000)
-    page.get_by_text("A cup of coffee").click()  # its picture, and its label under it
+    page.get_by_text("Gravel", exact=True).click()  # its picture, and its label under it
     page.wait_for_function(HEATMAP_SHOWN, timeout=30_000)
     page.locator("#unsure").get_by_text("Not sure between cat and dog").wait_for(timeout=30_000)
     wait_in_view(page, "prediction", "unsure", "heatmap")
