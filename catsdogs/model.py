@@ -118,8 +118,9 @@ class CatsDogsCNN(
         return super()._load_as_safetensor(model, model_file, map_location, strict=True)
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
-        """The mixin's card, plus the validation accuracy as structured eval results."""
-        card = super().generate_model_card(*args, **kwargs)
+        """The mixin's card, plus the validation accuracy as structured eval results. Its preprocessing is that of
+        these weights' config.json (the crop they predict with, whatever training ran with)."""
+        card = super().generate_model_card(*args, **{"crop_pct": self.crop_pct, **kwargs})
         card.data.model_name = kwargs.get("model_name", "catsdogs")
         if kwargs.get("datasets"):  # a Hub dataset: the model page links to it
             card.data.datasets = kwargs["datasets"]

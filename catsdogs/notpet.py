@@ -66,7 +66,7 @@ class NotPetScore:
 
     def config_entry(self) -> dict:
         """What config.json can say about it (the bank stays in FILE_NAME); the crop only where it is not the whole
-        photo, as files written before the setting say nothing of it."""
+        photo (an entry that does not name one means the whole photo)."""
         entry = {"file": FILE_NAME, "method": f"knn: distance to the {self.k}-th nearest of {len(self.bank)} "
                  "training photos' penultimate features (L2-normalised)", "k": self.k, "threshold": self.threshold,
                  "rule": self.rule, "fitted_on": self.fitted_on, "tta": self.tta}

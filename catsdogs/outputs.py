@@ -41,8 +41,7 @@ def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any
         weights = sum(p.nbytes for p in model.state_dict().values())
         require_room(output_dir, weights + FIGURE_BYTES * len(figures), f"the weights and their card ({output_dir}/)")
         with tempfile.TemporaryDirectory(dir=output_dir, prefix=".saving-") as tmp:
-            # model.safetensors, config.json, README.md; the card's preprocessing is that of config.json now
-            model.save_pretrained(tmp, model_card_kwargs=card | {"crop_pct": model.crop_pct})
+            model.save_pretrained(tmp, model_card_kwargs=card)  # model.safetensors, config.json, README.md
             (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             for name, figure in figures.items():
                 figure.savefig(Path(tmp) / name, dpi=110, bbox_inches="tight")
