@@ -14,6 +14,7 @@ next ones do not reuse shows as RSS still rising round after round. Linux only (
 """
 
 import argparse
+import struct
 import subprocess
 import tempfile
 import time
@@ -25,26 +26,29 @@ from bench.common import report
 
 LOADS = {"photos": "/predict: 500×375 JPEGs", "worst": "the worst case of each path in turn"}  # bench.app_memory's
 HEAP_BYTES = 64 * 2**20  # glibc's HEAP_MAX_SIZE on 64-bit: each non-main arena lives in such aligned mappings
+HEAP_INFO_BYTES = 48  # glibc's heap_info header on 64-bit: five 8-byte fields, padded to 16 bytes
 
 
 def malloc_arenas(pid: int) -> int:
-    """How many glibc malloc arenas the process has: the main one, and one per distinct arena that the heaps
-    (anonymous read-write mappings starting on a 64 MB boundary) name in their header (heap_info.ar_ptr, its
-    first field, which points into the arena's first heap). Reads /proc/PID/mem: the process's owner or root."""
-    starts = []
+    """How many glibc malloc arenas the process has: the main one, and one per heap that opens an arena. Such a
+    heap starts on a 64 MB boundary inside an anonymous read-write mapping, and its header (heap_info: ar_ptr,
+    prev, size, mprotect_size) names the arena that follows it, no previous heap, and sizes within 64 MB.
+    Other allocators map such boundaries too (pyarrow's bundled jemalloc, which Gradio loads, maps 1 GB blocks
+    that begin with a pointer to themselves), so the whole header is checked, not only its first field.
+    Reads /proc/PID/maps and /proc/PID/mem: the process's owner or root."""
+    boundaries = []
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
         fields = line.split()
         start, end = (int(x, 16) for x in fields[0].split("-"))
-        if len(fields) == 5 and start % HEAP_BYTES == 0 and fields[1].startswith("rw"):
-            starts.append(start)
-    arenas = set()
+        if len(fields) == 5 and fields[1].startswith("rw"):  # anonymous: no file name
+            boundaries += range(-(-start // HEAP_BYTES) * HEAP_BYTES, end, HEAP_BYTES)
+    arenas = 0
     with open(f"/proc/{pid}/mem", "rb") as memory:
-        for start in starts:
-            memory.seek(start)
-            arena = int.from_bytes(memory.read(8), "little")
-            if any(heap <= arena < heap + HEAP_BYTES for heap in starts):
-                arenas.add(arena)
-    return 1 + len(arenas)
+        for heap in boundaries:
+            memory.seek(heap)
+            ar_ptr, prev, size, mprotect_size = struct.unpack("<4Q", memory.read(32))
+            arenas += ar_ptr == heap + HEAP_INFO_BYTES and prev == 0 and 0 < size <= mprotect_size <= HEAP_BYTES
+    return 1 + arenas
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -510,6 +511,45 @@ def test_every_photo_input_fetches_links_itself():
     file_inputs = [block for block in inputs if isinstance(block, (gr.Image, gr.File, gr.Gallery))]
     assert len(file_inputs) == 3 and all(isinstance(block, demo_app.FetchesLinks) for block in file_inputs)
     assert sorted(block.get_block_name() for block in file_inputs) == ["file", "image", "image"]  # their frontends
+
+
+# Three threads that each allocate (glibc opens an arena for each) beside a 1 GB block like those pyarrow's
+# bundled jemalloc maps, which Gradio loads: it starts on a 64 MB boundary with a pointer to itself.
+ARENAS_AND_A_LOOKALIKE = """
+import ctypes, struct, sys, threading
+libc = ctypes.CDLL("libc.so.6")
+libc.mmap.restype, libc.mmap.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                                                        ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+boundary, block = 64 * 2**20, 2**30
+start = libc.mmap(None, block + boundary, 3, 0x22, -1, 0)  # read-write, private and anonymous
+aligned = -(-start // boundary) * boundary
+if aligned > start:
+    libc.munmap(start, aligned - start)
+ctypes.memmove(aligned, struct.pack("<2Q", aligned, block), 16)
+ready, done = threading.Barrier(4), threading.Event()
+def allocate():
+    kept = bytearray(100_000)
+    ready.wait()
+    done.wait()
+for _ in range(3):
+    threading.Thread(target=allocate).start()
+ready.wait()
+print("ready", flush=True)
+sys.stdin.readline()
+done.set()
+"""
+
+
+@pytestmark_linux
+def test_the_arena_count_sees_each_threads_arena_and_not_other_allocators_blocks():
+    process = subprocess.Popen([sys.executable, "-c", ARENAS_AND_A_LOOKALIKE], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "ready\n"
+        assert malloc_arenas(process.pid) == 4  # the main arena and one per thread
+    finally:
+        process.communicate("\n", timeout=30)
 
 
 @pytestmark_linux
