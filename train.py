@@ -3,6 +3,7 @@
     python train.py --data ~/dogs-vs-cats/train
     python train.py --data ~/dogs-vs-cats/train --push --repo-id you/catsdogs
     python train.py --data ~/dogs-vs-cats/train --resume      # after Ctrl-C or a crash
+    python train.py --data ~/my-pets --init-from weights --epochs 3 --lr 0.0002 --tta mirror --crop-pct 0.95
     torchrun --nproc-per-node 4 train.py --data ~/dogs-vs-cats/train --batch-size 256   # 4 GPUs
 
 The seed project's recipe:

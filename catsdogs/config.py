@@ -22,7 +22,8 @@ def setting(default, help: str, group: str, recipe: bool = False, choices: tuple
     return field(default=default, metadata={"help": help, "group": group, "recipe": recipe, "choices": choices})
 
 
-PATH_SETTINGS = ("data", "val_data", "cache_dir", "output", "checkpoint")  # what outputs.portable_path shows
+# The settings that are paths, made portable (outputs.portable_path) wherever a run records them.
+PATH_SETTINGS = ("data", "val_data", "cache_dir", "output", "checkpoint", "init_from")
 GROUPS = ("data", "recipe", "run")  # the headings of --help, in this order
 
 
@@ -58,6 +59,10 @@ class TrainConfig:
     flip: str = setting("random", "how augmentation mirrors photos: random = each with probability 1/2 in every "
                         "epoch; alternate = each in every other epoch (airbench's alternating flip: any two epochs "
                         "in a row show every photo both ways)", "recipe", recipe=True, choices=FLIPS)
+    init_from: str | None = setting(None, "start from these trained weights instead of a random start "
+                                    "(fine-tuning): a weights folder (weights/, another run's --output) or a Hub "
+                                    "model repo id OWNER/NAME; a lower --lr and fewer --epochs suit it",
+                                    "recipe", recipe=True)
     whiten: bool = setting(False, "start the first convolution as a whitening of the training photos' 3x3 "
                            "patches (airbench's patch-whitening start: 27 filters the eigenvectors of the patches' "
                            "second moments scaled to unit variance, 27 their negatives); it trains on from there",
@@ -105,6 +110,9 @@ class TrainConfig:
             raise ValueError(f"--ema-decay must be at least 0 and below 1 (0 turns the average off), "
                              f"not {self.ema_decay}")
         check_crop_pct(self.crop_pct, "--crop-pct")
+        if self.init_from and (self.whiten or self.identity_start):
+            raise ValueError("--init-from starts from trained weights, --whiten and --identity-start are random "
+                             "starts: give one or the other")
         if self.checkpoint is None:  # the checkpoint lives with the run it belongs to
             self.checkpoint = str(Path(self.output) / CHECKPOINT_IN_OUTPUT)
 

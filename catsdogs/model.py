@@ -124,6 +124,8 @@ class CatsDogsCNN(
         card.data.model_name = kwargs.get("model_name", "catsdogs")
         if kwargs.get("datasets"):  # a Hub dataset: the model page links to it
             card.data.datasets = kwargs["datasets"]
+        if kwargs.get("base_model"):  # fine-tuned from a Hub model (--init-from): the Hub links the two
+            card.data.base_model = kwargs["base_model"]
         metrics = {"accuracy": kwargs.get("val_accuracy")}
         if kwargs.get("calibration"):  # the expected calibration error, beside the accuracy it qualifies
             metrics["expected_calibration_error"] = round(kwargs["calibration"]["ece_after"], 4)

@@ -108,7 +108,9 @@ def card_details(summary: dict) -> dict:
         "val_accuracy": round(summary["best_val_accuracy"], 4),
         **_dataset_fields(config["data"], summary.get("hub_dataset")),
         "summary": summary,
-        "recipe": {name: config[name] for name in TrainConfig(data=config["data"]).recipe() if name in config},
+        "recipe": {name: config[name] for name in TrainConfig(data=config["data"]).recipe()
+                   if config.get(name) is not None},  # a setting left unset (no --init-from) has no row
+        "base_model": summary.get("base_model"),
         "training_time": human_duration(summary["training_seconds"]),
         "calibration": summary.get("calibration"),
         "not_a_pet": summary.get(NOT_PET_CONFIG_KEY),

@@ -39,9 +39,10 @@ from catsdogs.checkpoint import (
 from catsdogs.config import TrainConfig
 from catsdogs.data import CLASS_NAMES, DataError, Split
 from catsdogs.device import Precision, Ranks, describe_device, pick_device
+from catsdogs.hub import HubError, fetch_weights, load_model
 from catsdogs.loader import PhotoLoader, find_split
 from catsdogs.metrics import MIN_PHOTOS, Calibration, calibrate, confusion_matrix
-from catsdogs.model import INPUT_SIZE, CatsDogsCNN, predict_with_features
+from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, CatsDogsCNN, predict_with_features
 from catsdogs.notpet import BANK_PER_CLASS, SEED, NotPetScore, bank_indices, fit
 from catsdogs.outputs import (
     card_details,
@@ -241,6 +242,18 @@ def build_model(config: TrainConfig, temperature: float = 1.0) -> CatsDogsCNN:
                        temperature=temperature)
 
 
+def load_start(source: str) -> CatsDogsCNN:
+    """--init-from: the trained weights a run starts from, a weights folder or a Hub repo id (`hub.fetch_weights`,
+    checked by `hub.load_model`), loaded before any photo is decoded. They must be weights of the network this run
+    builds: the same classes in the same order and the same normalisation, as every run of train.py writes."""
+    start = load_model(fetch_weights(source))
+    if start.class_names != list(CLASS_NAMES) or (start.mean, start.std) != (IMAGENET_MEAN, IMAGENET_STD):
+        raise HubError(f"the weights {source} answer {start.class_names} for photos normalised with mean "
+                       f"{list(start.mean)} and std {list(start.std)}; a run starts only from weights that answer "
+                       f"{list(CLASS_NAMES)} with the ImageNet mean and std, as train.py writes them")
+    return start
+
+
 def start_as_identity(model: CatsDogsCNN) -> None:
     """--identity-start: every 3x3 convolution after the first passes its first min(in, out) input channels through
     unchanged (a Dirac filter each), so that a photo's signal reaches the classifier undiminished at the first step;
@@ -287,17 +300,20 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_
 
 def start_run(config: TrainConfig, device: torch.device, steps_per_epoch: int, process_batch: int,
               ranks: Ranks = Ranks(), data_fingerprint: str = "", last_batch: int | None = None,
-              photos: torch.Tensor | None = None) -> RunState:
+              photos: torch.Tensor | None = None, start: CatsDogsCNN | None = None) -> RunState:
     """A training run ready for its first step: the model built from the run's seed (the same initial weights in
-    every process), on `device` in the memory layout that trains fastest there (--memory-format), wrapped in
-    DistributedDataParallel under torchrun, compiled when --compile asks (for the batch sizes an epoch has:
-    `process_batch`, and `last_batch` when its last batch is smaller), with its optimiser, schedule, gradient
-    scaler and moving average; with --identity-start, its later convolutions start as the identity, and with
-    --whiten, its first convolution whitens `photos` (the training photos).
+    every process) or holding the trained weights `start` (--init-from, `load_start`), on `device` in the memory
+    layout that trains fastest there (--memory-format), wrapped in DistributedDataParallel under torchrun, compiled
+    when --compile asks (for the batch sizes an epoch has: `process_batch`, and `last_batch` when its last batch is
+    smaller), with its optimiser, schedule, gradient scaler and moving average; with --identity-start, its later
+    convolutions start as the identity, and with --whiten, its first convolution whitens `photos` (the training
+    photos).
     `train` and the benchmarks start their runs here."""
     precision = Precision.for_training(device)
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
+    if start is not None:
+        model.load_state_dict(start.state_dict())
     if config.identity_start:
         start_as_identity(model)
     if config.whiten:
@@ -374,6 +390,8 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
     log = print if ranks.is_main else (lambda *args, **kwargs: None)
     if config.batch_size % ranks.world:  # before the photos are decoded: that can take minutes
         raise DataError(f"--batch-size {config.batch_size} must be divisible by the {ranks.world} processes")
+    # --init-from, checked before the photos are decoded; a resumed run takes its weights from its checkpoint.
+    start = load_start(config.init_from) if config.init_from and not config.resume else None
     split = find_split(config.data, config.val_fraction, config.seed, config.val_data, config.data_revision,
                        config.data_split)
     if split.hub_dataset:
@@ -389,7 +407,7 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
     fingerprint = f"{split.train.fingerprint()}-{split.val.fingerprint()}"
     last_batch = len(train_photos) // ranks.world - (train_photos.steps - 1) * train_photos.process_batch
     run = start_run(config, device, train_photos.steps, train_photos.process_batch, ranks, fingerprint, last_batch,
-                    train_photos.images)
+                    train_photos.images, start)
     log(f"training on {describe_device(device, run.precision)}" + (
         f", {ranks.world} processes of {train_photos.process_batch} photos per step, DDP over {dist.get_backend()}"
         if ranks.distributed else "")
@@ -397,6 +415,9 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
     log(run.layout.describe())
     log(f"torch.compile (--compile {config.compile}): " + (
         "off" if run.compile_seconds is None else f"the training step compiled in {run.compile_seconds:.1f} s"))
+    if start is not None:  # what fine-tuning has to beat
+        log(f"--init-from {config.init_from}: the starting weights score "
+            f"{validate(run.evaluated, val_photos).accuracy:.2%} on the validation photos before training")
     if config.resume:
         run.resume_from(config.checkpoint)  # every process resumes from the same file
         log(f"resuming from {config.checkpoint} after epoch {run.epoch} "
@@ -547,6 +568,8 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
         "epochs_completed": run.epoch, "best_epoch": run.best_epoch, "best_val_accuracy": run.best_accuracy,
         "training_seconds": run.seconds, "compile_seconds": run.compile_seconds, "resumed_after": run.resumed_after,
         "torch": torch.__version__,
+        **({"base_model": config.init_from} if config.init_from and not Path(config.init_from).expanduser().is_dir()
+           else {}),  # a Hub repo id: the card's metadata links the model to the one it was fine-tuned from
         "history": [asdict(r) for r in run.history],
         **({"calibration": run.calibration.summary()} if run.calibration else {}),
         **(run.not_pet_score.config_entry() if run.not_pet_score else {}),

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import BAD_TOKEN, READ_TOKEN, WRITE_TOKEN
+from huggingface_hub import ModelCard
 from imagegen import write_kaggle_folder
+from safetensors.torch import load_file
 
 from catsdogs import CatsDogsCNN
 
@@ -263,3 +265,29 @@ def test_fetch_weights_brings_the_not_pet_score_beside_them(hub, shipped_weights
     with_score = fetch_weights("tester/with-score")
     assert (with_score / FILE_NAME).read_bytes() == (shipped_weights / FILE_NAME).read_bytes()
     assert not (fetch_weights("tester/plain") / FILE_NAME).exists()  # optional: weights without one still load
+
+
+def test_fine_tuning_starts_from_a_hub_model_and_the_card_names_it(hub, shipped_weights, shared_data, tmp_path,
+                                                                   train_in_process):
+    """--init-from a Hub repo with a learning rate of 0: the run keeps exactly the weights it started from, which
+    score like trained weights (a random start scores ~50%), and the card's metadata names the base model."""
+    from catsdogs.hub import push_outputs
+
+    push_outputs(shipped_weights, "tester/base", token=WRITE_TOKEN)
+    photos = shared_data / "dogs-vs-cats-200" / "train"
+    rows = [f"{photos / f'{kind}.{i}.jpg'},{label}" for kind, label in (("cat", 0), ("dog", 1)) for i in range(12)]
+    (tmp_path / "mine.csv").write_text("image,labels\n" + "\n".join(rows) + "\n")
+    status, stdout, stderr = train_in_process(
+        "--data", str(tmp_path / "mine.csv"), "--init-from", "tester/base", "--val-fraction", "0.5", "--epochs", "1",
+        "--lr", "0", "--schedule", "constant", "--batch-size", "6", "--tta", "mirror", "--crop-pct", "0.95",
+        "--memory-format", "channels_last", "--output", str(tmp_path / "out"), "--checkpoint",
+        str(tmp_path / "ck.safetensors"))
+    assert status == 0, stderr
+    before = re.search(r"--init-from tester/base: the starting weights score ([\d.]+)% on the validation photos",
+                       stdout)
+    assert before and float(before[1]) >= 90, stdout
+    start, tuned = (load_file(folder / "model.safetensors") for folder in (shipped_weights, tmp_path / "out"))
+    assert start.keys() == tuned.keys() and all(torch.equal(start[name], tuned[name]) for name in start)
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.base_model == "tester/base"
+    assert "started from the trained weights `tester/base` (fine-tuning)" in " ".join(card.text.split())

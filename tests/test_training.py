@@ -107,12 +107,14 @@ def test_every_flag_reaches_the_training_config(tmp_path):
                 "compile": "off", "flip": "alternate", "whiten": True, "identity_start": True, "crop_pct": 0.9,
                 "output": str(tmp_path / "out"), "checkpoint": str(tmp_path / "ck" / "last.safetensors"),
                 "resume": False, "overwrite": True, "workers": 1,
-                "cache": False, "cache_dir": str(tmp_path / "cache"), "data_revision": None, "data_split": "train"}
+                "cache": False, "cache_dir": str(tmp_path / "cache"), "data_revision": None, "data_split": "train",
+                "init_from": None}
     defaults = asdict(TrainConfig(data=""))
     assert set(expected) == set(defaults)  # every field of the config is set here...
-    # ...away from its default, but for the Hub-only flags, which a local --data refuses (test_hub_data.py sets them)
+    # ...away from its default, but for the Hub-only flags, which a local --data refuses (test_hub_data.py sets them),
+    # and the start from trained weights, which --whiten and --identity-start rule out (test_hub.py sets it)
     assert [k for k in expected if k != "data" and expected[k] == defaults[k]] == ["resume", "data_revision",
-                                                                                   "data_split"]
+                                                                                   "data_split", "init_from"]
     args = ["--data", str(data), "--val-data", str(val), "--val-fraction", "0.25", "--seed", "3", "--epochs", "30",
             "--batch-size", "20", "--lr", "0.001", "--optimizer", "adam", "--schedule", "constant",
             "--weight-decay", "0", "--label-smoothing", "0", "--dropout", "0.2", "--no-augment", "--ema-decay", "0.99",
@@ -336,6 +338,34 @@ def test_a_crop_beyond_the_photo_is_refused_before_anything_runs(tmp_path, capsy
     assert refused.value.code == 2
     assert f"--crop-pct must be a number above 0 and at most 1 (1: the whole photo), not {float(crop)}" in \
         capsys.readouterr().err
+
+
+@pytest.mark.parametrize("start", ["--whiten", "--identity-start"])
+def test_a_start_from_weights_and_a_random_start_are_refused_together(tmp_path, capsys, start):
+    from train import parse_args
+
+    with pytest.raises(SystemExit) as refused:
+        parse_args(["--data", str(tmp_path), "--init-from", "weights", start])
+    assert refused.value.code == 2
+    assert "--init-from starts from trained weights, --whiten and --identity-start are random starts" in \
+        capsys.readouterr().err
+
+
+def test_weights_a_run_cannot_start_from_are_refused_before_any_photo_is_decoded(tmp_path, easy_photos,
+                                                                                 train_in_process):
+    data, _ = easy_photos
+    CatsDogsCNN(class_names=("dog", "cat")).save_pretrained(tmp_path / "swapped")
+    refusals = {"nowhere/at/all": "nowhere/at/all is neither a weights folder nor a Hub repo id",
+                str(tmp_path): f"{tmp_path} has no model.safetensors or config.json",
+                str(tmp_path / "swapped"): "answer ['dog', 'cat'] for photos normalised with mean [0.485, 0.456, "
+                                           "0.406] and std [0.229, 0.224, 0.225]; a run starts only from weights "
+                                           "that answer ['cat', 'dog']"}
+    for source, message in refusals.items():
+        status, stdout, stderr = train_in_process("--data", str(data), "--init-from", source,
+                                                  "--output", str(tmp_path / "out"))
+        assert status == 2 and "Traceback" not in stderr
+        assert message in stderr
+        assert "photos" not in stdout + stderr.replace(message, "")  # nothing was listed or decoded
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, easy_photos, train_in_process):
