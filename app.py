@@ -52,7 +52,7 @@ from pydantic import ValidationError  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from catsdogs.explain import Explainer  # noqa: E402
-from catsdogs.hub import SHIPPED_WEIGHTS, HubError, read_metrics  # noqa: E402
+from catsdogs.hub import SHIPPED_WEIGHTS, HubError, is_local_folder, read_metrics  # noqa: E402
 from catsdogs.inference import Answer, Classifier  # noqa: E402
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge  # noqa: E402
 from catsdogs.serving import LinkError, LinkFetcher, RequestSizeLimit, Visit  # noqa: E402
@@ -646,7 +646,7 @@ def model_card(classifier: Classifier | None) -> None:
     if classifier is None:
         return
     repo, _, revision = classifier.source.partition("@")
-    hub_page = None if Path(repo).is_dir() else f"{constants.ENDPOINT}/{repo}" + (
+    hub_page = None if is_local_folder(repo) else f"{constants.ENDPOINT}/{repo}" + (
         f"/tree/{revision}" if revision else "")
     gr.Markdown(short_card(classifier, hub_page and f"[The full model card on the Hugging Face Hub]({hub_page})"),
                 elem_id="model-card")

@@ -26,7 +26,7 @@ from catsdogs import plots
 from catsdogs.checkpoint import WriteError
 from catsdogs.data import CLASS_NAMES, IMAGE_SUFFIXES, DataError, Found, Photos, choose_split
 from catsdogs.device import Precision, pick_device
-from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model, read_metrics
+from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, is_local_folder, load_model, read_metrics
 from catsdogs.inference import compiled_for_predictions, load_not_pet_score
 from catsdogs.loader import PhotoLoader, find
 from catsdogs.metrics import BINS, auroc, confusion_matrix, measure, per_class
@@ -228,7 +228,7 @@ def record_refusal(model: str | Path, split: str) -> str | None:
     """Why --record cannot keep the accuracy of `model` on `split` beside the weights; None when it can."""
     if split != "validation":
         return "--record keeps the validation accuracy: pass --split validation"
-    if not Path(model).is_dir():
+    if not is_local_folder(model):
         return (f"--record writes beside the weights: {model} is not a weights folder (record the accuracy of a "
                 "local copy, e.g. `hf download REPO --local-dir DIR`, then push it)")
     return None

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from catsdogs.data import DataError, Photos, Split
-from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, load_model, read_metrics
+from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, is_local_folder, load_model, read_metrics
 from catsdogs.loader import PhotoLoader, find_split
 from catsdogs.model import CatsDogsCNN, predict_with_features
 from catsdogs.notpet import BANK_PER_CLASS, NEIGHBOUR, SEED, NotPetScore, bank_indices, fit
@@ -45,7 +45,7 @@ def fit_for_weights(model_source: str | Path, data: str | Path, bank_per_class: 
                     progress: bool = True) -> tuple[NotPetScore, Path]:
     """Fit the score for the weights in `model_source` on the training split they were trained on (its
     val_fraction and seed from their metrics.json, as catsdogs.evaluate re-creates it); the score and the folder."""
-    if not Path(model_source).is_dir():  # the score and config.json are written beside the weights
+    if not is_local_folder(model_source):  # the score and config.json are written beside the weights
         raise HubError(f"{model_source} is not a weights folder: fit the score for a local copy (e.g. `hf download "
                        "REPO --local-dir DIR`), then push it")
     folder = fetch_weights(model_source)

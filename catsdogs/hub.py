@@ -148,13 +148,19 @@ def retry_command(output_dir: str | Path, repo_id: str, private: bool) -> str:
     return shlex.join(["hf", "upload", repo_id, str(output_dir), ".", *excludes, *(["--private"] if private else [])])
 
 
+def is_local_folder(source: str | Path) -> bool:
+    """Whether a weights source names a folder on this machine (else it can only be a Hub repo id): the one test
+    that every command and the app share."""
+    return Path(source).expanduser().is_dir()
+
+
 def fetch_weights(source: str | Path, revision: str | None = None) -> Path:
     """A local weights folder as it is, or a Hub repo id's weights through the Hub's cache. Returns the folder.
 
     A repo fetched once keeps working offline: the cached snapshot is used when the Hub cannot be reached.
     """
     folder = Path(source).expanduser()
-    if folder.is_dir():
+    if is_local_folder(folder):
         if revision:
             raise HubError(f"--revision only applies to Hub repos, and {source} is a local folder")
     elif folder.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:

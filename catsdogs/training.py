@@ -39,7 +39,7 @@ from catsdogs.checkpoint import (
 from catsdogs.config import TrainConfig
 from catsdogs.data import CLASS_NAMES, DataError, Split
 from catsdogs.device import Precision, Ranks, describe_device, pick_device
-from catsdogs.hub import HubError, fetch_weights, load_model
+from catsdogs.hub import HubError, fetch_weights, is_local_folder, load_model
 from catsdogs.loader import PhotoLoader, find_split
 from catsdogs.metrics import MIN_PHOTOS, Calibration, calibrate, confusion_matrix
 from catsdogs.model import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, CatsDogsCNN, predict_with_features
@@ -392,29 +392,12 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
         raise DataError(f"--batch-size {config.batch_size} must be divisible by the {ranks.world} processes")
     # --init-from, checked before the photos are decoded; a resumed run takes its weights from its checkpoint.
     start = load_start(config.init_from) if config.init_from and not config.resume else None
-    split = find_split(config.data, config.val_fraction, config.seed, config.val_data, config.data_revision,
-                       config.data_split)
-    if split.hub_dataset:
-        log(f"data: {split.hub_dataset}, {split.hub_dataset.source}")
-    log(f"training photos: {split.train.counts()}; validation photos: {split.val.counts()} ({split.source})")
-    decoding = dict(device=device, workers=config.workers, verbose=ranks.is_main, cache=config.cache,
-                    cache_dir=config.cache_dir, photos_on=config.photos_on, ranks=ranks)
-    train_photos = PhotoLoader.load(split.train, INPUT_SIZE, name="training", batch_size=config.batch_size,
-                                    seed=config.seed, augment=config.augment, flip=config.flip, **decoding)
-    val_photos = PhotoLoader.load(split.val, INPUT_SIZE, name="validation", **decoding)
-    train_photos.require_both_classes("training")
-    val_photos.require_both_classes("validation")
+    split, train_photos, val_photos = _load_photos(config, ranks, device, log)
     fingerprint = f"{split.train.fingerprint()}-{split.val.fingerprint()}"
     last_batch = len(train_photos) // ranks.world - (train_photos.steps - 1) * train_photos.process_batch
     run = start_run(config, device, train_photos.steps, train_photos.process_batch, ranks, fingerprint, last_batch,
                     train_photos.images, start)
-    log(f"training on {describe_device(device, run.precision)}" + (
-        f", {ranks.world} processes of {train_photos.process_batch} photos per step, DDP over {dist.get_backend()}"
-        if ranks.distributed else "")
-        + (f"; memory allocator: {describe_allocator()}" if device.type == "cpu" else ""))
-    log(run.layout.describe())
-    log(f"torch.compile (--compile {config.compile}): " + (
-        "off" if run.compile_seconds is None else f"the training step compiled in {run.compile_seconds:.1f} s"))
+    _log_start(config, run, ranks, device, train_photos.process_batch, log)
     if start is not None:  # what fine-tuning has to beat
         log(f"--init-from {config.init_from}: the starting weights score "
             f"{validate(run.evaluated, val_photos).accuracy:.2%} on the validation photos before training")
@@ -457,6 +440,36 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
     except WriteError as error:  # a full or read-only disk: the last checkpoint written stays whole
         raise TrainingInterrupted(epoch, saved, str(error), status=1) from None
     return TrainResult(run.model, describe())
+
+
+def _load_photos(config: TrainConfig, ranks: Ranks, device: torch.device,
+                 log) -> tuple[Split, PhotoLoader, PhotoLoader]:
+    """The run's split (`find_split`) and its training and validation photos, decoded onto their device."""
+    split = find_split(config.data, config.val_fraction, config.seed, config.val_data, config.data_revision,
+                       config.data_split)
+    if split.hub_dataset:
+        log(f"data: {split.hub_dataset}, {split.hub_dataset.source}")
+    log(f"training photos: {split.train.counts()}; validation photos: {split.val.counts()} ({split.source})")
+    decoding = dict(device=device, workers=config.workers, verbose=ranks.is_main, cache=config.cache,
+                    cache_dir=config.cache_dir, photos_on=config.photos_on, ranks=ranks)
+    train_photos = PhotoLoader.load(split.train, INPUT_SIZE, name="training", batch_size=config.batch_size,
+                                    seed=config.seed, augment=config.augment, flip=config.flip, **decoding)
+    val_photos = PhotoLoader.load(split.val, INPUT_SIZE, name="validation", **decoding)
+    train_photos.require_both_classes("training")
+    val_photos.require_both_classes("validation")
+    return split, train_photos, val_photos
+
+
+def _log_start(config: TrainConfig, run: RunState, ranks: Ranks, device: torch.device, process_batch: int,
+               log) -> None:
+    """How the run trains: device, precision, processes, allocator, memory layout, compilation."""
+    log(f"training on {describe_device(device, run.precision)}" + (
+        f", {ranks.world} processes of {process_batch} photos per step, DDP over {dist.get_backend()}"
+        if ranks.distributed else "")
+        + (f"; memory allocator: {describe_allocator()}" if device.type == "cpu" else ""))
+    log(run.layout.describe())
+    log(f"torch.compile (--compile {config.compile}): " + (
+        "off" if run.compile_seconds is None else f"the training step compiled in {run.compile_seconds:.1f} s"))
 
 
 TUNING_BATCH = 8  # photos per timed step when choosing the layout: enough to rank them, cheap on a slow CPU
@@ -568,8 +581,8 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
         "epochs_completed": run.epoch, "best_epoch": run.best_epoch, "best_val_accuracy": run.best_accuracy,
         "training_seconds": run.seconds, "compile_seconds": run.compile_seconds, "resumed_after": run.resumed_after,
         "torch": torch.__version__,
-        **({"base_model": config.init_from} if config.init_from and not Path(config.init_from).expanduser().is_dir()
-           else {}),  # a Hub repo id: the card's metadata links the model to the one it was fine-tuned from
+        # a Hub repo id: the card's metadata links the model to the one it was fine-tuned from
+        **({"base_model": config.init_from} if config.init_from and not is_local_folder(config.init_from) else {}),
         "history": [asdict(r) for r in run.history],
         **({"calibration": run.calibration.summary()} if run.calibration else {}),
         **(run.not_pet_score.config_entry() if run.not_pet_score else {}),
