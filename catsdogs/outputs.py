@@ -24,13 +24,16 @@ from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
 from catsdogs.notpet import NotPetScore
 
 FIGURE_BYTES = 2**20  # the most a plot's PNG takes
+# The card's last line (catsdogs/model_card.md): what a card holds below it is its owner's, kept by every rewrite.
+NOTES_MARK = "<!-- Notes of your own go below this line: the commands that write this card again keep them. -->"
 TRAIN_PATH_FLAGS = tuple("--" + name.replace("_", "-") for name in PATH_SETTINGS)
 
 
 def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any], metrics: dict[str, Any],
                  figures: dict[str, Figure], not_pet_score: NotPetScore | None = None) -> None:
     """Write weights, config, card, metrics, plots and the "not a pet" score of these weights (a score left from
-    other weights is removed) into `output_dir`, replacing what was there.
+    other weights is removed) into `output_dir`, replacing what was there but the notes below the card's
+    NOTES_MARK.
 
     Everything is written into a temporary folder first and then moved in file by file, so a run killed mid-save
     never leaves a half-written file behind; a full disk is a WriteError, the earlier files left whole.
@@ -42,6 +45,7 @@ def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any
         require_room(output_dir, weights + FIGURE_BYTES * len(figures), f"the weights and their card ({output_dir}/)")
         with tempfile.TemporaryDirectory(dir=output_dir, prefix=".saving-") as tmp:
             model.save_pretrained(tmp, model_card_kwargs=card)  # model.safetensors, config.json, README.md
+            keep_own_notes(output_dir / "README.md", Path(tmp) / "README.md")
             (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             for name, figure in figures.items():
                 figure.savefig(Path(tmp) / name, dpi=110, bbox_inches="tight")
@@ -52,6 +56,15 @@ def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any
             for file in Path(tmp).iterdir():
                 file.chmod(0o644)  # some writers create 0600 files; weights are meant to be shared
                 os.replace(file, output_dir / file.name)
+
+
+def keep_own_notes(old_card: Path, new_card: Path) -> None:
+    """Carry what `old_card` holds below NOTES_MARK (notes its owner wrote) over to the freshly rendered
+    `new_card`, which ends with the mark."""
+    old = old_card.read_text(encoding="utf-8") if old_card.is_file() else ""
+    if NOTES_MARK in old:
+        rendered = new_card.read_text(encoding="utf-8").partition(NOTES_MARK)[0]
+        new_card.write_text(rendered + NOTES_MARK + old.partition(NOTES_MARK)[2], encoding="utf-8")
 
 
 def rewrite_card(folder: str | Path, model: CatsDogsCNN, metrics: dict[str, Any],

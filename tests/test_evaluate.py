@@ -18,6 +18,7 @@ from catsdogs.evaluate import main
 from catsdogs.hub import WEIGHTS_FILES, load_model, push_outputs
 from catsdogs.inference import Classifier
 from catsdogs.model import predict_logits
+from catsdogs.outputs import NOTES_MARK
 from catsdogs.loader import PhotoLoader, find_split
 from catsdogs.training import validate
 
@@ -222,6 +223,21 @@ def test_not_pets_need_weights_with_a_score(trained, tmp_path, capsys):
     (tmp_path / "wall.jpg").symlink_to(ROOT / "examples" / "brick.jpg")
     assert "have no notpet.safetensors: fit one with python -m catsdogs.fit_notpet" in error_of(
         capsys, "--model", config.output, "--data", config.data, "--not-pets", str(tmp_path))
+
+
+def test_notes_written_below_the_card_s_mark_survive_a_record_and_nothing_else_of_the_old_card_does(trained,
+                                                                                                     tmp_path, capsys):
+    config, _, _ = trained
+    weights = Path(shutil.copytree(config.output, tmp_path / "weights"))
+    card = weights / "README.md"
+    assert card.read_text().rstrip().endswith(NOTES_MARK)  # every card ends with the mark
+    notes = "\n\n## Notes\n\nPhotos of our two cats, taken indoors at night.\n"
+    card.write_text(card.read_text().rstrip().replace("## Limitations", "## Limits edited by hand") + notes)
+    report = run(capsys, "--model", str(weights), "--data", config.data, "--split", "validation", "--record")
+    rewritten = card.read_text()
+    assert rewritten.endswith(NOTES_MARK + notes) and rewritten.count(NOTES_MARK) == 1  # kept once, as written
+    assert f"**{report['accuracy']:.2%}**" in rewritten.partition(NOTES_MARK)[0]  # the card above is rendered anew
+    assert "## Limitations" in rewritten and "edited by hand" not in rewritten  # edits above the mark are not kept
 
 
 def test_record_after_the_test_time_settings_changed_says_which_ran_and_keeps_training_s_own(trained, tmp_path,
