@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     say(f"best validation accuracy {summary['best_val_accuracy']:.2%} (epoch {summary['best_epoch']}); "
         f"weights in {config.output}/")
+    if summary.get("start_val_accuracy", -1) >= summary["best_val_accuracy"]:
+        say(f"no epoch beat the starting weights (--init-from {config.init_from}: "
+            f"{summary['start_val_accuracy']:.2%} before training): they are the better choice; a lower --lr or more "
+            "photos may do better")
     if args.push and main_process:
         try:
             url = push_outputs(config.output, args.repo_id, private=args.private)

@@ -124,6 +124,7 @@ class RunState:
     best_accuracy: float = -1.0
     best_epoch: int = 0
     best_weights: dict[str, torch.Tensor] | None = None  # a CPU copy of the best epoch's weights
+    start_accuracy: float | None = None  # --init-from: the starting weights' validation accuracy, before epoch 1
     seconds: float = 0.0  # training time of the finished epochs, over every launch of the run
     resumed_after: list[int] = field(default_factory=list)  # the epochs after which a launch continued the run
     calibration: Calibration | None = None  # of the best weights, fitted once the last epoch is done (not saved)
@@ -184,7 +185,7 @@ class RunState:
             "best": {"accuracy": self.best_accuracy, "epoch": self.best_epoch, "model": self.best_weights},
             "recipe": self.config.recipe(), "data_fingerprint": self.data_fingerprint,
             "steps_per_epoch": self.steps_per_epoch, "ema": self.ema.state_dict() if self.ema else None,
-            "resumed_after": self.resumed_after,
+            "resumed_after": self.resumed_after, "start_accuracy": self.start_accuracy,
         }
 
     def resume_from(self, path: str | Path) -> None:
@@ -210,6 +211,7 @@ class RunState:
             self.ema.load_state_dict(saved["ema"])
         self.epoch, self.seconds = saved["epoch"], saved["seconds"]
         self.resumed_after = [*saved.get("resumed_after", []), saved["epoch"]]  # older checkpoints did not keep it
+        self.start_accuracy = saved.get("start_accuracy")  # nor this
         self.history = [EpochRecord(**row) for row in saved["history"]]
         best = saved["best"]
         self.best_accuracy, self.best_epoch, self.best_weights = best["accuracy"], best["epoch"], best["model"]
@@ -399,8 +401,9 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
                     train_photos.images, start)
     _log_start(config, run, ranks, device, train_photos.process_batch, log)
     if start is not None:  # what fine-tuning has to beat
-        log(f"--init-from {config.init_from}: the starting weights score "
-            f"{validate(run.evaluated, val_photos).accuracy:.2%} on the validation photos before training")
+        run.start_accuracy = validate(run.evaluated, val_photos).accuracy
+        log(f"--init-from {config.init_from}: the starting weights score {run.start_accuracy:.2%} on the validation "
+            "photos before training")
     if config.resume:
         run.resume_from(config.checkpoint)  # every process resumes from the same file
         log(f"resuming from {config.checkpoint} after epoch {run.epoch} "
@@ -579,6 +582,7 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
         "skipped_files": [[portable_path(str(p)), r.replace(str(p), portable_path(str(p)))]
                           for p, r in train_photos.skipped + val_photos.skipped],
         "epochs_completed": run.epoch, "best_epoch": run.best_epoch, "best_val_accuracy": run.best_accuracy,
+        **({"start_val_accuracy": run.start_accuracy} if run.start_accuracy is not None else {}),
         "training_seconds": run.seconds, "compile_seconds": run.compile_seconds, "resumed_after": run.resumed_after,
         "torch": torch.__version__,
         # a Hub repo id: the card's metadata links the model to the one it was fine-tuned from

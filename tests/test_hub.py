@@ -1,6 +1,7 @@
 """Publishing: `train.py --push` against a Hub-compatible server on 127.0.0.1, then pulling the weights back."""
 
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -290,4 +291,11 @@ def test_fine_tuning_starts_from_a_hub_model_and_the_card_names_it(hub, shipped_
     assert start.keys() == tuned.keys() and all(torch.equal(start[name], tuned[name]) for name in start)
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert card.data.base_model == "tester/base"
-    assert "started from the trained weights `tester/base` (fine-tuning)" in " ".join(card.text.split())
+    text = " ".join(card.text.split())
+    assert "started from the trained weights `tester/base` (fine-tuning)" in text
+    # Unchanged weights score the same after the epoch: the run says that no epoch beat them, and so does the card.
+    assert (f"they scored {float(before[1]):.2f}% on the same validation photos before training, and no epoch beat "
+            "them.") in text
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["start_val_accuracy"] == pytest.approx(
+        float(before[1]) / 100, abs=5e-5)
+    assert f"no epoch beat the starting weights (--init-from tester/base: {before[1]}% before training)" in stdout
