@@ -53,14 +53,11 @@ from starlette.middleware import Middleware  # noqa: E402
 
 from catsdogs.explain import Explainer  # noqa: E402
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, is_local_folder, read_metrics  # noqa: E402
-from catsdogs.inference import Answer, Classifier  # noqa: E402
+from catsdogs.inference import NOT_A_PET, UNSURE_BELOW, Answer, Classifier  # noqa: E402
+from catsdogs.predict import table_headers, table_row  # noqa: E402
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge  # noqa: E402
 from catsdogs.serving import LinkError, LinkFetcher, RequestSizeLimit, Visit  # noqa: E402
 
-# Below this top-class (calibrated) probability the page says it is not sure. Measured on the shipped weights
-# (docs/demo.md): the highest threshold that puts the note on at most one pet photo in eight.
-UNSURE_BELOW = 0.98
-NOT_A_PET = "not a cat or a dog"  # the third answer, for a photo the weights' "not a pet" score flags
 NOT_A_PHOTO = "This file is not a photo the app can read (is it a JPEG, PNG, WebP or GIF?)."
 # Limits per request (docs/limits.md): each bounds the memory or the time one request can take.
 MAX_FILE_BYTES = 20 * 2**20  # one photo file, uploaded or linked
@@ -285,20 +282,10 @@ def load_classifier(model: str, revision: str | None) -> tuple[Classifier | None
         return fallback, message
 
 
-def verdict(answer: Answer) -> str:
-    """The answer in words, on every surface: NOT_A_PET, or the most likely class."""
-    return NOT_A_PET if answer.not_a_pet else answer.top_class
-
-
-def unsure(answer: Answer) -> bool:
-    """A photo called a pet, but near 50/50 between the classes."""
-    return not answer.not_a_pet and max(answer.probabilities.values()) < UNSURE_BELOW
-
-
 def label_value(answer: Answer) -> LabelData:
     """What the Labels and /predict show: the answer as the headline, each class's probability under it."""
     ranked = sorted(answer.probabilities.items(), key=lambda item: item[1], reverse=True)
-    return LabelData(label=verdict(answer), confidences=[LabelConfidence(label=c, confidence=p) for c, p in ranked])
+    return LabelData(label=answer.verdict, confidences=[LabelConfidence(label=c, confidence=p) for c, p in ranked])
 
 
 def shown_label(answer: Answer) -> dict:
@@ -316,7 +303,7 @@ def answer_note(answer: Answer) -> str:
     if answer.not_a_pet:
         return ("🚫 **This doesn't look like a cat or a dog.** It is unlike every photo the network was trained on; "
                 "the percentages are what it would answer if it had to choose.")
-    if not unsure(answer):
+    if not answer.unsure:
         return ""
     cannot_tell = " These weights cannot tell non-pets: anything else also gets cat or dog." \
         if answer.not_a_pet is None else ""
@@ -378,19 +365,14 @@ class BatchAnswer:
     problem: str = ""
 
     def row(self, class_names: list[str]) -> list:
-        name = os.path.basename(self.photo)
-        if self.answer is None:
-            return [name, "-", *[None] * len(class_names), self.problem]
-        probabilities = self.answer.probabilities
-        return [name, verdict(self.answer), *(round(probabilities[c] * 100, 1) for c in class_names),
-                "not sure" if unsure(self.answer) else ""]
+        return table_row(os.path.basename(self.photo), self.answer, class_names, self.problem)
 
     def caption(self) -> str:
         top = self.answer.top_class
         text = f"{top} {percent(self.answer.probabilities[top])}"
         if self.answer.not_a_pet:
             return f"{NOT_A_PET} ({text})"
-        return text + " · not sure" if unsure(self.answer) else text
+        return text + " · not sure" if self.answer.unsure else text
 
 
 class Predictor:
@@ -731,7 +713,7 @@ def live_tab(predictor: Predictor) -> None:
 
 
 def batch_tab(predictor: Predictor) -> tuple[gr.File, gr.Dataframe]:
-    headers = ["photo", "prediction", *(f"{c} %" for c in predictor.class_names), "note"]
+    headers = table_headers(predictor.class_names)
     with gr.Tab("Several photos"):
         files = PetPhotos(file_count="multiple", file_types=["image"], label=f"Photos (up to {MAX_BATCH_FILES})",
                           elem_id="batch")

@@ -35,12 +35,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from app import UNSURE_BELOW  # the page's "not sure between cat and dog"
 from bench.common import report, timings
 from catsdogs.cache import decoded_photos
 from catsdogs.data import Photos
 from catsdogs.hub import SHIPPED_WEIGHTS, load_model
-from catsdogs.inference import Classifier
+from catsdogs.inference import UNSURE_BELOW, Classifier  # UNSURE_BELOW: every surface's "not sure"
 from catsdogs.metrics import auroc
 from catsdogs.model import network_input, predict_logits, predict_with_features
 from catsdogs.model import CatsDogsCNN

@@ -33,10 +33,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from catsdogs.preprocess import BAD_IMAGE_ERRORS, PhotoSource, load_photo
+from catsdogs.preprocess import BAD_IMAGE_ERRORS, IMAGE_SUFFIXES, PhotoSource, load_photo
 
 CLASS_NAMES = ("cat", "dog")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _CLASS_WORDS = {"cat": 0, "cats": 0, "dog": 1, "dogs": 1}
 _CSV_LABELS = {**_CLASS_WORDS, "0": 0, "1": 1}  # the seed project's cat_dog.csv: 0 = cat, 1 = dog
 _FILE_NAME_LABEL = re.compile(r"^(cats?|dogs?)[._\- ]", re.IGNORECASE)  # cat.123.jpg, Dog_7.png

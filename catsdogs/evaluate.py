@@ -24,7 +24,7 @@ import torch
 
 from catsdogs import plots
 from catsdogs.checkpoint import WriteError
-from catsdogs.data import CLASS_NAMES, IMAGE_SUFFIXES, DataError, Found, Photos, choose_split
+from catsdogs.data import CLASS_NAMES, DataError, Found, Photos, choose_split
 from catsdogs.device import Precision, pick_device
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, is_local_folder, load_model, read_metrics
 from catsdogs.inference import compiled_for_predictions, load_not_pet_score
@@ -33,7 +33,7 @@ from catsdogs.metrics import BINS, auroc, confusion_matrix, measure, per_class
 from catsdogs.model import CatsDogsCNN, predict_with_features, scoring_batch
 from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
 from catsdogs.outputs import portable_command, portable_path, rewrite_card
-from catsdogs.preprocess import BAD_IMAGE_ERRORS, load_photo
+from catsdogs.preprocess import BAD_IMAGE_ERRORS, image_files, load_photo
 
 SPLITS = ("all", "validation", "training")
 PATH_FLAGS = ("--model", "--data", "--cache-dir", "--not-pets", "--reliability")  # made portable where recorded
@@ -178,7 +178,7 @@ def not_pet_report(scores: Scores, folder: Path) -> dict:
     if not_pet_score is None:
         raise HubError(f"the weights in {scores.folder} have no {NOT_PET_FILE}: fit one with "
                        "python -m catsdogs.fit_notpet")
-    pictures = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    pictures = image_files(folder)
     images, read, skipped = [], [], []
     for picture in pictures:
         try:

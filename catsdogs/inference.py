@@ -21,6 +21,10 @@ from catsdogs.notpet import NotPetScore
 from catsdogs.preprocess import BAD_IMAGE_ERRORS, PhotoSource, load_photo
 
 
+NOT_A_PET = "not a cat or a dog"  # the third answer, for a photo the weights' "not a pet" score flags
+# Below this top-class (calibrated) probability an answer is "not sure between cat and dog". Measured on the shipped
+# weights (docs/demo.md): the highest threshold that puts the note on at most one pet photo in eight.
+UNSURE_BELOW = 0.98
 PREDICTION_ROUNDS = 10  # timed one-photo forward passes per layout: ~20 of 10-40 ms each, under a second
 
 
@@ -100,6 +104,16 @@ class Answer:
     @property
     def top_class(self) -> str:
         return max(self.probabilities, key=self.probabilities.get)
+
+    @property
+    def verdict(self) -> str:
+        """The answer in words, on every surface: NOT_A_PET, or the most likely class."""
+        return NOT_A_PET if self.not_a_pet else self.top_class
+
+    @property
+    def unsure(self) -> bool:
+        """Called a pet, but near 50/50 between the classes."""
+        return not self.not_a_pet and max(self.probabilities.values()) < UNSURE_BELOW
 
 
 def load_not_pet_score(folder: Path, model: CatsDogsCNN) -> NotPetScore | None:

@@ -36,6 +36,12 @@ BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombErr
 
 
 PhotoSource = str | Path | BinaryIO | Image.Image  # a file, a file object, or an image already open
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # what counts as a photo file
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The photo files in `folder` and its sub-folders, in order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 _TRANSPOSE = {  # EXIF orientation -> the transposition that makes the photo upright (as ImageOps.exif_transpose)
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,

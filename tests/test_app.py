@@ -23,10 +23,11 @@ from link_site import link_site
 from PIL import Image
 
 import app as demo_app
-from app import EXAMPLE_PICTURES, EXAMPLES, NOT_A_PET, UNSURE_BELOW
+from app import EXAMPLE_PICTURES, EXAMPLES
 from bench.app_memory import Server, status_mb
 from bench.app_memory_rounds import malloc_arenas
 from catsdogs.hub import push_outputs
+from catsdogs.inference import NOT_A_PET, UNSURE_BELOW
 
 BRICK = EXAMPLES / "brick.jpg"  # a picture the shipped not-a-pet score flags (tests/test_notpet.py)
 
