@@ -25,7 +25,7 @@ import torch
 from catsdogs import plots
 from catsdogs.checkpoint import WriteError
 from catsdogs.data import CLASS_NAMES, DataError, Found, Photos, choose_split
-from catsdogs.device import Precision, pick_device
+from catsdogs.device import DeviceError, Precision, pick_device
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, is_local_folder, load_model, read_metrics
 from catsdogs.inference import compiled_for_predictions, load_not_pet_score
 from catsdogs.loader import PhotoLoader, find
@@ -85,14 +85,16 @@ class Scores:
 def score(model: str | Path, data: str | Path, split: str = "all", revision: str | None = None,
           val_fraction: float | None = None, seed: int | None = None,
           workers: int = min(8, os.cpu_count() or 1), progress: bool = True, cache: bool = True,
-          cache_dir: str | Path | None = None, data_revision: str | None = None, data_split: str = "train") -> Scores:
+          cache_dir: str | Path | None = None, data_revision: str | None = None, data_split: str = "train",
+          device: str = "auto") -> Scores:
     """The logits of the weights in `model` (folder or Hub repo id) for the photos of `split` of `data` (a local
-    folder or CSV, or a Hub dataset at `data_revision`, its split `data_split`).
+    folder or CSV, or a Hub dataset at `data_revision`, its split `data_split`), on `device` (`pick_device`).
 
     Split settings not given are those the weights were trained with (metrics.json), so a split is re-created
     without the user having to remember them. The photos come from the photo cache training uses
     (`catsdogs.cache`) unless `cache` is False.
     """
+    run_on = pick_device(device)  # before anything is fetched or decoded
     folder = fetch_weights(model, revision)
     network = load_model(folder)
     if list(network.class_names) != list(CLASS_NAMES):
@@ -112,16 +114,15 @@ def score(model: str | Path, data: str | Path, split: str = "all", revision: str
                         f"with (its --data {trained_with.get('data')}, --val-data {trained_with.get('val_data')}); "
                         "the accuracy will differ from the one training reported")
 
-    device = pick_device()
     with contextlib.redirect_stdout(sys.stderr):  # where the photos came from: a note, not the report
-        loaded = PhotoLoader.load(photos, network.image_size, device, split, workers, progress, cache, cache_dir)
-    network = network.to(device, memory_format=torch.channels_last)  # as trained and validated
-    predictor, compile_seconds = compiled_for_predictions(network, (scoring_batch(device), 1))
+        loaded = PhotoLoader.load(photos, network.image_size, run_on, split, workers, progress, cache, cache_dir)
+    network = network.to(run_on, memory_format=torch.channels_last)  # as trained and validated
+    predictor, compile_seconds = compiled_for_predictions(network, (scoring_batch(run_on), 1))
     logits, features = (outputs.cpu() for outputs in loaded.logits_and_features(predictor, progress))
     labels = loaded.labels.cpu()
     unreadable = {str(path) for path, _ in loaded.skipped}  # str: read back from the cache, a skipped photo is a Path
     return Scores(network, folder, metrics, split_info, source.named, warnings, logits, features, labels,
-                  [path for path in photos.paths if str(path) not in unreadable], loaded.skipped, device,
+                  [path for path in photos.paths if str(path) not in unreadable], loaded.skipped, run_on,
                   compile_seconds)
 
 
@@ -130,7 +131,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
              workers: int = min(8, os.cpu_count() or 1), progress: bool = True,
              reliability_png: str | Path | None = None, cache: bool = True,
              cache_dir: str | Path | None = None, data_revision: str | None = None, data_split: str = "train",
-             not_pets: str | Path | None = None) -> dict:
+             not_pets: str | Path | None = None, device: str = "auto") -> dict:
     """Score the weights on `split` of `data` (see `score`); the report is plain JSON data.
 
     With `reliability_png`, the reliability diagram (with and without the weights' temperature) is written there.
@@ -138,7 +139,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
     score tells them from the evaluated photos (`not_pet_report`).
     """
     scores = score(model, data, split, revision, val_fraction, seed, workers, progress, cache, cache_dir,
-                   data_revision, data_split)
+                   data_revision, data_split, device)
     probabilities = scores.network.probabilities(scores.logits)  # calibrated, as the app shows them
     labels = scores.labels
     predicted, confidence = probabilities.argmax(dim=1), probabilities.max(dim=1).values
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=str(SHIPPED_WEIGHTS),
                         help="weights folder or Hub repo id like you/catsdogs (default: the shipped weights/)")
     parser.add_argument("--revision", help="branch, tag or commit of a Hub repo")
+    parser.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
     parser.add_argument("--data", required=True, help="labelled photos: any folder, CSV or Hub dataset "
                         "(hf://datasets/OWNER/NAME) that train.py reads")
     parser.add_argument("--data-revision", help="branch, tag or commit of a Hub --data (default: its main branch)")
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             report = evaluate(args.model, args.data, args.split, args.revision, args.val_fraction, args.seed,
                               args.mistakes, args.workers, reliability_png=args.reliability, cache=args.cache,
                               cache_dir=args.cache_dir, data_revision=args.data_revision, data_split=args.data_split,
-                              not_pets=args.not_pets)
+                              not_pets=args.not_pets, device=args.device)
         for warning in report["warnings"]:
             print(f"warning: {warning}", file=sys.stderr)
         print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -335,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = record_validation(report, shlex.join(command))
             print(f"recorded {report['accuracy']:.2%} on the {torch.device(report['device']).type} in "
                   f"{folder / 'metrics.json'} and the card {folder / 'README.md'}", file=sys.stderr)
-    except (DataError, HubError, IncompatibleModel, WriteError) as error:
+    except (DataError, DeviceError, HubError, IncompatibleModel, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

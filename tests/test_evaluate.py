@@ -144,6 +144,12 @@ def test_unusable_input_exits_2_with_a_clear_message(trained, tmp_path, capsys):
         capsys, "--model", config.output, "--data", config.data, "--split", "validation", "--val-fraction", "1.5")
     assert "no photos to evaluate" in error_of(
         capsys, "--model", config.output, "--data", config.data, "--split", "validation", "--val-fraction", "0.001")
+    assert "--device tpu: not a device name (use auto, cpu, cuda or cuda:N)" in error_of(
+        capsys, "--model", config.output, "--data", config.data, "--device", "tpu")
+    if not torch.cuda.is_available():
+        assert "--device cuda: no CUDA GPU is available here" in error_of(
+            capsys, "--model", config.output, "--data", config.data, "--device", "cuda")
+    assert run(capsys, "--model", config.output, "--data", config.data, "--device", "cpu")["device"] == "cpu"
 
 
 def test_weights_fetched_from_the_hub_score_the_same(hub, trained, capsys):
