@@ -66,7 +66,8 @@ class Tally:
 
     def describe(self, predictions: Sequence[str]) -> str:
         counts = ", ".join(f"{self.predictions[name]} {name}" for name in predictions)
-        return (f"{self.predictions.total()} photos answered: {counts} ({self.unsure} of them not sure); "
+        answered = self.predictions.total()
+        return (f"{answered} photo{'s' if answered != 1 else ''} answered: {counts} ({self.unsure} of them not sure); "
                 f"{self.unanswered} without an answer")
 
 

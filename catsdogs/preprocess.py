@@ -5,6 +5,7 @@ whole photo squashed into the square, as the Kaggle photos we train on were),
 and normalised on the device just before the network sees it.
 """
 
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +22,9 @@ from PIL import ExifTags, Image
 # decoded image, reduced before anything else is copied (see `upright_rgb`); +0.77 GB for a WebP, whose decoder
 # needs ~15 bytes a pixel (docs/limits.md has the measured figures).
 MAX_PIXELS = 50_000_000
+# PIL warns of a possible decompression bomb from 89 megapixels on, when it opens a file; every such photo is over
+# MAX_PIXELS and refused by `check_size`, so the warning would only add noise to the logs and the commands' output.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 REDUCING_GAP = 3.0  # photo_to_uint8 reduces by whole factors down to 3x the network's input, then resamples
 
 

@@ -2,6 +2,8 @@
 
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +78,13 @@ def write_hub_image_folder(folder: Path, per_class: int, split: str = "train") -
         for i in range(per_class):
             pet_photo(label, i).save(folder / split / label / f"{i}.jpg")
     return folder
+
+
+def bomb_png(path, width=20_000, height=10_000):
+    """A valid PNG header claiming 200 megapixels (over PIL's bomb limit) with a tiny body."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path

@@ -3,13 +3,11 @@
 import json
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import httpx
@@ -18,7 +16,7 @@ import pytest
 from conftest import FULL_SIZE, HUB_URL, LINK_SECONDS, ROOT, SURE, USER, WRITE_TOKEN, App, clear_photos, true_class
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from imagegen import pet_photo
+from imagegen import bomb_png, pet_photo
 from link_site import link_site
 from PIL import Image
 
@@ -62,16 +60,6 @@ def assert_right_answers(client: Client, photos: list, sure: float = SURE) -> No
 
 def test_real_photos_get_the_right_class(client, shared_data):
     assert_right_answers(client, clear_photos(shared_data))
-
-
-def bomb_png(path, width=20_000, height=10_000):
-    """A valid PNG header claiming 200 megapixels (over PIL's bomb limit) with a tiny body."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
-    return path
 
 
 def bad_inputs(tmp_path) -> dict[str, tuple[object, str]]:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from conftest import ROOT
+from imagegen import bomb_png
 
 from catsdogs.inference import NOT_A_PET, Classifier
 from catsdogs.predict import UNREADABLE, main, table_headers, table_row
@@ -51,14 +52,19 @@ def test_every_photo_in_a_folder_gets_the_row_the_demo_s_table_gives_it(photos, 
                                                f"sure); 1 without an answer; the table is in {out}")
 
 
-def test_without_a_file_the_csv_goes_to_stdout_and_nothing_else_does(photos):
-    named = [str(EXAMPLES / "chelsea.jpg"), str(photos / "2024" / "wall.jpg")]
+def test_without_a_file_the_csv_goes_to_stdout_and_nothing_else_does(photos, tmp_path):
+    huge = bomb_png(tmp_path / "huge.png", 12_000, 9_000)  # over MAX_PIXELS, and over PIL's warning threshold
+    named = [str(EXAMPLES / "chelsea.jpg"), str(photos / "2024" / "wall.jpg"), str(huge)]
     done = subprocess.run([sys.executable, "-m", "catsdogs.predict", *named], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     rows = list(csv.reader(io.StringIO(done.stdout)))
-    assert [row[:2] for row in rows] == [["photo", "prediction"], [named[0], "cat"], [named[1], NOT_A_PET]]
-    assert "2 photos answered" in done.stderr
+    assert [row[:2] for row in rows] == [["photo", "prediction"], [named[0], "cat"], [named[1], NOT_A_PET],
+                                         [named[2], "-"]]
+    assert rows[3][-1] == ("too large: 12000×9000 pixels (108 megapixels) is more than the 50 megapixels a photo "
+                           "may have")
+    assert done.stderr.strip() == (f"2 photos answered: 1 cat, 0 dog, 1 {NOT_A_PET} (0 of them not sure); 1 without "
+                                   "an answer")  # and no warning of PIL's
 
 
 def test_what_cannot_be_answered_is_refused_with_a_message(tmp_path, capsys):
