@@ -20,6 +20,7 @@ import torch
 import yaml
 from huggingface_hub import HfApi, ModelCard, constants, snapshot_download
 from huggingface_hub.errors import (
+    EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
     HFValidationError,
@@ -33,7 +34,7 @@ from huggingface_hub.errors import (
 from safetensors import SafetensorError
 
 from catsdogs.model import (IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, TTA_MODES, CatsDogsCNN, check_crop_pct,
-                            predict_logits)
+                            own_notes, predict_logits, with_notes)
 from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
 
 
@@ -128,6 +129,7 @@ def push_outputs(output_dir: str | Path, repo_id: str, private: bool = False, to
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
+        keep_hub_notes(api, repo_id, Path(output_dir) / "README.md")
         commit = api.upload_folder(
             repo_id=repo_id, folder_path=output_dir, commit_message="Upload catsdogs weights",
             ignore_patterns=list(UPLOAD_EXCLUDE),
@@ -140,6 +142,19 @@ def push_outputs(output_dir: str | Path, repo_id: str, private: bool = False, to
             f"{output_dir}; retry only the upload with: {retry}"
         ) from error
     return commit.commit_url
+
+
+def keep_hub_notes(api: HfApi, repo_id: str, card: Path) -> None:
+    """Notes written below the mark of the card already on the Hub (e.g. in the Hub's editor) go into the local
+    `card` before it replaces that one, unless the local card has notes of its own."""
+    if not card.is_file() or own_notes(card.read_text(encoding="utf-8")).strip():
+        return
+    try:
+        hub_card = Path(api.hf_hub_download(repo_id, "README.md")).read_text(encoding="utf-8")
+    except (EntryNotFoundError, RevisionNotFoundError):  # a new repo, or one without a card
+        return
+    if (notes := own_notes(hub_card)).strip():
+        card.write_text(with_notes(card.read_text(encoding="utf-8"), notes), encoding="utf-8")
 
 
 def retry_command(output_dir: str | Path, repo_id: str, private: bool) -> str:

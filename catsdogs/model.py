@@ -32,6 +32,18 @@ TTA_ZOOMS = {"none": (1.0,), "mirror": (1.0,), "mirror-zoom": (1.0, 0.95)}
 TTA_MODES = tuple(TTA_ZOOMS)
 
 MODEL_CARD_TEMPLATE = (Path(__file__).parent / "model_card.md").read_text()
+# The card template's last line: what a card holds below it is its owner's, and every rewrite of the card keeps it.
+NOTES_MARK = "<!-- Notes of your own go below this line: the commands that write this card again keep them. -->"
+
+
+def own_notes(card: str) -> str:
+    """What a model card holds below NOTES_MARK, as written ('' for a card without the mark)."""
+    return card.partition(NOTES_MARK)[2]
+
+
+def with_notes(card: str, notes: str) -> str:
+    """A card rendered from the template (ending with NOTES_MARK) with `notes` below its mark."""
+    return card.partition(NOTES_MARK)[0] + NOTES_MARK + notes
 
 
 def check_crop_pct(crop_pct: object, name: str = "crop_pct") -> None:

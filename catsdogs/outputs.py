@@ -18,14 +18,12 @@ from matplotlib.figure import Figure
 
 from catsdogs.checkpoint import require_room, writing
 from catsdogs.config import PATH_SETTINGS, TrainConfig
-from catsdogs.model import CatsDogsCNN
+from catsdogs.model import CatsDogsCNN, own_notes, with_notes
 from catsdogs.notpet import CONFIG_KEY as NOT_PET_CONFIG_KEY
 from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
 from catsdogs.notpet import NotPetScore
 
 FIGURE_BYTES = 2**20  # the most a plot's PNG takes
-# The card's last line (catsdogs/model_card.md): what a card holds below it is its owner's, kept by every rewrite.
-NOTES_MARK = "<!-- Notes of your own go below this line: the commands that write this card again keep them. -->"
 TRAIN_PATH_FLAGS = tuple("--" + name.replace("_", "-") for name in PATH_SETTINGS)
 
 
@@ -33,7 +31,7 @@ def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any
                  figures: dict[str, Figure], not_pet_score: NotPetScore | None = None) -> None:
     """Write weights, config, card, metrics, plots and the "not a pet" score of these weights (a score left from
     other weights is removed) into `output_dir`, replacing what was there but the notes below the card's
-    NOTES_MARK.
+    NOTES_MARK (`catsdogs.model`).
 
     Everything is written into a temporary folder first and then moved in file by file, so a run killed mid-save
     never leaves a half-written file behind; a full disk is a WriteError, the earlier files left whole.
@@ -59,12 +57,9 @@ def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any
 
 
 def keep_own_notes(old_card: Path, new_card: Path) -> None:
-    """Carry what `old_card` holds below NOTES_MARK (notes its owner wrote) over to the freshly rendered
-    `new_card`, which ends with the mark."""
-    old = old_card.read_text(encoding="utf-8") if old_card.is_file() else ""
-    if NOTES_MARK in old:
-        rendered = new_card.read_text(encoding="utf-8").partition(NOTES_MARK)[0]
-        new_card.write_text(rendered + NOTES_MARK + old.partition(NOTES_MARK)[2], encoding="utf-8")
+    """Carry the notes `old_card` holds below its NOTES_MARK over to the freshly rendered `new_card`."""
+    if old_card.is_file() and (notes := own_notes(old_card.read_text(encoding="utf-8"))):
+        new_card.write_text(with_notes(new_card.read_text(encoding="utf-8"), notes), encoding="utf-8")
 
 
 def rewrite_card(folder: str | Path, model: CatsDogsCNN, metrics: dict[str, Any],

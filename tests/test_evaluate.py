@@ -18,7 +18,7 @@ from catsdogs.evaluate import main
 from catsdogs.hub import WEIGHTS_FILES, load_model, push_outputs
 from catsdogs.inference import Classifier
 from catsdogs.model import predict_logits
-from catsdogs.outputs import NOTES_MARK
+from catsdogs.model import NOTES_MARK
 from catsdogs.loader import PhotoLoader, find_split
 from catsdogs.training import validate
 

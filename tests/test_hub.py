@@ -268,6 +268,33 @@ def test_fetch_weights_brings_the_not_pet_score_beside_them(hub, shipped_weights
     assert not (fetch_weights("tester/plain") / FILE_NAME).exists()  # optional: weights without one still load
 
 
+def test_a_push_keeps_the_notes_written_on_the_hub_below_the_card_s_mark(hub, shipped_weights, tmp_path):
+    """Notes added in the Hub's editor survive the push of new weights whose card has none; a card's own notes win."""
+    from huggingface_hub import HfApi
+
+    from catsdogs.hub import push_outputs
+    from catsdogs.model import NOTES_MARK
+
+    api, repo = HfApi(token=WRITE_TOKEN), "tester/noted"
+    first = Path(shutil.copytree(shipped_weights, tmp_path / "first"))
+    card = first / "README.md"
+    card.write_text(card.read_text().partition(NOTES_MARK)[0] + NOTES_MARK)  # as train.py writes it: no notes
+    push_outputs(first, repo, token=WRITE_TOKEN)
+    notes = "\n\n## Notes\n\nOur two cats, photographed at night.\n"
+    api.upload_file(path_or_fileobj=(card.read_text() + notes).encode(), path_in_repo="README.md", repo_id=repo)
+
+    def hub_card() -> str:
+        return Path(api.hf_hub_download(repo, "README.md")).read_text()
+
+    second = Path(shutil.copytree(first, tmp_path / "second"))  # new weights, their card without notes
+    push_outputs(second, repo, token=WRITE_TOKEN)
+    assert hub_card().endswith(NOTES_MARK + notes) and hub_card() == (second / "README.md").read_text()
+    third = Path(shutil.copytree(first, tmp_path / "third"))
+    (third / "README.md").write_text(card.read_text() + "\n\nWritten here.\n")
+    push_outputs(third, repo, token=WRITE_TOKEN)
+    assert hub_card().endswith(NOTES_MARK + "\n\nWritten here.\n")
+
+
 def test_fine_tuning_starts_from_a_hub_model_and_the_card_names_it(hub, shipped_weights, shared_data, tmp_path,
                                                                    train_in_process):
     """--init-from a Hub repo with a learning rate of 0: the run keeps exactly the weights it started from, which
