@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import itertools
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 if __name__ == "__main__":  # the allocator train.py runs on (jemalloc where installed; CATSDOGS_ALLOCATOR=system: not)
@@ -59,86 +60,96 @@ class SeedStylePhotos(Dataset):
             return self.transform(image.convert("RGB")), self.photos.labels[i]
 
 
+SEED_NAME = "seed style: PIL DataLoader, batch 20, fp32, NCHW, Adam"
+Step = Callable[[], int | None]  # one timed training step; returns the photos it took when not the full batch
+
+
+def feed(loader: PhotoLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches, epoch after epoch, as train.py draws them."""
+    return (batches for epoch in itertools.count(1) for batches in loader.epoch(epoch))
+
+
+def our_step(run, batches: Iterator) -> Step:
+    """train.py's own step (`RunState.step`) on the loader's next batch."""
+    def step() -> int:
+        images, labels = next(batches)
+        run.step(images, labels)
+        return len(labels)  # an epoch's last batch may be smaller
+    return step
+
+
+def seed_style_step(photos: Photos, device: torch.device) -> Step:
+    """The seed project's step: a PIL DataLoader of batch 20, fp32, NCHW, Adam at lr 1e-3."""
+    model = CatsDogsCNN(class_names=CLASS_NAMES).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(SeedStylePhotos(photos), batch_size=20, shuffle=True, drop_last=True,
+                        num_workers=min(8, os.cpu_count() or 1), persistent_workers=True,
+                        pin_memory=device.type == "cuda")
+    batches = iter(())
+
+    def step() -> None:
+        nonlocal batches
+        try:
+            images, targets = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            images, targets = next(batches)
+        loss = nn.functional.cross_entropy(model(images.to(device)), targets.to(device))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return step
+
+
 def measure(device: torch.device, photos: Photos, seconds: float, rounds: int, compiled: bool) -> list[list]:
     batch = 512 if device.type == "cuda" else 64
     config = TrainConfig(data="", schedule="constant", batch_size=batch, compile="off")
     loader = PhotoLoader.load(photos, INPUT_SIZE, device, "benchmark", workers=os.cpu_count() or 1, verbose=False,
                               batch_size=batch, augment=True)
-    epochs = (batches for epoch in itertools.count(1) for batches in loader.epoch(epoch))
+    batches = feed(loader)
     chosen = start_run(config, device, loader.steps, batch).layout  # train.py's own decision
     print(f"{device.type}: train.py would train in {chosen.describe()}", flush=True)
-
-    def ours_in(layout: Layout):  # train.py's own run, loader and step, the model in `layout`
-        run = start_run(dataclasses.replace(config, memory_format=layout.value), device, loader.steps, batch)
-
-        def step():
-            images, labels = next(epochs)
-            run.step(images, labels)
-            return len(labels)  # an epoch's last batch may be smaller
-        return step, run
-
-    ours = {layout: ours_in(layout) for layout in Layout}
-    premade_images, premade_labels = next(epochs)
-    chosen_run = ours[chosen.layout][1]
-    precision, model = chosen_run.precision, chosen_run.model
-
-    def premade():
-        chosen_run.step(premade_images, premade_labels)
-
-    compiled_steps = {}
+    runs = {layout: start_run(dataclasses.replace(config, memory_format=layout.value), device, loader.steps, batch)
+            for layout in Layout}  # train.py's own run, loader and step, the model in each layout
+    chosen_run = runs[chosen.layout]
+    precision = chosen_run.precision
+    names = {layout: f"ours: photos in memory + augmentation, batch {batch}, {precision.name}, {layout.label}"
+             + (" (auto's choice)" if layout is chosen.layout else "") for layout in Layout}
+    steps = {names[layout]: (our_step(run, batches), batch) for layout, run in runs.items()}
     if compiled:  # train.py's step under --compile on, in auto's layout; compiled for both of an epoch's batch sizes
         last_batch = len(loader) - (loader.steps - 1) * batch
         compiled_run = start_run(dataclasses.replace(config, memory_format=chosen.layout.value, compile="on"),
                                  device, loader.steps, batch, last_batch=last_batch)
         print(f"{device.type}: the compiled step compiled in {compiled_run.compile_seconds:.1f} s", flush=True)
+        steps[f"ours compiled (torch.compile, --compile on): batch {batch}, {precision.name}, "
+              f"{chosen.layout.label}"] = (our_step(compiled_run, batches), batch)
+    premade = next(batches)
 
-        def compiled_step():
-            images, labels = next(epochs)
-            compiled_run.step(images, labels)
-            return len(labels)
-        compiled_steps[f"ours compiled (torch.compile, --compile on): batch {batch}, {precision.name}, "
-                       f"{chosen.layout.label}"] = (compiled_step, batch)
-
-    seed_model = CatsDogsCNN(class_names=CLASS_NAMES).to(device).train()  # NCHW, fp32
-    seed_optimizer = torch.optim.Adam(seed_model.parameters(), lr=1e-3)
-    seed_loader = DataLoader(SeedStylePhotos(photos), batch_size=20, shuffle=True, drop_last=True,
-                        num_workers=min(8, os.cpu_count() or 1), persistent_workers=True,
-                        pin_memory=device.type == "cuda")
-    seed_batches = iter(())
-
-    def seed_style():
-        nonlocal seed_batches
-        try:
-            images, targets = next(seed_batches)
-        except StopIteration:
-            seed_batches = iter(seed_loader)
-            images, targets = next(seed_batches)
-        loss = nn.functional.cross_entropy(seed_model(images.to(device)), targets.to(device))
-        seed_optimizer.zero_grad()
-        loss.backward()
-        seed_optimizer.step()
-
-    names = {layout: f"ours: photos in memory + augmentation, batch {batch}, {precision.name}, {layout.label}"
-             + (" (auto's choice)" if layout is chosen.layout else "") for layout in Layout}
-    premade_name = f"the same step on one pre-made batch ({batch}, {precision.name}, {chosen.layout.label})"
-    seed_name = "seed style: PIL DataLoader, batch 20, fp32, NCHW, Adam"
-    steps = {**{names[layout]: (step, batch) for layout, (step, _) in ours.items()}, **compiled_steps,
-             premade_name: (premade, batch), seed_name: (seed_style, 20)}
+    def premade_step() -> None:  # always the full batch
+        chosen_run.step(*premade)
+    steps[f"the same step on one pre-made batch ({batch}, {precision.name}, {chosen.layout.label})"] = (
+        premade_step, batch)
+    steps[SEED_NAME] = (seed_style_step(photos, device), 20)
     rates = interleaved_rates(steps, seconds, rounds, device)
-    flops = flops_per_photo(model, training=True)
-    peak_ours = compute_peak(device, precision.dtype)
-    peak_fp32 = compute_peak(device, torch.float32) if precision.dtype != torch.float32 else peak_ours
-    peaks = dict.fromkeys(steps, peak_ours) | {seed_name: peak_fp32}
-    ours_rate, seed_rate = rates[names[chosen.layout]], rates[seed_name]
-    best_fixed = max(rates[names[layout]] for layout in Layout)
+    return table(device, rates, names[chosen.layout], [names[layout] for layout in Layout],
+                 flops_per_photo(chosen_run.model, training=True), precision.dtype)
+
+
+def table(device: torch.device, rates: dict[str, float], ours: str, layouts: list[str], flops: float,
+          dtype: torch.dtype) -> list[list]:
+    """A row per step (images/s, GFLOP/s, share of the device's peak in its precision, speed against the seed
+    style), then the ratios the targets are about."""
+    peak_ours = compute_peak(device, dtype)
+    peaks = dict.fromkeys(rates, peak_ours) | {SEED_NAME: compute_peak(device, torch.float32)}
     rows = [[f"{device.type}: {name}", rate, rate * flops / 1e9, f"{rate * flops / peaks[name]:.0%}",
-             f"{rate / seed_rate:.2f}x"] for name, rate in rates.items()]
+             f"{rate / rates[SEED_NAME]:.2f}x"] for name, rate in rates.items()]
+    premade = next(name for name in rates if name.startswith("the same step on one pre-made batch"))
     rows.append([f"{device.type}: best fixed layout / auto's choice (target <= 1.1)", "", "", "",
-                 f"{best_fixed / ours_rate:.2f}x"])
+                 f"{max(rates[name] for name in layouts) / rates[ours]:.2f}x"])
     rows.append([f"{device.type}: pre-made batch / our pipeline (target <= 1.1)", "", "", "",
-                 f"{rates[premade_name] / ours_rate:.2f}x"])
-    for name in compiled_steps:
-        ratio = f"{rates[name] / ours_rate:.2f}x"
+                 f"{rates[premade] / rates[ours]:.2f}x"])
+    for name in (name for name in rates if name.startswith("ours compiled")):
+        ratio = f"{rates[name] / rates[ours]:.2f}x"
         rows.append([f"{device.type}: compiled / eager, the same layout", "", "", "", ratio])
     return rows
 
