@@ -44,8 +44,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The photo files in `folder` and its sub-folders, in order."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """The photo files in `folder` and its sub-folders, in order; hidden ones left out (a name starting with a dot:
+    macOS's `._photo.jpg` companions, thumbnail caches)."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 _TRANSPOSE = {  # EXIF orientation -> the transposition that makes the photo upright (as ImageOps.exif_transpose)
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,

@@ -24,7 +24,8 @@ def classifier() -> Classifier:
 
 @pytest.fixture
 def photos(tmp_path, shared_data):
-    """A folder as people have one: photos in sub-folders, a damaged photo, a file that is not a photo at all."""
+    """A folder as people have one: photos in sub-folders, a damaged photo, a file that is not a photo at all,
+    hidden files and folders."""
     folder = tmp_path / "pictures"
     (folder / "2024" / "summer").mkdir(parents=True)
     shutil.copy(EXAMPLES / "chelsea.jpg", folder / "chelsea.jpg")
@@ -32,6 +33,9 @@ def photos(tmp_path, shared_data):
     shutil.copy(shared_data / "dogs-vs-cats-fullres-sample" / "dog.7.jpg", folder / "2024" / "summer" / "rex.JPG")
     (folder / "2024" / "cut.jpg").write_bytes((EXAMPLES / "coffee.jpg").read_bytes()[:4000])
     (folder / "notes.txt").write_text("not a photo, and not named like one: left out\n")
+    (folder / "._chelsea.jpg").write_bytes(b"\0\5\26\7 macOS's resource fork: hidden, left out")
+    (folder / ".thumbnails").mkdir()
+    shutil.copy(EXAMPLES / "grass.jpg", folder / ".thumbnails" / "chelsea.jpg")  # hidden folder: left out
     return folder
 
 
