@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"no epoch beat the starting weights (--init-from {config.init_from}: "
             f"{summary['start_val_accuracy']:.2%} before training): they are the better choice; a lower --lr or more "
             "photos may do better")
+    output = shlex.quote(config.output)
+    say(f"try them: python app.py --model {output}\n"
+        f"          python -m catsdogs.predict PHOTOS_OR_FOLDERS --model {output}")
     if args.push and main_process:
         try:
             url = push_outputs(config.output, args.repo_id, private=args.private)

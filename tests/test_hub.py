@@ -326,3 +326,6 @@ def test_fine_tuning_starts_from_a_hub_model_and_the_card_names_it(hub, shipped_
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["start_val_accuracy"] == pytest.approx(
         float(before[1]) / 100, abs=5e-5)
     assert f"no epoch beat the starting weights (--init-from tester/base: {before[1]}% before training)" in stdout
+    out = tmp_path / "out"
+    assert stdout.rstrip().endswith(f"try them: python app.py --model {out}\n"
+                                    f"          python -m catsdogs.predict PHOTOS_OR_FOLDERS --model {out}")
