@@ -90,11 +90,12 @@ def answer_photos(classifier: Classifier, photos: list[Path], rows, progress: bo
 
 @contextlib.contextmanager
 def csv_output(path: str | None):
-    """A csv writer on the file at `path` (replaced), or on stdout."""
+    """A csv writer on the file at `path` (replaced; each row reaches it as it is written, so that a killed run
+    keeps them), or on stdout."""
     if path is None:
         yield csv.writer(sys.stdout)
         return
-    with open(path, "w", newline="", encoding="utf-8") as file:
+    with open(path, "w", newline="", encoding="utf-8", buffering=1) as file:  # line-buffered
         yield csv.writer(file)
 
 
