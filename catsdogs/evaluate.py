@@ -27,7 +27,7 @@ from catsdogs.checkpoint import WriteError
 from catsdogs.data import CLASS_NAMES, DataError, Found, Photos, choose_split
 from catsdogs.device import DeviceError, Precision, pick_device
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, is_local_folder, load_model, read_metrics
-from catsdogs.inference import compiled_for_predictions, load_not_pet_score
+from catsdogs.inference import UNSURE_BELOW, answers_of, compiled_for_predictions, load_not_pet_score
 from catsdogs.loader import PhotoLoader, find
 from catsdogs.metrics import BINS, auroc, confusion_matrix, measure, per_class
 from catsdogs.model import CatsDogsCNN, predict_with_features, scoring_batch
@@ -168,8 +168,23 @@ def evaluate(model: str | Path, data: str | Path, split: str = "all", revision: 
              "probability": confidence[i]} for i in worst],
         "skipped": [{"path": str(path), "reason": reason} for path, reason in scores.skipped],
         "warnings": scores.warnings,
+        "as_the_demo_answers": as_the_demo_answers(scores, labels),
         **({"not_pets": not_pet_report(scores, Path(not_pets))} if not_pets else {}),
     }
+
+
+def as_the_demo_answers(scores: Scores, labels: list[int]) -> dict:
+    """What the demo answers for these labelled photos (`inference.answers_of`): how many it calls neither, how
+    many of the rest it is not sure about (top probability under UNSURE_BELOW), and how many of each have the right
+    top class."""
+    not_pet_score = load_not_pet_score(scores.folder, scores.network)
+    answers = answers_of(scores.network, not_pet_score, scores.logits, scores.features)
+    groups = {"sure": [], "not_sure": [], "not_a_pet": []}
+    for answer, label in zip(answers, labels, strict=True):
+        group = "not_a_pet" if answer.not_a_pet else "not_sure" if answer.unsure else "sure"
+        groups[group].append(answer.top_class == CLASS_NAMES[label])
+    return {"not_sure_below": UNSURE_BELOW, "tells_not_pets": not_pet_score is not None,
+            **{group: {"photos": len(right), "right": sum(right)} for group, right in groups.items()}}
 
 
 def not_pet_report(scores: Scores, folder: Path) -> dict:
@@ -266,6 +281,7 @@ def format_report(report: dict) -> str:
     lines.append(f"\ncalibration ({c['bins']} bins): expected calibration error {c['ece']:.2%} with the weights' "
                  f"temperature {c['temperature']:.3f}, {c['ece_without_temperature']:.2%} without; negative log "
                  f"likelihood {c['nll']:.4f}, {c['nll_without_temperature']:.4f} without")
+    lines.append(demo_line(report["as_the_demo_answers"]))
     if report["mistakes"]:
         lines.append(f"\n{len(report['mistakes'])} most confident mistakes:")
         lines += [f"  {m['probability']:7.2%} {m['predicted']} (true {m['true']})  {m['path']}"
@@ -273,6 +289,17 @@ def format_report(report: dict) -> str:
     if "not_pets" in report:
         lines += not_pet_lines(report["not_pets"], report["n"])
     return "\n".join(lines)
+
+
+def demo_line(answered: dict) -> str:
+    """The demo's answers, as a person reads them: sure, not sure, neither, and how often each is right."""
+    def group(name: str, words: str) -> str:
+        photos, right = answered[name]["photos"], answered[name]["right"]
+        return f"{photos} {words}" + (f" ({right / photos:.2%} right)" if photos else "")
+    neither = (f", {answered['not_a_pet']['photos']} called not a cat or a dog" if answered["tells_not_pets"]
+               else " (these weights cannot tell non-pets)")
+    not_sure = f"not sure, top probability under {answered['not_sure_below']:.0%}"
+    return f"\nas the demo answers them: {group('sure', 'sure')}, {group('not_sure', not_sure)}{neither}"
 
 
 def not_pet_lines(found: dict, pets: int) -> list[str]:

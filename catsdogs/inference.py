@@ -135,6 +135,20 @@ def load_not_pet_score(folder: Path, model: CatsDogsCNN) -> NotPetScore | None:
     return score
 
 
+def answers_of(model: CatsDogsCNN, not_pet_score: NotPetScore | None, logits: torch.Tensor,
+               features: torch.Tensor) -> list[Answer]:
+    """The Answers to one pass's logits and penultimate features: the calibrated probabilities and, where there is a
+    score, the "not a pet" verdict. The app, the commands and evaluate's account of the demo's answers all come
+    through here."""
+    probabilities = model.probabilities(logits).tolist()
+    if not_pet_score is None:
+        return [Answer(dict(zip(model.class_names, row))) for row in probabilities]
+    distances = not_pet_score.score(features)
+    pets = not_pet_score.within(distances).tolist()
+    return [Answer(dict(zip(model.class_names, row)), not pet, distance)
+            for row, pet, distance in zip(probabilities, pets, distances.tolist(), strict=True)]
+
+
 class Classifier:
     """A model loaded once and kept on its device: the app's (and the benchmarks') path from photo to answer, and
     the one place the "not a pet" score (`notpet.safetensors` beside the weights, when there is one) is applied.
@@ -202,10 +216,4 @@ class Classifier:
         if not images:
             return []
         logits, features = predict_with_features(self.network, torch.stack(images), self.chunk)  # one pass
-        probabilities = self.model.probabilities(logits).tolist()
-        if self.not_pet_score is None:
-            return [Answer(dict(zip(self.class_names, row))) for row in probabilities]
-        distances = self.not_pet_score.score(features)
-        pets = self.not_pet_score.within(distances).tolist()
-        return [Answer(dict(zip(self.class_names, row)), not pet, distance)
-                for row, pet, distance in zip(probabilities, pets, distances.tolist(), strict=True)]
+        return answers_of(self.model, self.not_pet_score, logits, features)

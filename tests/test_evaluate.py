@@ -38,6 +38,9 @@ def error_of(capsys, *args: str) -> str:
 def assert_consistent(report: dict) -> None:
     matrix = report["confusion_matrix"]
     assert sum(map(sum, matrix)) == report["n"]
+    groups = [report["as_the_demo_answers"][name] for name in ("sure", "not_sure", "not_a_pet")]
+    assert sum(group["photos"] for group in groups) == report["n"]  # every photo in one of the demo's answers
+    assert sum(group["right"] for group in groups) == report["correct"]  # the same top classes
     assert sum(matrix[c][c] for c in range(2)) == report["correct"] == round(report["accuracy"] * report["n"])
     for c, name in enumerate(report["class_names"]):
         row = report["per_class"][name]
@@ -198,6 +201,9 @@ def test_shipped_weights_on_full_size_photos_score_what_the_readme_claims(shared
     calibration = report["calibration"]
     assert calibration["temperature"] < 1 and calibration["ece"] < calibration["ece_without_temperature"]
     classifier = Classifier(weights)  # the app's own path shows the same calibrated percentages
+    answers = classifier.predict(sorted((shared_data / "dogs-vs-cats-fullres-sample").glob("*.jpg")))
+    assert [report["as_the_demo_answers"][name]["photos"] for name in ("not_a_pet", "not_sure")] == [
+        sum(answer.not_a_pet for answer in answers), sum(answer.unsure for answer in answers)]  # as the app answers
     for mistake in report["mistakes"]:
         shown = classifier.predict([mistake["path"]])[0].probabilities[mistake["predicted"]]
         assert shown == pytest.approx(mistake["probability"], abs=1e-4), mistake
