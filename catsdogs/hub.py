@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +155,12 @@ def keep_hub_notes(api: HfApi, repo_id: str, card: Path) -> None:
     except (EntryNotFoundError, RevisionNotFoundError):  # a new repo, or one without a card
         return
     if (notes := own_notes(hub_card)).strip():
-        card.write_text(with_notes(card.read_text(encoding="utf-8"), notes), encoding="utf-8")
+        written = card.with_name(f".{card.name}.with-notes")  # moved in whole: a full disk leaves the card as it was
+        try:
+            written.write_text(with_notes(card.read_text(encoding="utf-8"), notes), encoding="utf-8")
+            os.replace(written, card)
+        finally:
+            written.unlink(missing_ok=True)
 
 
 def retry_command(output_dir: str | Path, repo_id: str, private: bool) -> str:
