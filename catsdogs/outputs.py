@@ -9,8 +9,11 @@ two names of a folder outside it, so a published card never shows the training m
 import json
 import os
 import shlex
+import signal
 import tempfile
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,26 @@ FIGURE_BYTES = 2**20  # the most a plot's PNG takes
 TRAIN_PATH_FLAGS = tuple("--" + name.replace("_", "-") for name in PATH_SETTINGS)
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C or a kill (SIGINT; SIGTERM, which train.py turns into the same) while the outputs are made is acted on
+    once they are written, by the handler it would have met. Raised in the middle, inside matplotlib's drawing code,
+    the KeyboardInterrupt came out as an unrelated error (a ValueError) with a half-made set of outputs."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
+        yield
+        return
+    received = []
+    handlers = {stop: signal.signal(stop, lambda number, frame: received.append(number))
+                for stop in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for stop, handler in handlers.items():
+            signal.signal(stop, handler)
+        for stop in dict.fromkeys(received):
+            signal.raise_signal(stop)
+
+
 def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any], metrics: dict[str, Any],
                  figures: dict[str, Figure], not_pet_score: NotPetScore | None = None) -> None:
     """Write weights, config, card, metrics, plots and the "not a pet" score of these weights (a score left from
@@ -37,7 +60,7 @@ def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any
     never leaves a half-written file behind; a full disk is a WriteError, the earlier files left whole.
     """
     output_dir = Path(output_dir)
-    with writing(f"the weights and their card to {output_dir}/"):
+    with interrupts_deferred(), writing(f"the weights and their card to {output_dir}/"):
         output_dir.mkdir(parents=True, exist_ok=True)
         weights = sum(p.nbytes for p in model.state_dict().values())
         require_room(output_dir, weights + FIGURE_BYTES * len(figures), f"the weights and their card ({output_dir}/)")

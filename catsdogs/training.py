@@ -47,6 +47,7 @@ from catsdogs.notpet import BANK_PER_CLASS, SEED, NotPetScore, bank_indices, fit
 from catsdogs.outputs import (
     card_details,
     human_duration,
+    interrupts_deferred,
     portable_command,
     portable_config,
     portable_path,
@@ -594,6 +595,11 @@ def _summary(config: TrainConfig, command: str, device: str, ranks: Ranks, split
 
 
 def _write_outputs(config: TrainConfig, run: RunState, summary: dict) -> None:
+    with interrupts_deferred():  # the plots are drawn here and in save_outputs
+        _draw_and_save_outputs(config, run, summary)
+
+
+def _draw_and_save_outputs(config: TrainConfig, run: RunState, summary: dict) -> None:
     model = build_model(config, run.calibration.temperature if run.calibration else 1.0)
     model.load_state_dict(run.best_weights)
     best = next(r for r in run.history if r.epoch == run.best_epoch)

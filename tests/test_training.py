@@ -422,6 +422,29 @@ def test_a_write_that_fails_midway_ends_with_the_resume_command_and_the_checkpoi
     assert load_checkpoint(checkpoint)["epoch"] == 1 and os.listdir(checkpoint.parent) == [checkpoint.name]
 
 
+def test_a_kill_while_the_plots_are_drawn_lets_the_outputs_finish_then_stops_as_any_kill(tmp_path, monkeypatch,
+                                                                                        train_in_process):
+    """A kill (torchrun's SIGTERM when a peer fails, or Ctrl-C) that lands inside matplotlib's drawing once came out
+    of its C code as a ValueError with a traceback; now the outputs are finished first, then the run stops."""
+    from matplotlib.figure import Figure
+
+    data = write_kaggle_folder(tmp_path / "photos", per_class=6)
+    draw = Figure.savefig
+
+    def killed_while_drawing(figure, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return draw(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", killed_while_drawing)
+    out, checkpoint = tmp_path / "out", tmp_path / "ck" / "last.safetensors"
+    status, _, err = train_in_process("--data", str(data), "--epochs", "3", "--batch-size", "4", "--val-fraction",
+                                      "0.25", "--output", str(out), "--checkpoint", str(checkpoint))
+    assert status == 130 and "Traceback" not in err
+    assert f"interrupted in epoch 1: 1 finished epochs are saved in {checkpoint}, the best weights so far in " \
+           f"{out}/" in err, err
+    assert {p.name for p in out.iterdir()} == OUTPUT_FILES  # every plot drawn and saved
+
+
 def test_a_full_disk_is_said_in_words():
     from safetensors import SafetensorError
 
