@@ -33,8 +33,8 @@ TRAIN_PATH_FLAGS = tuple("--" + name.replace("_", "-") for name in PATH_SETTINGS
 @contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """Ctrl-C or a kill (SIGINT; SIGTERM, which train.py turns into the same) while the outputs are made is acted on
-    once they are written, by the handler it would have met. Raised in the middle, inside matplotlib's drawing code,
-    the KeyboardInterrupt came out as an unrelated error (a ValueError) with a half-made set of outputs."""
+    once they are written, by the handler it would have met: raised inside matplotlib's drawing code, a
+    KeyboardInterrupt comes out as an unrelated error (a ValueError) and leaves the outputs half made."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
         yield
         return

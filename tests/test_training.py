@@ -424,8 +424,8 @@ def test_a_write_that_fails_midway_ends_with_the_resume_command_and_the_checkpoi
 
 def test_a_kill_while_the_plots_are_drawn_lets_the_outputs_finish_then_stops_as_any_kill(tmp_path, monkeypatch,
                                                                                         train_in_process):
-    """A kill (torchrun's SIGTERM when a peer fails, or Ctrl-C) that lands inside matplotlib's drawing once came out
-    of its C code as a ValueError with a traceback; now the outputs are finished first, then the run stops."""
+    """A kill (torchrun's SIGTERM when a peer fails, or Ctrl-C) that lands while a plot is drawn waits until every
+    output is written (raised inside matplotlib's C code it would come out as a ValueError), then stops the run."""
     from matplotlib.figure import Figure
 
     data = write_kaggle_folder(tmp_path / "photos", per_class=6)
