@@ -5,6 +5,7 @@ whole photo squashed into the square, as the Kaggle photos we train on were),
 and normalised on the device just before the network sees it.
 """
 
+import re
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -44,10 +45,18 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The photo files in `folder` and its sub-folders, in order; hidden ones left out (a name starting with a dot:
-    macOS's `._photo.jpg` companions, thumbnail caches)."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    """The photo files in `folder` and its sub-folders, in natural order; hidden ones left out (a name starting with
+    a dot: macOS's `._photo.jpg` companions, thumbnail caches)."""
+    return sorted((p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts)), key=natural_order)
+
+
+def natural_order(path: Path) -> tuple[list[str | int], str]:
+    """Sort key that lists names as file managers do (timm's natural_key): IMG_2.jpg before IMG_10.jpg, case ignored;
+    the name itself breaks ties."""
+    pieces = re.split(r"(\d+)", str(path))  # text, number, text, ...: the numbers at the odd places
+    return [int(piece) if i % 2 else piece.lower() for i, piece in enumerate(pieces)], str(path)
+
 
 _TRANSPOSE = {  # EXIF orientation -> the transposition that makes the photo upright (as ImageOps.exif_transpose)
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge, centre_crop, load_photo, normalize, open_rgb
+from catsdogs.preprocess import (BAD_IMAGE_ERRORS, ImageTooLarge, centre_crop, image_files, load_photo, normalize,
+                                 open_rgb)
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> io.BytesIO:
@@ -160,6 +161,15 @@ def test_bad_files_raise_known_errors(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2x this is a "decompression bomb"
     with pytest.raises(ImageTooLarge, match="decompression bombs"):
         load_photo(encoded(Image.new("RGB", (100, 100)), "PNG"), 224)
+
+
+def test_a_folder_s_photos_are_listed_as_a_file_manager_lists_them(tmp_path):
+    names = ["2024/2/a.jpg", "2024/12/a.jpg", "IMG_2.jpg", "img_3.JPG", "IMG_10.jpg", "IMG_010.png", "IMG_10.png",
+             "pet1.jpg", "pet²a.jpg"]  # "²" is no decimal digit: plain text
+    for name in [*names, "IMG_4.txt", ".IMG_1.jpg"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert [p.relative_to(tmp_path).as_posix() for p in image_files(tmp_path)] == names
 
 
 def test_normalize_uses_the_given_statistics():
