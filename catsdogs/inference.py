@@ -45,7 +45,7 @@ def compiled_for_predictions(model: CatsDogsCNN, batch_sizes: Sequence[int]) -> 
     """What runs `model`'s predictions (`predict_logits` takes either): on CUDA the model compiled with
     torch.compile, warmed up on blank photos of each of `batch_sizes` (a large one and 1: the second size makes the
     compiler cover every size), its weights still the module's; elsewhere the model itself (on a CPU compiled
-    predictions measured no clear gain, docs/performance.md#compiling-on-a-cpu). Returns it and the seconds the
+    predictions measured no faster, docs/performance.md#compiling-on-a-cpu). Returns it and the seconds the
     warm-up took (None: not compiled)."""
     device = next(model.parameters()).device
     if device.type != "cuda":
