@@ -17,6 +17,12 @@ from catsdogs.checkpoint import load_checkpoint
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
+def env(**changes: str) -> dict[str, str]:
+    """The tests' environment for a launch: a process that aborts in C++ code (SIGABRT, SIGSEGV) prints its Python
+    threads' stacks, which the failure's message then shows."""
+    return {**os.environ, "PYTHONFAULTHANDLER": "1", **changes}
+
+
 # The moving average and the mirror on: each process keeps its own average, which must stay in step and resume exactly.
 # Two epochs: a kill after the first one's checkpoint leaves one to resume.
 DDP_RECIPE = {**EASY_TASK, "epochs": 2, "ema_decay": 0.5, "tta": "mirror"}
@@ -47,7 +53,7 @@ def ddp_run(easy_photos, tmp_path_factory):
     launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "test",
               "tests/ddp_probe.py", str(records), *train_args(data, out)]
-    agents = [subprocess.Popen(launch, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+    agents = [subprocess.Popen(launch, cwd=ROOT, env=env(OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [agent.communicate(timeout=300) for agent in agents]
     assert [agent.returncode for agent in agents] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
@@ -107,8 +113,8 @@ def test_killing_one_process_fails_the_run_and_resume_ends_exactly_where_the_uni
     data, _ = easy_photos
     args = train_args(data, tmp_path)  # the same run as ddp_run's
     checkpoint = tmp_path / "ck" / "last.safetensors"
-    run = subprocess.Popen([*TORCHRUN, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
+    run = subprocess.Popen([*TORCHRUN, "train.py", *args], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -123,9 +129,9 @@ def test_killing_one_process_fails_the_run_and_resume_ends_exactly_where_the_uni
     assert f"{completed} finished epochs are saved" in stderr
     assert f"resume with: torchrun --nproc-per-node 2 train.py {' '.join(args)} --resume" in stderr
 
-    resumed = subprocess.run([*TORCHRUN, "train.py", *args, "--resume"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = subprocess.run([*TORCHRUN, "train.py", *args, "--resume"], cwd=ROOT, env=env(), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-8000:]
     assert f"after epoch {completed}" in resumed.stdout
     history = json.loads((tmp_path / "weights" / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2]
@@ -138,7 +144,7 @@ def test_one_process_under_torchrun_is_ddp_and_trains_exactly_as_a_plain_run(eas
     data, _ = easy_photos
     launches = {"torchrun": [*TORCHRUN[:-1], "1", "train.py"], "plain": [sys.executable, "train.py"]}
     starts = {"epochs": 1, "whiten": True, "identity_start": True}
-    runs = {name: subprocess.Popen([*launch, *train_args(data, tmp_path / name, **starts)], cwd=ROOT,
+    runs = {name: subprocess.Popen([*launch, *train_args(data, tmp_path / name, **starts)], cwd=ROOT, env=env(),
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for name, launch in launches.items()}  # side by side
     stdout = {}
@@ -160,7 +166,7 @@ def test_a_refused_output_stops_every_process_at_once(easy_photos, tmp_path):
     (out / "weights").mkdir(parents=True)
     (out / "weights" / "model.safetensors").write_bytes(b"an earlier run's weights")
     started = time.monotonic()
-    held_back = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "slow_first_process")}  # its sitecustomize.py
+    held_back = env(PYTHONPATH=str(ROOT / "tests" / "slow_first_process"))  # its sitecustomize.py
     result = subprocess.run([*TORCHRUN, "train.py", *train_args(data, out)], cwd=ROOT, env=held_back,
                             capture_output=True, text=True, timeout=120)
     # Under torchrun's 30 s grace period: the others stop on their own, not when torchrun kills them (~36 s).
