@@ -11,19 +11,17 @@ repo is wrong, the page says so and serves the shipped weights/ instead.
 
 What one request may cost is bounded (docs/limits.md): photos over preprocess.MAX_PIXELS are refused
 before decoding however they arrive (upload, webcam, `data:` URL, link, live frame), a batch takes at most
-MAX_BATCH_FILES photos, run Classifier.chunk at a time, and request bodies are capped.
+MAX_BATCH_FILES photos, run Classifier.chunk at a time, and request bodies are capped. The page's inputs are
+catsdogs.components (hardened against bad input); what it says about the weights is catsdogs.page_text.
 """
 
 import argparse
-import base64
 import csv
 import io
 import ipaddress
 import os
 import threading
 import time
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,22 +41,23 @@ os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 from gradio.components.label import LabelConfidence, LabelData  # noqa: E402
-from gradio.exceptions import InvalidPathError  # noqa: E402
 from gradio.processing_utils import save_bytes_to_cache  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
-from huggingface_hub import ModelCard, constants  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
+from huggingface_hub import constants  # noqa: E402
+from PIL import Image  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
+from catsdogs.components import (NOT_A_PHOTO, AnswerLabel, Demo, PetPhoto, PetPhotos, UnreadablePhoto,  # noqa: E402
+                                 photo_errors, too_large)
 from catsdogs.explain import Explainer  # noqa: E402
-from catsdogs.hub import SHIPPED_WEIGHTS, HubError, is_local_folder, read_metrics  # noqa: E402
-from catsdogs.inference import NOT_A_PET, UNSURE_BELOW, Answer, Classifier  # noqa: E402
+from catsdogs.hub import SHIPPED_WEIGHTS, HubError, is_local_folder  # noqa: E402
+from catsdogs.inference import NOT_A_PET, Answer, Classifier  # noqa: E402
+from catsdogs.page_text import (answer_caption, answer_note, examples_answered, how_it_works, info_caption,  # noqa: E402
+                                 short_card)
 from catsdogs.predict import table_headers, table_row  # noqa: E402
-from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge  # noqa: E402
-from catsdogs.serving import LinkError, LinkFetcher, RequestSizeLimit, Visit  # noqa: E402
+from catsdogs.preprocess import ImageTooLarge  # noqa: E402
+from catsdogs.serving import LinkFetcher, RequestSizeLimit  # noqa: E402
 
-NOT_A_PHOTO = "This file is not a photo the app can read (is it a JPEG, PNG, WebP or GIF?)."
 # Limits per request (docs/limits.md): each bounds the memory or the time one request can take.
 MAX_FILE_BYTES = 20 * 2**20  # one photo file, uploaded or linked
 MAX_BATCH_FILES = 100  # photos per "Several photos" batch: ~5-10 s of the 2 CPU cores, one queue slot
@@ -138,134 +137,6 @@ ONE_DECIMAL_LABELS = """() => {
 }"""
 
 
-@dataclass
-class UnreadablePhoto:
-    """What PetPhoto hands on instead of a path when PIL cannot open the upload: the reason, for the user, and
-    the file (None for a `data:` URL)."""
-
-    reason: str
-    path: str | None = None
-
-
-def too_large(error: Exception) -> str:
-    return f"This image is too large: {error}. Send a smaller copy of it."
-
-
-# The current request's Visit (set by Demo.process_api), for the components that fetch links.
-VISIT: ContextVar[Visit] = ContextVar("visit")
-
-
-class FetchesLinks:
-    """A file component mixin: a link (gradio_client.handle_file(url)) is fetched by the Demo's LinkFetcher
-    (public addresses, size and time limits), not by Gradio's own download, which reads it whole into memory.
-    `class X(FetchesLinks, gr.Image)` is drawn by gr.Image's own frontend."""
-
-    is_template = True
-
-    def get_block_name(self) -> str:
-        """The Gradio component this one is drawn as: the class after this mixin (Gradio's default takes the
-        first base class, the mixin)."""
-        classes = type(self).__mro__
-        return classes[classes.index(FetchesLinks) + 1].__name__.lower()
-
-    get_block_class = get_block_name
-
-    async def async_move_resource_to_block_cache(self, url_or_file_path):
-        if isinstance(url_or_file_path, str) and url_or_file_path.startswith(("http://", "https://")):
-            try:
-                path = str(await VISIT.get().fetch(url_or_file_path, self.GRADIO_CACHE))
-            except LinkError as error:
-                raise gr.Error(f"The linked photo cannot be used: {error}.") from None
-            self.temp_files.add(path)
-            return path
-        return await super().async_move_resource_to_block_cache(url_or_file_path)
-
-
-class PetPhoto(FetchesLinks, gr.Image):
-    """gr.Image that never decodes a photo itself: every input reaches the handler as a file (or the bytes of a
-    `data:` URL), for Classifier to decode under its pixel limit; what cannot be read becomes an UnreadablePhoto.
-
-    Without this, gr.Image decodes a `data:` URL (an API call, a live frame) in full before any check, Gradio
-    downloads a link whole into memory, and a text file renamed .jpg fails inside Gradio with a bare "Error".
-    """
-
-    def preprocess(self, payload):
-        if payload is not None and payload.url and payload.url.startswith("data:"):
-            header, _, data = payload.url.partition(",")
-            try:
-                if not header.endswith(";base64"):
-                    raise ValueError("not base64")
-                return io.BytesIO(base64.b64decode(data, validate=True))
-            except ValueError:  # binascii.Error is one
-                return UnreadablePhoto(NOT_A_PHOTO)
-        try:
-            return super().preprocess(payload)  # type="filepath": opens the file's header only
-        except Image.DecompressionBombError:
-            return UnreadablePhoto(too_large(f"it has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"),
-                                   payload.path)
-        except (UnidentifiedImageError, OSError, ValueError):
-            return UnreadablePhoto(NOT_A_PHOTO, payload.path)
-
-
-class PetPhotos(FetchesLinks, gr.File):
-    """gr.File (several photos) whose links are fetched like PetPhoto's."""
-
-
-class AnswerLabel(gr.Label):
-    """gr.Label (drawn by its frontend) that also takes a LabelData, so its headline can be an answer that is none
-    of the classes ("not a cat or a dog") above the classes' probabilities."""
-
-    is_template = True
-
-    def postprocess(self, value):
-        return value if isinstance(value, LabelData) else super().postprocess(value)
-
-
-class Demo(gr.Blocks):
-    """gr.Blocks whose API calls with inputs of the wrong kind get the reason, not Gradio's bare {"error": null};
-    whose links are fetched by `links` with the limits of the visitor who sent them; and whose gr.Errors (a
-    person's bad photo or link) are one line in the log, not a traceback."""
-
-    def __init__(self, links: LinkFetcher, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.links = links
-
-    async def process_api(self, block_fn, inputs, state=None, request=None, **kwargs):
-        block_fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
-        VISIT.set(self.links.visit(client_address(request[0] if isinstance(request, list) else request)))
-        try:
-            return await super().process_api(block_fn, inputs, state, request, **kwargs)
-        except gr.Error as error:
-            print(f"refused /{block_fn.api_name}: {' '.join(str(error.message).split())}", flush=True)
-            error.print_exception = False  # Gradio prints the traceback of any other error
-            raise
-
-    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
-        try:
-            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
-        except gr.Error:  # already a message for the user (gr.Error is a ValueError too)
-            raise
-        except InvalidPathError:  # Gradio's message names the file's full path on this server
-            raise gr.Error(bad_input(block_fn, "a file that was not uploaded to this app")) from None
-        except ValidationError as error:  # the value is not what the component takes (e.g. a string for a photo)
-            problems = "; ".join(f"{problem['msg']} (got {problem['input']!r:.60})" for problem in error.errors()[:3])
-            raise gr.Error(bad_input(block_fn, problems)) from None
-        except ValueError as error:  # too few values, a file path that was never uploaded, ...
-            raise gr.Error(bad_input(block_fn, str(error).splitlines()[0].rstrip("."))) from None
-
-
-def client_address(request: gr.Request | None) -> str:
-    """Who sent a request, as its connection's address (Gradio's gr.Request.client)."""
-    client = getattr(request, "client", None)
-    return getattr(client, "host", None) or "unknown"
-
-
-def bad_input(block_fn, problem: str) -> str:
-    name = f"/{block_fn.api_name}" if block_fn.api_name else "this event"
-    return (f"The input of {name} is not what it takes: {problem}. Send photos as files with "
-            "gradio_client.handle_file(path_or_url) (see the page's \"Use via API\" link).")
-
-
 def load_classifier(model: str, revision: str | None) -> tuple[Classifier | None, str]:
     """The classifier to serve, and a warning for the page when it is not the one asked for."""
     try:
@@ -293,37 +164,8 @@ def shown_label(answer: Answer) -> dict:
     return gr.update(value=label_value(answer), elem_classes=["not-a-pet"] if answer.not_a_pet else [])
 
 
-def percent(probability: float) -> str:
-    """How every probability reads on the page, in captions and notes: one decimal."""
-    return f"{probability:.1%}"
-
-
-def answer_note(answer: Answer) -> str:
-    """The note under an answer: why it is neither, or that cat against dog is a guess."""
-    if answer.not_a_pet:
-        return ("🚫 **This doesn't look like a cat or a dog.** It is unlike every photo the network was trained on; "
-                "the percentages are what it would answer if it had to choose.")
-    if not answer.unsure:
-        return ""
-    cannot_tell = " These weights cannot tell non-pets: anything else also gets cat or dog." \
-        if answer.not_a_pet is None else ""
-    return (f"⚠️ **Not sure between cat and dog.** With a top score below {UNSURE_BELOW:.1%} the answer is a "
-            f"guess.{cannot_tell}")
-
-
 def took(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
-
-
-@contextmanager
-def photo_errors():
-    """Decoding problems become a message for the person who sent the photo."""
-    try:
-        yield
-    except ImageTooLarge as error:
-        raise gr.Error(too_large(error)) from None
-    except BAD_IMAGE_ERRORS:
-        raise gr.Error(NOT_A_PHOTO + " It may be damaged or cut short.") from None
 
 
 # Taking up a photo is a check and a change of a PhotoBox that two events of one visitor can make at once.
@@ -368,11 +210,7 @@ class BatchAnswer:
         return table_row(os.path.basename(self.photo), self.answer, class_names, self.problem)
 
     def caption(self) -> str:
-        top = self.answer.top_class
-        text = f"{top} {percent(self.answer.probabilities[top])}"
-        if self.answer.not_a_pet:
-            return f"{NOT_A_PET} ({text})"
-        return text + " · not sure" if self.answer.unsure else text
+        return answer_caption(self.answer)
 
 
 class Predictor:
@@ -482,144 +320,6 @@ def show_batch(predictor: Predictor, headers: list[str], files) -> tuple:
     table = pd.DataFrame(rows, columns=headers).style.format(precision=1, na_rep="-")  # 28.0, not 28
     return (gallery, table, write_csv(headers, rows),
             f"{len(answers)} photo{'s' if len(answers) != 1 else ''} answered in {took(seconds)}")
-
-
-@dataclass(frozen=True)
-class Accuracy:
-    """A validation accuracy the served weights state, and how it was measured."""
-
-    value: float
-    measured: str  # where and in what precision, e.g. "fp32 on a CPU"
-
-
-def stated_accuracy(classifier: Classifier) -> Accuracy | None:
-    """The validation accuracy the weights state for the kind of device serving them (metrics.json's
-    validation_by_device, written from a catsdogs.evaluate run there); else the one training measured (the model
-    card's), saying on what. The two differ by a few photos near 50%."""
-    metrics = read_metrics(classifier.folder)
-    here = metrics.get("validation_by_device", {}).get(classifier.device.type)
-    if here:
-        return Accuracy(here["accuracy"], here["measured"])
-    if classifier.val_accuracy is None:
-        return None
-    return Accuracy(classifier.val_accuracy, f"in training, {metrics['device']}" if "device" in metrics
-                    else "as the model card states it")
-
-
-def info_caption(classifier: Classifier | None) -> str:
-    """The line under the page saying what runs: the model, its stated accuracy, the device."""
-    if classifier is None:
-        return "No model loaded."
-    source = "the shipped weights" if classifier.source == str(SHIPPED_WEIGHTS) else f"`{classifier.source}`"
-    accuracy = stated_accuracy(classifier)
-    shown = (f"{percent(accuracy.value)} validation accuracy ({accuracy.measured})" if accuracy
-             else "validation accuracy not stated")
-    return f"Model: {source} · {shown} · running on the {classifier.device.type.upper()}"
-
-
-def how_it_works(classifier: Classifier | None, examples: str) -> str:
-    """The page's own explanation: the network, how good and how honest it was measured to be, its limits."""
-    accuracy = stated_accuracy(classifier) if classifier is not None else None
-    if accuracy is not None:
-        accuracy = (f"It was right on **{percent(accuracy.value)}** of the validation photos of its model card "
-                    f"({accuracy.measured}): Kaggle pet photos it never trained on.")
-    else:
-        accuracy = "These weights state no accuracy."
-    if classifier is not None and classifier.val_calibration_error is not None:
-        honesty = (f"The percentages are **calibrated**: answers shown at 90% were right about 90 times in 100 "
-                   f"(on average {classifier.val_calibration_error * 100:.1f} percentage points off, the expected "
-                   "calibration error).")
-    else:
-        honesty = "These weights carry no calibration: the percentages are the network's plain softmax."
-    return (
-        "**The network.** A small convolutional network (786,402 parameters: five blocks of 3×3 convolutions, "
-        "then two fully connected layers) trained on Kaggle's *Dogs vs. Cats* photos. It sees "
-        f"{what_it_sees(classifier)} and gives each class a probability. {accuracy} {honesty}\n\n"
-        f"{neither(classifier)}\n\n"
-        "**Where it looked.** The heatmap is Grad-CAM: the parts of the photo that pushed the network towards its "
-        "answer are red and yellow, those that did not keep their own colours. It shows what the network used, "
-        "not what a person would.\n\n"
-        f"**Limits.** {limits(classifier)} Below {UNSURE_BELOW:.1%} for the top class the page says it is not sure "
-        "between cat and dog. It judges the whole photo at once: several animals, drawings or a pet far away are "
-        f"guesses too. {examples}"
-    )
-
-
-def what_it_sees(classifier: Classifier | None) -> str:
-    """What of a photo the network looks at: the whole photo squashed to its input size, or the centred share of
-    it that the weights' config.json sets (crop_pct)."""
-    crop = classifier.model.crop_pct if classifier is not None else 1.0
-    size = classifier.model.image_size if classifier is not None else 224
-    if crop == 1:
-        return f"the whole photo squashed to {size}×{size} pixels"
-    return f"the photo squashed to {size}×{size} pixels, its middle {crop:.0%} (the edges trimmed)"
-
-
-def tells_non_pets(classifier: Classifier | None) -> bool:
-    return classifier is not None and classifier.not_pet_score is not None
-
-
-def neither(classifier: Classifier | None) -> str:
-    """What the page says about its third answer, from the weights' "not a pet" score (or its absence)."""
-    if not tells_non_pets(classifier):
-        return ("**Not a cat or a dog?** These weights carry no \"not a pet\" score: they cannot tell a photo of "
-                "something else, and answer cat or dog for anything.")
-    score = classifier.not_pet_score
-    return (f"**Not a cat or a dog.** The page also measures how unlike the training photos a photo is: the "
-            f"distance from the network's last features to those of the nearest training photos (the {score.k}-th "
-            f"nearest of {len(score.bank)}). Above the threshold ({score.rule}), the answer is *{NOT_A_PET}*, and "
-            "the two percentages stay, muted.")
-
-
-def limits(classifier: Classifier | None) -> str:
-    if not tells_non_pets(classifier):
-        return "It only knows cats and dogs: anything else still gets one of the two, often confidently."
-    return ("It knows cats and dogs, and tells apart pictures unlike its photos; faces and many everyday objects "
-            "still pass as pets and get cat or dog.")
-
-
-def examples_answered(classifier: Classifier | None) -> str:
-    """What these weights answer for the page's examples, in the gallery's words (so the page never promises
-    an answer the weights do not give)."""
-    if classifier is None:
-        return ""
-    answers = classifier.predict([EXAMPLES / name for name in EXAMPLE_PICTURES])
-    said = [f"{Path(name).stem} → *{BatchAnswer(name, answer).caption()}*"
-            for name, answer in zip(EXAMPLE_PICTURES, answers, strict=True)]
-    return f"What these weights answer for the examples: {'; '.join(said)}."
-
-
-def short_card(classifier: Classifier, full_card: str | None) -> str:
-    """The model card's headline figures, from the weights' own files (metrics.json, config.json, the card's
-    metadata), and `full_card`, a link to the whole card, under them."""
-    metrics = read_metrics(classifier.folder)
-    lines = ["**Model card, in short**"]
-    accuracy = stated_accuracy(classifier)
-    if accuracy is not None:
-        photos = f" of {metrics['n_val']:,} validation photos never trained on" if "n_val" in metrics else ""
-        lines.append(f"- Accuracy: {percent(accuracy.value)}{photos} ({accuracy.measured})")
-    if classifier.val_calibration_error is not None:
-        lines.append(f"- Calibration: {classifier.val_calibration_error * 100:.1f} percentage points off on "
-                     "average (expected calibration error)")
-    if tells_non_pets(classifier):
-        lines.append(f"- Not a cat or a dog: above a distance threshold, {classifier.not_pet_score.rule}")
-    if "train_counts" in metrics:
-        counts = ", ".join(f"{n:,} {name}s" for name, n in metrics["train_counts"].items())
-        lines.append(f"- Training data: {metrics['n_train']:,} photos of Kaggle's *Dogs vs. Cats* ({counts})")
-    licence = card_licence(classifier.folder)
-    if licence:
-        lines.append(f"- Licence: {licence}")
-    if full_card:
-        lines.append(f"\n{full_card}")
-    return "\n".join(lines)
-
-
-def card_licence(folder: Path) -> str | None:
-    try:
-        licence = ModelCard.load(folder / "README.md").data.license
-    except (OSError, ValueError):
-        return None
-    return licence.upper() if licence in {"mit", "bsd"} else licence
 
 
 def model_card(classifier: Classifier | None) -> None:
@@ -758,8 +458,9 @@ def build_demo(classifier: Classifier | None, startup_warning: str = "",
         photo, label, heatmap = photo_tab(predictor)
         live_tab(predictor)
         files, table = batch_tab(predictor)
+        examples = examples_answered(classifier, [EXAMPLES / name for name in EXAMPLE_PICTURES])
         with gr.Accordion("How it works, and its limits", open=True, elem_id="how-it-works"):
-            gr.Markdown(how_it_works(classifier, examples_answered(classifier)))
+            gr.Markdown(how_it_works(classifier, examples))
         model_card(classifier)
         gr.Markdown(info_caption(classifier), elem_id="info", elem_classes="caption")
         api_endpoints(predictor, photo, label, heatmap, files, table)

@@ -24,8 +24,10 @@ import app as demo_app
 from app import EXAMPLE_PICTURES, EXAMPLES
 from bench.app_memory import Server, status_mb
 from bench.app_memory_rounds import malloc_arenas
+from catsdogs.components import FetchesLinks
 from catsdogs.hub import push_outputs
 from catsdogs.inference import NOT_A_PET, UNSURE_BELOW
+from catsdogs.page_text import how_it_works
 
 BRICK = EXAMPLES / "brick.jpg"  # a picture the shipped not-a-pet score flags (tests/test_notpet.py)
 
@@ -344,7 +346,7 @@ def test_the_page_says_the_network_sees_the_whole_photo_for_weights_without_a_cr
     del config["not_a_pet"]  # the score was fitted with the crop, and the app would refuse it
     (weights / "notpet.safetensors").unlink()
     (weights / "config.json").write_text(json.dumps(config | {"crop_pct": 1.0}))
-    how = demo_app.how_it_works(demo_app.Classifier(weights), examples="")
+    how = how_it_works(demo_app.Classifier(weights), examples="")
     assert "It sees the whole photo squashed to 224×224 pixels and gives each class a probability." in how
 
 
@@ -498,7 +500,7 @@ def test_every_photo_input_fetches_links_itself():
     inputs = {demo.blocks[block_id] for fn in demo.fns.values() for block_id in
               (block._id for block in fn.inputs)}
     file_inputs = [block for block in inputs if isinstance(block, (gr.Image, gr.File, gr.Gallery))]
-    assert len(file_inputs) == 3 and all(isinstance(block, demo_app.FetchesLinks) for block in file_inputs)
+    assert len(file_inputs) == 3 and all(isinstance(block, FetchesLinks) for block in file_inputs)
     assert sorted(block.get_block_name() for block in file_inputs) == ["file", "image", "image"]  # their frontends
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVING = {"app", "catsdogs.inference", "catsdogs.model", "catsdogs.preprocess", "catsdogs.explain", "catsdogs.hub",
-           "catsdogs.serving", "catsdogs.device", "catsdogs.autotune", "catsdogs.notpet", "catsdogs.predict"}
+           "catsdogs.serving", "catsdogs.device", "catsdogs.autotune", "catsdogs.notpet", "catsdogs.predict",
+           "catsdogs.components", "catsdogs.page_text"}
 TRAINING = {"catsdogs.config", "catsdogs.loader", "catsdogs.cache", "catsdogs.data", "catsdogs.hub_data",
             "catsdogs.training", "catsdogs.calibrate", "catsdogs.outputs", "catsdogs.evaluate", "catsdogs.metrics",
             "catsdogs.checkpoint", "catsdogs.plots", "catsdogs.allocator", "catsdogs.fit_notpet"}

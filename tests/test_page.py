@@ -16,6 +16,7 @@ from test_app import confidences
 from test_browser import HEATMAP_SHOWN, chromium, no_broken_image, open_webcam, shown_answer, start_live_stream
 
 import app as demo_app
+from catsdogs.inference import NOT_A_PET, UNSURE_BELOW
 
 
 BRICK = demo_app.EXAMPLES / "brick.jpg"  # what the shipped not-a-pet score flags, through the webcam too
@@ -35,7 +36,7 @@ def open_page(browser, app, width: int = 1100, height: int = 900):
 
 def assert_neither(page, component: str, note: str) -> None:
     """The Label's headline is the third answer, its two probabilities muted beneath it, and the note says why."""
-    page.locator(f"#{component} [data-testid=label-output-value]").get_by_text(demo_app.NOT_A_PET).wait_for(
+    page.locator(f"#{component} [data-testid=label-output-value]").get_by_text(NOT_A_PET).wait_for(
         timeout=30_000)
     muted = page.locator(f"#{component} .confidence-set").evaluate_all(
         "sets => sets.map(e => Number(getComputedStyle(e).opacity))")
@@ -47,7 +48,7 @@ def test_clicking_an_example_gives_one_of_the_three_answers(browser, app):
     page = open_page(browser, app)
     page.get_by_text("Chelsea the cat").click()
     label, probability = shown_answer(page, "prediction")
-    assert label == "cat" and probability >= demo_app.UNSURE_BELOW and page.locator("#unsure").inner_text() == ""
+    assert label == "cat" and probability >= UNSURE_BELOW and page.locator("#unsure").inner_text() == ""
     page.wait_for_function(HEATMAP_SHOWN, timeout=30_000)
     page.get_by_text("A brick wall").click()
     assert_neither(page, "prediction", "unsure")
@@ -73,9 +74,9 @@ def caption(answer: dict) -> str:
     probabilities = confidences(answer)
     top_class = max(probabilities, key=probabilities.get)
     text = f"{top_class} {probabilities[top_class]:.1%}"
-    if answer["label"] == demo_app.NOT_A_PET:
-        return f"{demo_app.NOT_A_PET} ({text})"
-    return text + " · not sure" if probabilities[top_class] < demo_app.UNSURE_BELOW else text
+    if answer["label"] == NOT_A_PET:
+        return f"{NOT_A_PET} ({text})"
+    return text + " · not sure" if probabilities[top_class] < UNSURE_BELOW else text
 
 
 def test_gallery_captions_and_csv_match_the_api(browser, app, shared_data):
@@ -91,7 +92,7 @@ def test_gallery_captions_and_csv_match_the_api(browser, app, shared_data):
     captions = page.locator("#gallery .caption-label")
     captions.nth(len(photos) - 1).wait_for(timeout=60_000)
     assert captions.all_inner_texts() == expected
-    assert expected[1].startswith(demo_app.NOT_A_PET) and "not sure" in expected[2]  # the three answers shown
+    assert expected[1].startswith(NOT_A_PET) and "not sure" in expected[2]  # the three answers shown
     # The captions come before the thumbnails have loaded: wait for every one to finish, loaded or broken.
     page.wait_for_function("() => [...document.querySelectorAll('#gallery img')].every(img => img.complete)",
                            timeout=30_000)

@@ -12,6 +12,7 @@ from test_browser import HEATMAP_SHOWN
 from test_page import browser, caption, open_page  # noqa: F401  (the module's browser, with its fake camera)
 
 import app as demo_app
+from catsdogs.page_text import percent
 
 PHONE, DESKTOP = (390, 844), (1280, 900)
 # Each Label percentage as written, against its bar's value: one decimal, like the gallery and the notes.
@@ -100,7 +101,7 @@ def test_the_gallery_and_table_fit_and_come_into_view(browser, app, size, shared
 
 def test_the_text_states_the_weights_own_figures_and_links_the_whole_card(browser, app, shipped_weights):  # noqa: F811
     metrics = json.loads((shipped_weights / "metrics.json").read_text())
-    accuracy = demo_app.percent(metrics["validation_by_device"]["cpu"]["accuracy"])  # the page runs on the CPU
+    accuracy = percent(metrics["validation_by_device"]["cpu"]["accuracy"])  # the page runs on the CPU
     page = open_page(browser, app, *DESKTOP)
     how, card, info = (page.locator(f"#{id}").inner_text() for id in ("how-it-works", "model-card", "info"))
     for text in (how, card, info):

@@ -1,0 +1,164 @@
+"""The demo's Gradio components, hardened against bad input: every photo reaches the page's handlers as a file
+(or the bytes of a `data:` URL) that the Classifier decodes under its limits, links are fetched by the
+serving.LinkFetcher, and whatever cannot be used becomes a message for the person who sent it.
+
+    PetPhoto, PetPhotos   gr.Image and gr.File that never decode or download anything themselves
+    AnswerLabel           gr.Label whose headline can be "not a cat or a dog"
+    Demo                  gr.Blocks that explains an API call's wrong input and logs refusals in one line
+"""
+
+import base64
+import io
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import gradio as gr
+from gradio.components.label import LabelData
+from gradio.exceptions import InvalidPathError
+from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
+
+from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge
+from catsdogs.serving import LinkError, LinkFetcher, Visit
+
+NOT_A_PHOTO = "This file is not a photo the app can read (is it a JPEG, PNG, WebP or GIF?)."
+
+
+@dataclass
+class UnreadablePhoto:
+    """What PetPhoto hands on instead of a path when PIL cannot open the upload: the reason, for the user, and
+    the file (None for a `data:` URL)."""
+
+    reason: str
+    path: str | None = None
+
+
+def too_large(error: Exception) -> str:
+    return f"This image is too large: {error}. Send a smaller copy of it."
+
+
+# The current request's Visit (set by Demo.process_api), for the components that fetch links.
+VISIT: ContextVar[Visit] = ContextVar("visit")
+
+
+class FetchesLinks:
+    """A file component mixin: a link (gradio_client.handle_file(url)) is fetched by the Demo's LinkFetcher
+    (public addresses, size and time limits), not by Gradio's own download, which reads it whole into memory.
+    `class X(FetchesLinks, gr.Image)` is drawn by gr.Image's own frontend."""
+
+    is_template = True
+
+    def get_block_name(self) -> str:
+        """The Gradio component this one is drawn as: the class after this mixin (Gradio's default takes the
+        first base class, the mixin)."""
+        classes = type(self).__mro__
+        return classes[classes.index(FetchesLinks) + 1].__name__.lower()
+
+    get_block_class = get_block_name
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path):
+        if isinstance(url_or_file_path, str) and url_or_file_path.startswith(("http://", "https://")):
+            try:
+                path = str(await VISIT.get().fetch(url_or_file_path, self.GRADIO_CACHE))
+            except LinkError as error:
+                raise gr.Error(f"The linked photo cannot be used: {error}.") from None
+            self.temp_files.add(path)
+            return path
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+
+class PetPhoto(FetchesLinks, gr.Image):
+    """gr.Image that never decodes a photo itself: every input reaches the handler as a file (or the bytes of a
+    `data:` URL), for Classifier to decode under its pixel limit; what cannot be read becomes an UnreadablePhoto.
+
+    Without this, gr.Image decodes a `data:` URL (an API call, a live frame) in full before any check, Gradio
+    downloads a link whole into memory, and a text file renamed .jpg fails inside Gradio with a bare "Error".
+    """
+
+    def preprocess(self, payload):
+        if payload is not None and payload.url and payload.url.startswith("data:"):
+            header, _, data = payload.url.partition(",")
+            try:
+                if not header.endswith(";base64"):
+                    raise ValueError("not base64")
+                return io.BytesIO(base64.b64decode(data, validate=True))
+            except ValueError:  # binascii.Error is one
+                return UnreadablePhoto(NOT_A_PHOTO)
+        try:
+            return super().preprocess(payload)  # type="filepath": opens the file's header only
+        except Image.DecompressionBombError:
+            return UnreadablePhoto(too_large(f"it has more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"),
+                                   payload.path)
+        except (UnidentifiedImageError, OSError, ValueError):
+            return UnreadablePhoto(NOT_A_PHOTO, payload.path)
+
+
+class PetPhotos(FetchesLinks, gr.File):
+    """gr.File (several photos) whose links are fetched like PetPhoto's."""
+
+
+class AnswerLabel(gr.Label):
+    """gr.Label (drawn by its frontend) that also takes a LabelData, so its headline can be an answer that is none
+    of the classes ("not a cat or a dog") above the classes' probabilities."""
+
+    is_template = True
+
+    def postprocess(self, value):
+        return value if isinstance(value, LabelData) else super().postprocess(value)
+
+
+class Demo(gr.Blocks):
+    """gr.Blocks whose API calls with inputs of the wrong kind get the reason, not Gradio's bare {"error": null};
+    whose links are fetched by `links` with the limits of the visitor who sent them; and whose gr.Errors (a
+    person's bad photo or link) are one line in the log, not a traceback."""
+
+    def __init__(self, links: LinkFetcher, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.links = links
+
+    async def process_api(self, block_fn, inputs, state=None, request=None, **kwargs):
+        block_fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
+        VISIT.set(self.links.visit(client_address(request[0] if isinstance(request, list) else request)))
+        try:
+            return await super().process_api(block_fn, inputs, state, request, **kwargs)
+        except gr.Error as error:
+            print(f"refused /{block_fn.api_name}: {' '.join(str(error.message).split())}", flush=True)
+            error.print_exception = False  # Gradio prints the traceback of any other error
+            raise
+
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except gr.Error:  # already a message for the user (gr.Error is a ValueError too)
+            raise
+        except InvalidPathError:  # Gradio's message names the file's full path on this server
+            raise gr.Error(bad_input(block_fn, "a file that was not uploaded to this app")) from None
+        except ValidationError as error:  # the value is not what the component takes (e.g. a string for a photo)
+            problems = "; ".join(f"{problem['msg']} (got {problem['input']!r:.60})" for problem in error.errors()[:3])
+            raise gr.Error(bad_input(block_fn, problems)) from None
+        except ValueError as error:  # too few values, a file path that was never uploaded, ...
+            raise gr.Error(bad_input(block_fn, str(error).splitlines()[0].rstrip("."))) from None
+
+
+def client_address(request: gr.Request | None) -> str:
+    """Who sent a request, as its connection's address (Gradio's gr.Request.client)."""
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None) or "unknown"
+
+
+def bad_input(block_fn, problem: str) -> str:
+    name = f"/{block_fn.api_name}" if block_fn.api_name else "this event"
+    return (f"The input of {name} is not what it takes: {problem}. Send photos as files with "
+            "gradio_client.handle_file(path_or_url) (see the page's \"Use via API\" link).")
+
+
+@contextmanager
+def photo_errors():
+    """Decoding problems become a message for the person who sent the photo."""
+    try:
+        yield
+    except ImageTooLarge as error:
+        raise gr.Error(too_large(error)) from None
+    except BAD_IMAGE_ERRORS:
+        raise gr.Error(NOT_A_PHOTO + " It may be damaged or cut short.") from None
