@@ -84,8 +84,10 @@ def test_training_ends_with_a_fitted_temperature_that_every_consumer_applies(tmp
     entry = not_pet_score.config_entry()["not_a_pet"]
     assert json.loads((output / "config.json").read_text())["not_a_pet"] == entry == summary["not_a_pet"]
     assert f"- Fitted on: {entry['fitted_on']}." in (output / "README.md").read_text()
-
-    capsys.readouterr()
+    # The log says what the fit did to both measures: the binned error of a few hundred photos may rise.
+    assert (f"the expected calibration error goes from {calibration['ece_before']:.2%} to "
+            f"{calibration['ece_after']:.2%}, the negative log likelihood from {calibration['nll_before']:.4f} to "
+            f"{calibration['nll_after']:.4f}") in capsys.readouterr().out
     assert evaluate_cli(["--model", str(output), "--data", str(data), "--split", "validation", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == calibration["photos"]
