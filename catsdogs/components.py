@@ -2,9 +2,11 @@
 (or the bytes of a `data:` URL) that the Classifier decodes under its limits, links are fetched by the
 serving.LinkFetcher, and whatever cannot be used becomes a message for the person who sent it.
 
-    PetPhoto, PetPhotos   gr.Image and gr.File that never decode or download anything themselves
-    AnswerLabel           gr.Label whose headline can be "not a cat or a dog"
-    Demo                  gr.Blocks that explains an API call's wrong input and logs refusals in one line
+    PetPhoto      gr.Image that never decodes a photo itself, nor downloads a link
+    PetPhotos     gr.File whose links are fetched the same way
+    AnswerLabel   gr.Label whose headline can be "not a cat or a dog"
+    Demo          gr.Blocks that explains an API call's wrong input and logs a refusal in one line
+    photo_errors  a decoding problem as a message for the person who sent the photo
 """
 
 import base64
