@@ -1,5 +1,6 @@
-"""What the demo's page says about the weights it serves, from their own files: the stated accuracy, the
-calibration, the "not a pet" rule, the limits, the model card in short; and every probability with one decimal.
+"""What the demo's page says in words: of an answer (its note, its caption; every probability with one decimal),
+and of the weights it serves, from their own files (the stated accuracy, the calibration, the "not a pet" rule,
+the limits, the model card in short). No Gradio here: app.py puts these texts on the page.
 """
 
 from dataclasses import dataclass
