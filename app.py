@@ -12,7 +12,7 @@ repo is wrong, the page says so and serves the shipped weights/ instead.
 What one request may cost is bounded (docs/limits.md): photos over preprocess.MAX_PIXELS are refused
 before decoding however they arrive (upload, webcam, `data:` URL, link, live frame), a batch takes at most
 MAX_BATCH_FILES photos, run Classifier.chunk at a time, and request bodies are capped. The page's inputs are
-catsdogs.components (hardened against bad input); what it says about the weights is catsdogs.page_text.
+catsdogs.components (hardened against bad input); its words about answers and weights, catsdogs.page_text.
 """
 
 import argparse
@@ -209,9 +209,6 @@ class BatchAnswer:
     def row(self, class_names: list[str]) -> list:
         return table_row(os.path.basename(self.photo), self.answer, class_names, self.problem)
 
-    def caption(self) -> str:
-        return answer_caption(self.answer)
-
 
 class Predictor:
     """The model side of every event, for the page and the API: answers, or a gr.Error a person understands."""
@@ -316,7 +313,7 @@ def show_batch(predictor: Predictor, headers: list[str], files) -> tuple:
     answers = predictor.classify_many(files)
     seconds = time.perf_counter() - started
     rows = [answer.row(predictor.class_names) for answer in answers]
-    gallery = [(answer.photo, answer.caption()) for answer in answers if answer.answer is not None]
+    gallery = [(answer.photo, answer_caption(answer.answer)) for answer in answers if answer.answer is not None]
     table = pd.DataFrame(rows, columns=headers).style.format(precision=1, na_rep="-")  # 28.0, not 28
     return (gallery, table, write_csv(headers, rows),
             f"{len(answers)} photo{'s' if len(answers) != 1 else ''} answered in {took(seconds)}")
