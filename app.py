@@ -48,7 +48,7 @@ from PIL import Image  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from catsdogs.components import (NOT_A_PHOTO, AnswerLabel, Demo, PetPhoto, PetPhotos, UnreadablePhoto,  # noqa: E402
-                                 photo_errors, too_large)
+                                 photo_errors, shown_copy, too_large)
 from catsdogs.explain import Explainer  # noqa: E402
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, is_local_folder  # noqa: E402
 from catsdogs.inference import NOT_A_PET, Answer, Classifier  # noqa: E402
@@ -178,20 +178,29 @@ class PhotoBox:
     that visitor the same object, so an event that took up a photo can tell when a newer one has replaced it."""
 
     photo: str | None = None  # the file in Gradio's cache; None for an empty box
+    shown: str | None = None  # the JPEG copy the box shows of that photo, where browsers cannot show it (HEIC)
 
     @staticmethod
     def file_of(photo: "str | UnreadablePhoto | None") -> str | None:
         return photo.path if isinstance(photo, UnreadablePhoto) else photo
 
     def take(self, photo: "str | UnreadablePhoto | None") -> bool:
-        """Take up the box's photo; False when it is the one already taken up. Gradio's frontend sends two change
-        events, both with the new file, for a file dropped over another one: the second must not answer (or
-        refuse) it again."""
+        """Take up the box's photo; False when it is the one already taken up, or the copy shown of it. Gradio's
+        frontend sends two change events, both with the new file, for a file dropped over another one, and one
+        when the copy replaces the photo in the box: none of them must answer (or refuse) it again."""
+        file = self.file_of(photo)
         with TAKING_A_PHOTO:
-            if self.file_of(photo) == self.photo:
+            if file == self.photo or (file is not None and file == self.shown):
                 return False
-            self.photo = self.file_of(photo)
+            self.photo, self.shown = file, None
             return True
+
+    def show(self, photo: str, copy: str | None) -> "str | dict":
+        """What the box is to show of the photo: the copy (which `take` then knows), or the photo as it is."""
+        with TAKING_A_PHOTO:
+            if self.holds(photo):
+                self.shown = copy
+        return copy or gr.skip()
 
     def holds(self, photo: "str | UnreadablePhoto | None") -> bool:
         """Whether the photo is still the one in the box (no newer photo has been taken up since)."""
@@ -282,23 +291,25 @@ def write_csv(headers: list[str], rows: list[list]) -> str:
 # The page's events: each takes what its tab shows and returns what it changes.
 
 def show_answer(predictor: Predictor, photo, box: PhotoBox):
-    """Photo tab: the label at once, then the heatmap of that same photo; no photo clears everything. Only while
-    the photo is still the one in the box: a photo dropped meanwhile gets its own answer, never this one's."""
-    unchanged = (gr.skip(),) * 4
+    """Photo tab: the label at once (and a copy of the photo the browser can show, where it cannot show the photo),
+    then the heatmap of that same photo; no photo clears everything. Only while the photo is still the one in the
+    box: a photo dropped meanwhile gets its own answer, never this one's."""
+    unchanged = (gr.skip(),) * 5
     if not box.take(photo):
         yield unchanged
         return
     if photo is None:
-        yield None, "", None, ""
+        yield gr.skip(), None, "", None, ""
         return
     started = time.perf_counter()
     answer = predictor.classify(photo)
     answered = f"Answered in {took(time.perf_counter() - started)}"
-    yield (shown_label(answer), answer_note(answer), None, answered) if box.holds(photo) else unchanged
+    shown = box.show(photo, shown_copy(photo)) if isinstance(photo, str) else gr.skip()
+    yield (shown, shown_label(answer), answer_note(answer), None, answered) if box.holds(photo) else unchanged
     started = time.perf_counter()
     heatmap = predictor.where_it_looked(photo, answer.top_class)
     heatmap_line = f"{answered} · heatmap in {took(time.perf_counter() - started)}"
-    yield (gr.skip(), gr.skip(), heatmap, heatmap_line) if box.holds(photo) else unchanged
+    yield (gr.skip(), gr.skip(), gr.skip(), heatmap, heatmap_line) if box.holds(photo) else unchanged
 
 
 def show_live(predictor: Predictor, frame) -> tuple:
@@ -313,7 +324,8 @@ def show_batch(predictor: Predictor, headers: list[str], files) -> tuple:
     answers = predictor.classify_many(files)
     seconds = time.perf_counter() - started
     rows = [answer.row(predictor.class_names) for answer in answers]
-    gallery = [(answer.photo, answer_caption(answer.answer)) for answer in answers if answer.answer is not None]
+    gallery = [(shown_copy(answer.photo) or answer.photo, answer_caption(answer.answer))
+               for answer in answers if answer.answer is not None]
     table = pd.DataFrame(rows, columns=headers).style.format(precision=1, na_rep="-")  # 28.0, not 28
     return (gallery, table, write_csv(headers, rows),
             f"{len(answers)} photo{'s' if len(answers) != 1 else ''} answered in {took(seconds)}")
@@ -383,7 +395,7 @@ def photo_tab(predictor: Predictor) -> tuple[PetPhoto, AnswerLabel, gr.Image]:
     box = gr.State(PhotoBox())  # each visitor gets its own copy
     # "multiple": a photo dropped while the last one is answered starts at once (the last one's answer then stops
     # showing), rather than after it.
-    answered = photo.change(partial(show_answer, predictor), [photo, box], [label, note, heatmap, timing],
+    answered = photo.change(partial(show_answer, predictor), [photo, box], [photo, label, note, heatmap, timing],
                             api_name="photo_answer", api_visibility="private", concurrency_id="predict",
                             trigger_mode="multiple")
     # A photo that cannot be used: the error toast, and nothing of it (no broken image) or of the photo before.
@@ -412,8 +424,10 @@ def live_tab(predictor: Predictor) -> None:
 def batch_tab(predictor: Predictor) -> tuple[gr.File, gr.Dataframe]:
     headers = table_headers(predictor.class_names)
     with gr.Tab("Several photos"):
-        files = PetPhotos(file_count="multiple", file_types=["image"], label=f"Photos (up to {MAX_BATCH_FILES})",
-                          elem_id="batch")
+        # "image" lets through what the browser calls an image; the suffixes, files it gives no type (Chromium on
+        # Linux an iPhone's IMG_0001.HEIC).
+        files = PetPhotos(file_count="multiple", file_types=["image", ".heic", ".heif"], elem_id="batch",
+                          label=f"Photos (up to {MAX_BATCH_FILES})")
         run = gr.Button("Classify all", variant="primary", elem_id="batch-run")
         timing = gr.Markdown(elem_id="batch-timing", elem_classes="caption")
         gallery = gr.Gallery(label="Answers", height="auto", object_fit="contain", elem_id="gallery",

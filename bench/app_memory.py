@@ -7,7 +7,7 @@ For each case, starts `python app.py` afresh on a free loopback port (nothing bu
 resets its peak RSS once it is idle (/proc/PID/clear_refs), sends the case's requests over plain HTTP, and
 reads the peak (VmHWM) and, 2 s after the last answer, what the server still holds (VmRSS). The photos are
 generated. Every request has a timeout and the concurrent cases a time budget, and the server is killed if its
-RSS passes --max-rss-gb: the script is bounded in time (~4 minutes) and in memory. Linux only (/proc).
+RSS passes --max-rss-gb: the script is bounded in time (~5 minutes) and in memory. Linux only (/proc).
 """
 
 import argparse
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pillow_heif  # writes the HEIC case (requirements-dev.txt); the app reads it with pi-heif
 from PIL import Image
 
 from bench.app_load import ROOT, start_app
@@ -47,13 +48,15 @@ def make_inputs(folder: Path) -> dict[str, Path]:
     """The attack files: small files that decode huge, the largest photos the fixed app accepts, a batch."""
     rng = np.random.default_rng(0)
     files = {"huge_png": folder / "huge-13000x13000.png", "big_rgba": folder / "rgba-7071x7071.png",
-             "big_webp": folder / "webp-7071x7071.webp", "big_photo": folder / "noise-3650x3650.png"}
+             "big_webp": folder / "webp-7071x7071.webp", "big_heic": folder / "heic-7071x7071.heic",
+             "big_photo": folder / "noise-3650x3650.png"}
     Image.new("RGB", (13000, 13000), (200, 120, 60)).save(files["huge_png"], compress_level=9)  # 0.5 MB
     gradient = np.linspace(0, 255, 7071, dtype=np.uint8)
     rgba = np.stack(np.broadcast_arrays(gradient[None, :], gradient[:, None], gradient[::-1][None, :],
                                         np.full((7071, 7071), 200, np.uint8)), axis=-1)
     Image.fromarray(rgba).save(files["big_rgba"], compress_level=1)  # 49.99 megapixels, just under 50
     Image.fromarray(rgba[..., :3]).save(files["big_webp"], quality=50)
+    pillow_heif.from_pillow(Image.fromarray(rgba[..., :3])).save(files["big_heic"], quality=50)  # an iPhone's format
     Image.fromarray(rng.integers(0, 255, (3650, 3650, 3), dtype=np.uint8)).save(files["big_photo"],
                                                                                 compress_level=1)  # 40 MB
     for i in range(205):  # full-size-photo-like JPEGs for batches and for the load test
@@ -175,6 +178,7 @@ def cases(server: Server, files: dict[str, Path], photos: list[Path], clients: i
         "/predict, upload: 13000×13000 PNG (0.5 MB)": lambda: server.upload_call("predict", [files["huge_png"]]),
         "/predict, upload: 7071×7071 RGBA PNG (50 MP)": lambda: server.upload_call("predict", [files["big_rgba"]]),
         "/predict, upload: 7071×7071 WebP (50 MP)": lambda: server.upload_call("predict", [files["big_webp"]]),
+        "/predict, upload: 7071×7071 HEIC (50 MP)": lambda: server.upload_call("predict", [files["big_heic"]]),
         "/predict, data: URL: 13000×13000 PNG": lambda: server.data_url_call("predict", files["huge_png"]),
         "/predict, data: URL: 40 MB photo (54 MB body)": lambda: server.data_url_call("predict", files["big_photo"]),
         "/predict, link to 127.0.0.1": lambda: server.call("predict", [link]),

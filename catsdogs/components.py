@@ -7,6 +7,7 @@ serving.LinkFetcher, and whatever cannot be used becomes a message for the perso
     AnswerLabel   gr.Label whose headline can be "not a cat or a dog"
     Demo          gr.Blocks that explains an API call's wrong input and logs a refusal in one line
     photo_errors  a decoding problem as a message for the person who sent the photo
+    shown_copy    a JPEG copy of a photo the browser cannot show (HEIC, TIFF), for the page to show
 """
 
 import base64
@@ -14,17 +15,24 @@ import io
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 from gradio.components.label import LabelData
 from gradio.exceptions import InvalidPathError
+from gradio.processing_utils import save_bytes_to_cache
+from gradio.utils import get_upload_folder
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
-from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge
+from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge, open_rgb
 from catsdogs.serving import LinkError, LinkFetcher, Visit
 
-NOT_A_PHOTO = "This file is not a photo the app can read (is it a JPEG, PNG, WebP or GIF?)."
+NOT_A_PHOTO = "This file is not a photo the app can read (is it a JPEG, PNG, HEIC, WebP or GIF?)."
+# What every browser shows (PIL's format names; MPO: a camera's JPEG with a second picture in it). A photo in any
+# other format the app reads (HEIC, TIFF) would show as a broken image: the page shows a JPEG copy of it.
+BROWSER_FORMATS = {"JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF", "BMP"}
+SHOWN_SIDE = 1280  # the longest side of that copy, in pixels
 
 
 @dataclass
@@ -164,3 +172,17 @@ def photo_errors():
         raise gr.Error(too_large(error)) from None
     except BAD_IMAGE_ERRORS:
         raise gr.Error(NOT_A_PHOTO + " It may be damaged or cut short.") from None
+
+
+def shown_copy(photo: str) -> str | None:
+    """A JPEG copy, upright and at most SHOWN_SIDE a side, of a photo file that browsers cannot show, in Gradio's
+    cache (deleted with the uploads); None for a photo they can show. The answer is always the original's."""
+    with Image.open(photo) as image:
+        if image.format in BROWSER_FORMATS:
+            return None
+    with photo_errors():
+        image = open_rgb(photo, draft_size=SHOWN_SIDE)
+    image.thumbnail((SHOWN_SIDE, SHOWN_SIDE))
+    jpeg = io.BytesIO()
+    image.save(jpeg, "JPEG", quality=90)
+    return save_bytes_to_cache(jpeg.getvalue(), f"{Path(photo).stem}.jpg", get_upload_folder())

@@ -14,14 +14,21 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image
 
+try:  # HEIC/HEIF, the photos of iPhones: libheif's decoder as a PIL plugin (pi-heif, the decode-only pillow-heif)
+    from pi_heif import register_heif_opener
+except ImportError:  # a Python without requirements.txt's packages (a GPU machine's own): no HEIC photos there
+    pass
+else:
+    register_heif_opener()
+
 # Two tensor one-liners rather than torchvision's pil_to_tensor and normalize: importing torchvision loads
 # torch._dynamo and sympy, which would add seconds to every start of the app and the command-line tools
 # (docs/performance.md#start-up).
 
 # The most pixels a photo may have once decoded (after a JPEG's reduction while decoding): a 48/50-megapixel
-# camera's PNG or WebP still fits. Decoding one at this size costs +0.2 GB (RGB PNG) to +0.4 GB (RGBA PNG): the
-# decoded image, reduced before anything else is copied (see `upright_rgb`); +0.77 GB for a WebP, whose decoder
-# needs ~15 bytes a pixel (docs/limits.md has the measured figures).
+# camera's PNG, WebP or HEIC still fits. Decoding one at this size costs the decoded image, reduced before anything
+# else is copied (see `upright_rgb`), and a WebP about twice that, for its decoder's own buffers (docs/limits.md
+# has the measured figures).
 MAX_PIXELS = 50_000_000
 # PIL warns of a possible decompression bomb from 89 megapixels on, when it opens a file; every such photo is over
 # MAX_PIXELS and refused by `check_size`, so the warning would only add noise to the logs and the commands' output.
@@ -41,7 +48,9 @@ BAD_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombErr
 
 
 PhotoSource = str | Path | BinaryIO | Image.Image  # a file, a file object, or an image already open
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # what counts as a photo file
+# What counts as a photo file: cameras', phones' and the web's formats (.jfif: JPEGs saved from a browser on Windows).
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".heic", ".heif", ".avif", ".webp", ".gif", ".bmp", ".tif",
+                  ".tiff"}
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -18,6 +18,19 @@ def pet_photo(label: str, index: int, size: tuple[int, int] = (160, 120)) -> Ima
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
 
 
+def save_as(image: Image.Image, path: Path, **kwargs) -> Path:
+    """The image in the format of the path's suffix, as a phone, a browser or an export writes it: HEIC through
+    pillow-heif (pi-heif, which the project reads it with, only decodes), the rest through PIL."""
+    if path.suffix.lower() in (".heic", ".heif"):
+        import pillow_heif
+
+        pillow_heif.from_pillow(image).save(path, quality=90, **kwargs)
+    else:
+        image.save(path, format="JPEG" if path.suffix.lower() == ".jfif" else None,
+                   **({} if path.suffix.lower() in (".tif", ".tiff", ".png") else {"quality": 90}), **kwargs)
+    return path
+
+
 def write_kaggle_folder(folder: Path, per_class: int, start: int = 0, suffix: str = ".jpg") -> Path:
     """Kaggle's flat layout: folder/cat.<id>.jpg and folder/dog.<id>.jpg."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -10,13 +10,14 @@ import threading
 import time
 from pathlib import Path
 
+import gradio as gr
 import httpx
 import numpy as np
 import pytest
 from conftest import FULL_SIZE, HUB_URL, LINK_SECONDS, ROOT, SURE, USER, WRITE_TOKEN, App, clear_photos, true_class
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from imagegen import bomb_png, pet_photo
+from imagegen import bomb_png, pet_photo, save_as
 from link_site import link_site
 from PIL import Image
 
@@ -26,7 +27,7 @@ from bench.app_memory import Server, status_mb
 from bench.app_memory_rounds import malloc_arenas
 from catsdogs.components import FetchesLinks
 from catsdogs.hub import push_outputs
-from catsdogs.inference import NOT_A_PET, UNSURE_BELOW
+from catsdogs.inference import NOT_A_PET, UNSURE_BELOW, Classifier
 from catsdogs.page_text import how_it_works
 
 BRICK = EXAMPLES / "brick.jpg"  # a picture the shipped not-a-pet score flags (tests/test_notpet.py)
@@ -126,6 +127,30 @@ def test_any_image_mode_and_animated_gif_get_the_right_class(client, shared_data
     photo = photo_in_mode(shared_data / FULL_SIZE / MODE_PHOTOS[mode], mode, tmp_path)
     [(label, probability)] = answers(client, [photo]).values()
     assert (label, probability >= SURE) == (true_class(MODE_PHOTOS[mode]), True), probability
+
+
+@pytest.mark.parametrize("suffix", [".heic", ".avif", ".tiff"])
+def test_a_phone_s_or_an_export_s_format_gets_the_right_class(client, shared_data, tmp_path, suffix):
+    for name in ("cat.85.jpg", "dog.79.jpg"):
+        photo = save_as(Image.open(shared_data / FULL_SIZE / name), tmp_path / Path(name).with_suffix(suffix).name)
+        [(label, probability)] = answers(client, [photo]).values()
+        assert (label, probability >= SURE) == (true_class(name), True), probability
+
+
+def test_the_photo_box_answers_a_photo_once_and_shows_a_copy_where_browsers_cannot_show_it(shared_data, tmp_path):
+    """A HEIC upload: the box's first event answers it and hands the page a JPEG copy to show; the event the copy
+    then starts answers nothing (a photo is answered once); a new photo is answered."""
+    predictor = demo_app.Predictor(Classifier(ROOT / "weights"), "")
+    box = demo_app.PhotoBox()
+    heic = str(save_as(Image.open(shared_data / FULL_SIZE / "cat.85.jpg"), tmp_path / "IMG_0003.HEIC"))
+    first, second = demo_app.show_answer(predictor, heic, box)
+    shown = Image.open(first[0])
+    assert (shown.format, shown.size) == ("JPEG", Image.open(heic).size) and first[1]["value"].label == "cat"
+    assert isinstance(second[3], Image.Image)  # the heatmap, of the HEIC
+    assert all(value == gr.skip() for value in next(demo_app.show_answer(predictor, first[0], box)))
+    jpeg = str(shared_data / FULL_SIZE / "dog.79.jpg")  # one browsers show: no copy
+    first, _ = demo_app.show_answer(predictor, jpeg, box)
+    assert first[0] == gr.skip() and first[1]["value"].label == "dog"
 
 
 def test_several_photos_at_once_get_one_right_row_each(client, shared_data, tmp_path):

@@ -4,7 +4,7 @@ import csv
 
 import pytest
 import torch
-from imagegen import pet_photo, write_bad_files, write_kaggle_folder
+from imagegen import pet_photo, save_as, write_bad_files, write_kaggle_folder
 
 from catsdogs.data import DataError, Photos, decode_photos, find_photos, split_photos
 
@@ -21,14 +21,18 @@ def test_kaggle_flat_folder(tmp_path):
     assert names(photos) == [(f"cat.{i}.jpg", 0) for i in range(3)] + [(f"dog.{i}.jpg", 1) for i in range(3)]
 
 
-def test_class_subfolders_in_any_case(tmp_path):
+def test_class_subfolders_in_any_case_with_photos_from_phones(tmp_path):
     for folder, label in (("CATS", "cat"), ("Dog", "dog")):
         (tmp_path / folder / "nested").mkdir(parents=True)
         pet_photo(label, 1).save(tmp_path / folder / "a.png")
         pet_photo(label, 2).save(tmp_path / folder / "nested" / "b.JPG")
+        save_as(pet_photo(label, 3), tmp_path / folder / "nested" / "IMG_0001.HEIC")  # an iPhone's
     photos, val = find_photos(tmp_path)
     assert val is None
-    assert names(photos) == [("a.png", 0), ("a.png", 1), ("b.JPG", 0), ("b.JPG", 1)]
+    assert names(photos) == [("IMG_0001.HEIC", 0), ("IMG_0001.HEIC", 1), ("a.png", 0), ("a.png", 1), ("b.JPG", 0),
+                             ("b.JPG", 1)]
+    images, labels, skipped = decode_photos(photos, size=224)
+    assert images.shape == (6, 3, 224, 224) and not skipped
 
 
 def test_train_and_test_folders_of_the_seed_000_layout(tmp_path):

@@ -12,6 +12,8 @@ import httpx
 import pytest
 from conftest import FULL_SIZE, clear_photos
 from gradio_client import Client, handle_file
+from imagegen import save_as
+from PIL import Image
 from test_app import confidences
 from test_browser import HEATMAP_SHOWN, chromium, no_broken_image, open_webcam, shown_answer, start_live_stream
 
@@ -79,9 +81,12 @@ def caption(answer: dict) -> str:
     return text + " · not sure" if probabilities[top_class] < UNSURE_BELOW else text
 
 
-def test_gallery_captions_and_csv_match_the_api(browser, app, shared_data):
+def test_gallery_captions_and_csv_match_the_api(browser, app, shared_data, tmp_path):
+    """Every photo shows in the gallery, those in formats browsers cannot show (an iPhone's HEIC, a TIFF) too."""
+    dogs = clear_photos(shared_data, "dog")[:2]
     photos = [demo_app.EXAMPLES / "chelsea.jpg", BRICK, demo_app.EXAMPLES / "gravel.jpg",
-              *clear_photos(shared_data, "dog")[:2]]
+              save_as(Image.open(dogs[0]), tmp_path / "IMG_0001.HEIC"),
+              save_as(Image.open(dogs[1]), tmp_path / "scan.tif")]
     client = Client(app.url, verbose=False)
     expected = [caption(client.predict(handle_file(photo), api_name="/predict")) for photo in photos]
     table = client.predict([handle_file(photo) for photo in photos], api_name="/predict_many")
@@ -101,6 +106,21 @@ def test_gallery_captions_and_csv_match_the_api(browser, app, shared_data):
     rows = list(csv.reader(io.StringIO(httpx.get(link, trust_env=False).text)))
     assert rows[0] == table["headers"]
     assert rows[1:] == [[str(cell) for cell in row] for row in table["data"]]
+    page.close()
+
+
+def test_an_iphone_photo_shows_in_the_box_with_its_answer_and_heatmap(browser, app, shared_data, tmp_path):
+    """HEIC, which Chromium cannot show: the box shows a JPEG copy of it (not a broken image), the answer is the
+    photo's own, given once."""
+    cat = clear_photos(shared_data, "cat")[0]
+    page = open_page(browser, app)
+    page.locator("#photo input[type=file]").set_input_files(save_as(Image.open(cat), tmp_path / "IMG_0002.heic"))
+    label, probability = shown_answer(page, "prediction")
+    page.wait_for_function(HEATMAP_SHOWN, timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#photo img')?.naturalWidth > 0", timeout=30_000)
+    assert no_broken_image(page, "photo") and page.locator("[data-testid=toast-body]").count() == 0
+    expected = confidences(Client(app.url, verbose=False).predict(handle_file(cat), api_name="/predict"))
+    assert label == "cat" and probability == pytest.approx(expected["cat"], abs=0.02)  # HEIC is lossy, a little
     page.close()
 
 

@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from conftest import FULL_SIZE
+
 from catsdogs.preprocess import (BAD_IMAGE_ERRORS, ImageTooLarge, centre_crop, image_files, load_photo, normalize,
                                  open_rgb)
 
@@ -96,6 +98,34 @@ def test_every_exif_orientation_comes_out_upright(orientation):
     assert_quadrants(load_photo(photo, 224).permute(1, 2, 0).numpy(), tolerance=40)  # the network's input too
 
 
+@pytest.mark.parametrize("suffix", [".heic", ".avif", ".jfif", ".tiff"])
+def test_a_photo_from_a_phone_or_the_web_in_any_of_its_formats_gives_the_network_what_its_jpeg_does(
+        shared_data, tmp_path, suffix):
+    """iPhones save HEIC, browsers AVIF and .jfif, scanners and exports TIFF: the same photo, the same input."""
+    from imagegen import save_as
+
+    original = shared_data / FULL_SIZE / "cat.85.jpg"
+    copy = save_as(Image.open(original), tmp_path / f"cat.85{suffix}")
+    difference = load_photo(copy, 224).float() - load_photo(original, 224).float()
+    assert difference.abs().mean() < 3  # HEIC and AVIF are lossy too: a few levels of 255 apart on average
+
+
+def test_a_heic_from_a_turned_phone_comes_out_upright_and_its_size_is_checked(tmp_path):
+    """A phone held sideways: HEIC keeps the rotation in its own header (libheif applies it) and the EXIF
+    orientation (which must then not turn it a second time)."""
+    from imagegen import save_as
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = save_as(Image.fromarray(stored_as(upright_picture(), 6)), tmp_path / "IMG_0001.HEIC",
+                    exif=exif.tobytes())
+    upright = open_rgb(photo)
+    assert upright.size == (64, 48)
+    assert_quadrants(np.asarray(upright), tolerance=40)
+    with pytest.raises(ImageTooLarge, match="64×48 pixels"):
+        open_rgb(photo, max_pixels=3000)
+
+
 def columns(dtype, *values) -> np.ndarray:
     """A 16-pixel-high array of 16-pixel-wide columns, one a value (a scalar, or one value per channel)."""
     return np.concatenate([np.broadcast_to(np.asarray(v, dtype), (16, 16, *np.shape(v))) for v in values], axis=1)
@@ -164,8 +194,8 @@ def test_bad_files_raise_known_errors(monkeypatch):
 
 
 def test_a_folder_s_photos_are_listed_as_a_file_manager_lists_them(tmp_path):
-    names = ["2024/2/a.jpg", "2024/12/a.jpg", "IMG_2.jpg", "img_3.JPG", "IMG_10.jpg", "IMG_010.png", "IMG_10.png",
-             "pet1.jpg", "pet²a.jpg"]  # "²" is no decimal digit: plain text
+    names = ["2024/2/a.jpg", "2024/12/a.jpg", "IMG_2.jpg", "img_3.JPG", "IMG_4.HEIC", "IMG_10.jpg", "IMG_010.png",
+             "IMG_10.png", "IMG_11.avif", "IMG_12.jfif", "pet1.jpg", "pet²a.jpg"]  # "²" is no decimal digit: text
     for name in [*names, "IMG_4.txt", ".IMG_1.jpg"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
