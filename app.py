@@ -48,7 +48,7 @@ from PIL import Image  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from catsdogs.components import (NOT_A_PHOTO, AnswerLabel, Demo, PetPhoto, PetPhotos, UnreadablePhoto,  # noqa: E402
-                                 photo_errors, shown_copy, too_large)
+                                 photo_errors, shown_as, shown_copy, too_large, unshowable)
 from catsdogs.explain import Explainer  # noqa: E402
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, is_local_folder  # noqa: E402
 from catsdogs.inference import NOT_A_PET, Answer, Classifier  # noqa: E402
@@ -195,12 +195,12 @@ class PhotoBox:
             self.photo, self.shown = file, None
             return True
 
-    def show(self, photo: str, copy: str | None) -> "str | dict":
-        """What the box is to show of the photo: the copy (which `take` then knows), or the photo as it is."""
+    def show(self, photo: str, copy: str) -> str:
+        """The copy the box is to show in place of the photo, which `take` then knows."""
         with TAKING_A_PHOTO:
             if self.holds(photo):
                 self.shown = copy
-        return copy or gr.skip()
+        return copy
 
     def holds(self, photo: "str | UnreadablePhoto | None") -> bool:
         """Whether the photo is still the one in the box (no newer photo has been taken up since)."""
@@ -302,12 +302,13 @@ def show_answer(predictor: Predictor, photo, box: PhotoBox):
         yield gr.skip(), None, "", None, ""
         return
     started = time.perf_counter()
-    answer = predictor.classify(photo)
+    decoded = unshowable(photo) if isinstance(photo, str) else None  # answered, shown and explained: one decode
+    answer = predictor.classify(photo if decoded is None else decoded)
     answered = f"Answered in {took(time.perf_counter() - started)}"
-    shown = box.show(photo, shown_copy(photo)) if isinstance(photo, str) else gr.skip()
+    shown = gr.skip() if decoded is None else box.show(photo, shown_copy(decoded, photo))
     yield (shown, shown_label(answer), answer_note(answer), None, answered) if box.holds(photo) else unchanged
     started = time.perf_counter()
-    heatmap = predictor.where_it_looked(photo, answer.top_class)
+    heatmap = predictor.where_it_looked(photo if decoded is None else decoded, answer.top_class)
     heatmap_line = f"{answered} · heatmap in {took(time.perf_counter() - started)}"
     yield (gr.skip(), gr.skip(), gr.skip(), heatmap, heatmap_line) if box.holds(photo) else unchanged
 
@@ -324,7 +325,7 @@ def show_batch(predictor: Predictor, headers: list[str], files) -> tuple:
     answers = predictor.classify_many(files)
     seconds = time.perf_counter() - started
     rows = [answer.row(predictor.class_names) for answer in answers]
-    gallery = [(shown_copy(answer.photo) or answer.photo, answer_caption(answer.answer))
+    gallery = [(shown_as(answer.photo), answer_caption(answer.answer))
                for answer in answers if answer.answer is not None]
     table = pd.DataFrame(rows, columns=headers).style.format(precision=1, na_rep="-")  # 28.0, not 28
     return (gallery, table, write_csv(headers, rows),

@@ -7,7 +7,9 @@ serving.LinkFetcher, and whatever cannot be used becomes a message for the perso
     AnswerLabel   gr.Label whose headline can be "not a cat or a dog"
     Demo          gr.Blocks that explains an API call's wrong input and logs a refusal in one line
     photo_errors  a decoding problem as a message for the person who sent the photo
-    shown_copy    a JPEG copy of a photo the browser cannot show (HEIC, TIFF), for the page to show
+    unshowable    a photo the browser cannot show (HEIC, TIFF), decoded once for all the page does with it
+    shown_copy    the JPEG copy of it that the page shows
+    shown_as      the file the page shows of a photo: the photo, or that copy
 """
 
 import base64
@@ -25,7 +27,7 @@ from gradio.utils import get_upload_folder
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
-from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge, open_rgb
+from catsdogs.preprocess import BAD_IMAGE_ERRORS, ImageTooLarge, check_size, upright_rgb
 from catsdogs.serving import LinkError, LinkFetcher, Visit
 
 NOT_A_PHOTO = "This file is not a photo the app can read (is it a JPEG, PNG, HEIC, WebP or GIF?)."
@@ -174,15 +176,31 @@ def photo_errors():
         raise gr.Error(NOT_A_PHOTO + " It may be damaged or cut short.") from None
 
 
-def shown_copy(photo: str) -> str | None:
-    """A JPEG copy, upright and at most SHOWN_SIDE a side, of a photo file that browsers cannot show, in Gradio's
-    cache (deleted with the uploads); None for a photo they can show. The answer is always the original's."""
-    with Image.open(photo) as image:
-        if image.format in BROWSER_FORMATS:
-            return None
+def unshowable(photo: str) -> Image.Image | None:
+    """The photo decoded whole when browsers cannot show its format (HEIC, TIFF), for its answer, the copy shown
+    and the heatmap to share one decode (a HEIC cannot be reduced while decoding, as a JPEG is); None when they can
+    show it."""
     with photo_errors():
-        image = open_rgb(photo, draft_size=SHOWN_SIDE)
-    image.thumbnail((SHOWN_SIDE, SHOWN_SIDE))
+        image = Image.open(photo)
+        if image.format in BROWSER_FORMATS:
+            image.close()
+            return None
+        check_size(image)
+        image.load()
+    return image
+
+
+def shown_copy(image: Image.Image, name: str) -> str:
+    """A JPEG copy of an unshowable photo, upright and at most SHOWN_SIDE a side, in Gradio's cache (deleted with
+    the uploads), named after the photo's file."""
+    picture = upright_rgb(image, at_least=SHOWN_SIDE, keep_aspect=True)
+    picture.thumbnail((SHOWN_SIDE, SHOWN_SIDE))
     jpeg = io.BytesIO()
-    image.save(jpeg, "JPEG", quality=90)
-    return save_bytes_to_cache(jpeg.getvalue(), f"{Path(photo).stem}.jpg", get_upload_folder())
+    picture.save(jpeg, "JPEG", quality=90)
+    return save_bytes_to_cache(jpeg.getvalue(), f"{Path(name).stem}.jpg", get_upload_folder())
+
+
+def shown_as(photo: str) -> str:
+    """The file the page shows of a photo: the photo, or a JPEG copy of one browsers cannot show."""
+    decoded = unshowable(photo)
+    return photo if decoded is None else shown_copy(decoded, photo)

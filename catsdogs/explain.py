@@ -53,9 +53,9 @@ class Explainer:
     def overlay(self, photo: PhotoSource, class_name: str) -> Image.Image:
         """The photo (longest side HEATMAP_SIDE) with the heatmap for `class_name` drawn over it."""
         if isinstance(photo, Image.Image):
-            picture = upright_rgb(photo, at_least=HEATMAP_SIDE)
+            picture = upright_rgb(photo, at_least=HEATMAP_SIDE, keep_aspect=True)
         else:
-            picture = open_rgb(photo, draft_size=HEATMAP_SIDE)
+            picture = open_rgb(photo, draft_size=HEATMAP_SIDE, keep_aspect=True)
         picture.thumbnail((HEATMAP_SIDE, HEATMAP_SIDE))
         heat = self.heatmap(photo_to_uint8(picture, self.model.image_size), class_name, picture.size)
         colour = Image.fromarray((COLOURS(heat)[..., :3] * 255).astype(np.uint8))

@@ -82,7 +82,8 @@ def check_size(image: Image.Image, max_pixels: int = MAX_PIXELS) -> None:
                             f"{max_pixels / 1e6:.0f} megapixels a photo may have")
 
 
-def open_rgb(source: str | Path | BinaryIO, draft_size: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_rgb(source: str | Path | BinaryIO, draft_size: int | None = None, max_pixels: int = MAX_PIXELS,
+             keep_aspect: bool = False) -> Image.Image:
     """Open any photo file as upright RGB (see `upright_rgb`); ImageTooLarge before decoding one over `max_pixels`.
 
     `draft_size` lets the JPEG decoder downscale by a power of two while decoding,
@@ -98,18 +99,20 @@ def open_rgb(source: str | Path | BinaryIO, draft_size: int | None = None, max_p
         if draft_size:
             image.draft("RGB", (draft_size, draft_size))
         check_size(image, max_pixels)
-        return upright_rgb(image, at_least=round(draft_size * REDUCING_GAP) if draft_size else None)
+        return upright_rgb(image, at_least=round(draft_size * REDUCING_GAP) if draft_size else None,
+                           keep_aspect=keep_aspect)
 
 
-def upright_rgb(image: Image.Image, at_least: int | None = None) -> Image.Image:
+def upright_rgb(image: Image.Image, at_least: int | None = None, keep_aspect: bool = False) -> Image.Image:
     """Any PIL image as upright RGB: EXIF rotation applied, first frame, alpha on white.
 
-    With `at_least`, an image more than twice that size on a side is first reduced by whole factors (each side
-    staying at least that size, as resizing with REDUCING_GAP would), so nothing is copied or converted at full size.
+    With `at_least`, an image more than twice that size on a side is first reduced by whole factors, each side
+    staying at least that size, so nothing is copied or converted at full size: by one factor per side, as resizing
+    to the network's square with REDUCING_GAP would, or, with `keep_aspect`, by one for both (a picture to show).
     """
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)  # before reducing: TIFF keeps it outside .info
     if at_least:
-        image = _reduced(image, at_least)
+        image = _reduced(image, at_least, keep_aspect)
     if orientation in _TRANSPOSE:
         image = image.transpose(_TRANSPOSE[orientation])  # loads the first frame of animations too
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: scale to 8 bits, don't clip
@@ -122,9 +125,12 @@ def upright_rgb(image: Image.Image, at_least: int | None = None) -> Image.Image:
     return image.convert("RGB")
 
 
-def _reduced(image: Image.Image, at_least: int) -> Image.Image:
-    """The image reduced by whole factors (box average, alpha-weighted) with each side staying >= at_least."""
+def _reduced(image: Image.Image, at_least: int, keep_aspect: bool = False) -> Image.Image:
+    """The image reduced by whole factors (box average, alpha-weighted) with each side staying >= at_least; by the
+    same factor on both sides with `keep_aspect`."""
     factors = (max(1, image.width // at_least), max(1, image.height // at_least))
+    if keep_aspect:
+        factors = (min(factors),) * 2
     if max(factors) < 2:
         return image
     if image.mode in ("P", "PA"):  # Image.reduce averages pixel values, not palette indices

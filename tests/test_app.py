@@ -25,7 +25,7 @@ import app as demo_app
 from app import EXAMPLE_PICTURES, EXAMPLES
 from bench.app_memory import Server, status_mb
 from bench.app_memory_rounds import malloc_arenas
-from catsdogs.components import FetchesLinks
+from catsdogs.components import SHOWN_SIDE, FetchesLinks, shown_as
 from catsdogs.hub import push_outputs
 from catsdogs.inference import NOT_A_PET, UNSURE_BELOW, Classifier
 from catsdogs.page_text import how_it_works
@@ -138,19 +138,30 @@ def test_a_phone_s_or_an_export_s_format_gets_the_right_class(client, shared_dat
 
 
 def test_the_photo_box_answers_a_photo_once_and_shows_a_copy_where_browsers_cannot_show_it(shared_data, tmp_path):
-    """A HEIC upload: the box's first event answers it and hands the page a JPEG copy to show; the event the copy
-    then starts answers nothing (a photo is answered once); a new photo is answered."""
+    """A HEIC upload: the box's first event answers it (from one decode, exactly as the API answers the file) and
+    hands the page a JPEG copy to show; the event the copy then starts answers nothing (a photo is answered once);
+    a new photo is answered."""
     predictor = demo_app.Predictor(Classifier(ROOT / "weights"), "")
     box = demo_app.PhotoBox()
     heic = str(save_as(Image.open(shared_data / FULL_SIZE / "cat.85.jpg"), tmp_path / "IMG_0003.HEIC"))
     first, second = demo_app.show_answer(predictor, heic, box)
     shown = Image.open(first[0])
     assert (shown.format, shown.size) == ("JPEG", Image.open(heic).size) and first[1]["value"].label == "cat"
+    assert first[1]["value"] == predictor.label(heic)
     assert isinstance(second[3], Image.Image)  # the heatmap, of the HEIC
     assert all(value == gr.skip() for value in next(demo_app.show_answer(predictor, first[0], box)))
     jpeg = str(shared_data / FULL_SIZE / "dog.79.jpg")  # one browsers show: no copy
     first, _ = demo_app.show_answer(predictor, jpeg, box)
     assert first[0] == gr.skip() and first[1]["value"].label == "dog"
+
+
+def test_the_copy_shown_of_a_large_heic_keeps_its_shape(tmp_path):
+    y, x = np.mgrid[0:1300, 0:2600]
+    picture = Image.fromarray(np.stack([x * 255 // 2600, y * 255 // 1300, (x + y) % 256], -1).astype(np.uint8))
+    heic = str(save_as(picture, tmp_path / "IMG_0004.HEIC"))
+    assert Image.open(shown_as(heic)).size == (SHOWN_SIDE, SHOWN_SIDE // 2)
+    jpeg = str(save_as(picture, tmp_path / "IMG_0004.jpg"))
+    assert shown_as(jpeg) == jpeg  # browsers show it as it is
 
 
 def test_several_photos_at_once_get_one_right_row_each(client, shared_data, tmp_path):

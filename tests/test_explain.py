@@ -70,6 +70,17 @@ def test_the_overlay_is_the_upright_photo_coloured_where_it_looked(classifier, s
     assert 0.05 < changed.mean() < 0.9  # coloured where it looked, the photo itself elsewhere
 
 
+@pytest.mark.parametrize("given_as", ["file", "image"])
+def test_a_large_photo_keeps_its_shape_under_the_heatmap(classifier, tmp_path, given_as):
+    """A PNG, WebP or HEIC is decoded whole and reduced by whole factors before anything else: by one factor for
+    both sides, or a 4:3 phone photo comes back taller than wide."""
+    y, x = np.mgrid[0:2400, 0:3200]
+    picture = Image.fromarray(np.stack([x * 255 // 3200, y * 255 // 2400, (x + y) % 256], -1).astype(np.uint8))
+    picture.save(tmp_path / "photo.png", compress_level=1)
+    photo = tmp_path / "photo.png" if given_as == "file" else Image.open(tmp_path / "photo.png")
+    assert Explainer(classifier.model).overlay(photo, "cat").size == (HEATMAP_SIDE, HEATMAP_SIDE * 3 // 4)
+
+
 def test_with_a_crop_the_heatmap_covers_the_part_of_the_photo_the_network_saw(classifier, shared_data):
     cropped = Explainer(CatsDogsCNN(crop_pct=0.8, tta=classifier.model.tta))
     cropped.model.load_state_dict(classifier.model.state_dict())
