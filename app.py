@@ -137,6 +137,34 @@ ONE_DECIMAL_LABELS = """() => {
 }"""
 
 
+# Gradio's photo box takes only files whose type the browser reports as image/*, and Chromium on Linux reports
+# none for an iPhone's IMG_0001.HEIC (a name in capitals): such a file gets its type from its name, in the page,
+# before Gradio's own handlers see it (picked with the file chooser, or dropped).
+TYPED_PHONE_PHOTOS = """() => {
+  const typeOf = (file) => !file.type && /\\.(heic|heif)$/i.test(file.name) ?
+    `image/${file.name.split(".").pop().toLowerCase()}` : "";
+  const typed = (files) => {
+    if (!files || ![...files].some(typeOf)) return null;
+    const list = new DataTransfer();
+    for (const file of files) list.items.add(typeOf(file) ?
+      new File([file], file.name, {type: typeOf(file), lastModified: file.lastModified}) : file);
+    return list;
+  };
+  document.addEventListener("change", (event) => {
+    const list = event.target instanceof HTMLInputElement && typed(event.target.files);
+    if (list) event.target.files = list.files;
+  }, true);
+  document.addEventListener("drop", (event) => {
+    const list = typed(event.dataTransfer?.files);
+    if (!list) return;
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    event.target.dispatchEvent(new DragEvent("drop", {bubbles: true, cancelable: true, dataTransfer: list}));
+  }, true);
+}"""
+PAGE_SCRIPTS = f"() => {{ ({ONE_DECIMAL_LABELS})(); ({TYPED_PHONE_PHOTOS})(); }}"
+
+
 def load_classifier(model: str, revision: str | None) -> tuple[Classifier | None, str]:
     """The classifier to serve, and a warning for the page when it is not the one asked for."""
     try:
@@ -425,8 +453,7 @@ def live_tab(predictor: Predictor) -> None:
 def batch_tab(predictor: Predictor) -> tuple[gr.File, gr.Dataframe]:
     headers = table_headers(predictor.class_names)
     with gr.Tab("Several photos"):
-        # "image" lets through what the browser calls an image; the suffixes, files it gives no type (Chromium on
-        # Linux an iPhone's IMG_0001.HEIC).
+        # The suffixes: the file chooser lists HEIC files where the system gives them no image type.
         files = PetPhotos(file_count="multiple", file_types=["image", ".heic", ".heif"], elem_id="batch",
                           label=f"Photos (up to {MAX_BATCH_FILES})")
         run = gr.Button("Classify all", variant="primary", elem_id="batch-run")
@@ -507,7 +534,7 @@ def main() -> None:
     demo = build_demo(classifier, warning, tuple(args.allow_links_from), args.link_seconds)
     demo.queue(default_concurrency_limit=PREDICT_SLOTS, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_BYTES, theme=THEME,
-                css=CSS + WEBCAM_CSS, js=ONE_DECIMAL_LABELS, state_session_capacity=SESSIONS_KEPT,
+                css=CSS + WEBCAM_CSS, js=PAGE_SCRIPTS, state_session_capacity=SESSIONS_KEPT,
                 app_kwargs={"middleware": [Middleware(RequestSizeLimit, max_bytes=MAX_REQUEST_BYTES,
                                                       upload_bytes=MAX_UPLOAD_BYTES)]})
 
