@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from catsdogs.preprocess import BAD_IMAGE_ERRORS, IMAGE_SUFFIXES, PhotoSource, load_photo
+from catsdogs.preprocess import BAD_IMAGE_ERRORS, IMAGE_SUFFIXES, PhotoSource, image_files, load_photo
 
 CLASS_NAMES = ("cat", "dog")
 _CLASS_WORDS = {"cat": 0, "cats": 0, "dog": 1, "dogs": 1}
@@ -278,13 +278,13 @@ def decode_into(photos: Photos, images: torch.Tensor, workers: int = 8, desc: st
 
 
 def _photos_in_folder(folder: Path) -> Photos:
-    """Kaggle-named files directly in `folder`, plus everything inside its class sub-folders."""
+    """Kaggle-named files directly in `folder`, plus the photos inside its class sub-folders (hidden files left out,
+    as everywhere: `image_files`)."""
     photos = Photos()
     for entry in sorted(folder.iterdir()):
         if entry.is_dir() and (label := class_of(entry.name)) is not None:
-            for file in sorted(entry.rglob("*")):
-                if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file():
-                    photos.add(file, label)
+            for file in sorted(image_files(entry)):  # sorted by name: the order the photo list's fingerprint keys on
+                photos.add(file, label)
         elif entry.suffix.lower() in IMAGE_SUFFIXES and (match := _FILE_NAME_LABEL.match(entry.name)):
             photos.add(entry, class_of(match.group(1)))
     return photos
@@ -367,7 +367,7 @@ def _require_both_classes(photos: Photos, where: Path) -> Photos:
     if all(counts.values()):
         return photos
     if len(photos) == 0:
-        images = [p for p in where.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES] if where.is_dir() else []
+        images = image_files(where) if where.is_dir() else []
         folders = sorted(p.name for p in where.iterdir() if p.is_dir()) if where.is_dir() else []
         found = f"{len(images)} image files whose names or folders don't say cat or dog"
         if images:

@@ -35,6 +35,22 @@ def test_class_subfolders_in_any_case_with_photos_from_phones(tmp_path):
     assert images.shape == (6, 3, 224, 224) and not skipped
 
 
+def test_a_folder_unzipped_from_a_mac_trains_on_its_photos_only(tmp_path):
+    """macOS zips carry a `._name` companion of every photo (its resource fork, not an image) and a __MACOSX folder;
+    folder views leave thumbnail caches. None of them is a photo to train on or to report as unreadable."""
+    for folder, label in (("cats", "cat"), ("dogs", "dog")):
+        (tmp_path / folder / ".thumbnails").mkdir(parents=True)
+        (tmp_path / "__MACOSX" / folder).mkdir(parents=True)
+        pet_photo(label, 1).save(tmp_path / folder / "a.jpg")
+        pet_photo(label, 2).save(tmp_path / folder / ".thumbnails" / "a.jpg")
+        for fork in (tmp_path / folder / "._a.jpg", tmp_path / "__MACOSX" / folder / "._a.jpg"):
+            fork.write_bytes(b"\0\5\26\7\0\2\0\0Mac OS X        ")
+    photos, val = find_photos(tmp_path)
+    assert val is None and names(photos) == [("a.jpg", 0), ("a.jpg", 1)]
+    images, labels, skipped = decode_photos(photos, size=64)
+    assert len(images) == 2 and not skipped
+
+
 def test_train_and_test_folders_of_the_seed_000_layout(tmp_path):
     for split, n in (("train", 3), ("test", 2)):
         for label in ("cats", "dogs"):
