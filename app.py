@@ -48,7 +48,7 @@ from PIL import Image  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from catsdogs.components import (NOT_A_PHOTO, AnswerLabel, Demo, PetPhoto, PetPhotos, UnreadablePhoto,  # noqa: E402
-                                 photo_errors, shown_as, shown_copy, too_large, unshowable)
+                                 decoded_once, photo_errors, shown_copy, too_large, unshowable)
 from catsdogs.explain import Explainer  # noqa: E402
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, is_local_folder  # noqa: E402
 from catsdogs.inference import NOT_A_PET, Answer, Classifier  # noqa: E402
@@ -242,6 +242,7 @@ class BatchAnswer:
     photo: str
     answer: Answer | None
     problem: str = ""
+    shown: str = ""  # the file the page shows: the photo, or a copy browsers can show
 
     def row(self, class_names: list[str]) -> list:
         return table_row(os.path.basename(self.photo), self.answer, class_names, self.problem)
@@ -287,20 +288,23 @@ class Predictor:
         with photo_errors():
             return self.explainer.overlay(photo, class_name)
 
-    def classify_many(self, files: list[str] | None) -> list[BatchAnswer]:
+    def classify_many(self, files: list[str] | None, shown: bool = False) -> list[BatchAnswer]:
+        """Each file's answer, in order; with `shown`, each also names the file the page shows of it."""
         self._require_model()
         if not files:
             raise gr.Error("No photos given: choose one or more image files.")
         if len(files) > MAX_BATCH_FILES:
             raise gr.Error(f"Too many photos: {len(files)} at once, and a batch takes at most {MAX_BATCH_FILES}. "
                            f"Classify them in batches of {MAX_BATCH_FILES}.")
+        shown_files: list[str] = []
+        results = self.classifier.predict_readable(decoded_once(files, shown_files) if shown else files)
         answers = []
-        for path, result in zip(files, self.classifier.predict_readable(files), strict=True):
+        for path, result, shown_file in zip(files, results, shown_files if shown else files, strict=True):
             if isinstance(result, Exception):
                 answers.append(BatchAnswer(path, None, too_large(result) if isinstance(result, ImageTooLarge)
                                            else NOT_A_PHOTO))
             else:
-                answers.append(BatchAnswer(path, result))
+                answers.append(BatchAnswer(path, result, shown=shown_file))
         return answers
 
     def rows(self, files: list[str] | None) -> list[list]:
@@ -350,10 +354,10 @@ def show_live(predictor: Predictor, frame) -> tuple:
 
 def show_batch(predictor: Predictor, headers: list[str], files) -> tuple:
     started = time.perf_counter()
-    answers = predictor.classify_many(files)
+    answers = predictor.classify_many(files, shown=True)
     seconds = time.perf_counter() - started
     rows = [answer.row(predictor.class_names) for answer in answers]
-    gallery = [(shown_as(answer.photo), answer_caption(answer.answer))
+    gallery = [(answer.shown, answer_caption(answer.answer))
                for answer in answers if answer.answer is not None]
     table = pd.DataFrame(rows, columns=headers).style.format(precision=1, na_rep="-")  # 28.0, not 28
     return (gallery, table, write_csv(headers, rows),

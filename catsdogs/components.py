@@ -14,6 +14,7 @@ serving.LinkFetcher, and whatever cannot be used becomes a message for the perso
 
 import base64
 import io
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -200,7 +201,16 @@ def shown_copy(image: Image.Image, name: str) -> str:
     return save_bytes_to_cache(jpeg.getvalue(), f"{Path(name).stem}.jpg", get_upload_folder())
 
 
-def shown_as(photo: str) -> str:
-    """The file the page shows of a photo: the photo, or a JPEG copy of one browsers cannot show."""
-    decoded = unshowable(photo)
-    return photo if decoded is None else shown_copy(decoded, photo)
+def decoded_once(photos: list[str], shown: list[str]) -> Iterator[str | Image.Image]:
+    """`photos` for the classifier, each one browsers cannot show decoded once for both its answer and the copy the
+    page shows; the file the page shows of each (the photo, or its copy) is appended to `shown`, in order. A file
+    that is not a usable photo goes on as it is, for the classifier to say why."""
+    for photo in photos:
+        try:
+            decoded = unshowable(photo)
+        except gr.Error:
+            decoded = None
+        shown.append(photo if decoded is None else shown_copy(decoded, photo))
+        yield photo if decoded is None else decoded
+        if decoded is not None:
+            decoded.close()  # its pixels go before the next photo is decoded: one whole photo in memory at a time

@@ -4,7 +4,7 @@ catsdogs.device picks for predictions."""
 import copy
 import ctypes
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,9 +199,10 @@ class Classifier:
         """
         return self._answers([load_photo(photo, self.model.image_size) for photo in photos])
 
-    def predict_readable(self, photos: Sequence[PhotoSource]) -> list[Answer | Exception]:
+    def predict_readable(self, photos: Iterable[PhotoSource]) -> list[Answer | Exception]:
         """Like `predict`, but a photo that cannot be used gets its error (one of BAD_IMAGE_ERRORS) instead of
-        failing the others. Photos are decoded one at a time and kept only at the network's input size."""
+        failing the others. Photos are taken one at a time (`photos` may be a generator) and kept only at the
+        network's input size."""
         readable: dict[int, torch.Tensor] = {}
         errors: dict[int, Exception] = {}
         for i, photo in enumerate(photos):
@@ -210,7 +211,7 @@ class Classifier:
             except BAD_IMAGE_ERRORS as error:
                 errors[i] = error
         results = dict(zip(readable, self._answers(list(readable.values()))))
-        return [results[i] if i in results else errors[i] for i in range(len(photos))]
+        return [results[i] if i in results else errors[i] for i in range(len(readable) + len(errors))]
 
     def _answers(self, images: list[torch.Tensor]) -> list[Answer]:
         if not images:

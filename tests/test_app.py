@@ -20,14 +20,16 @@ from gradio_client.exceptions import AppError
 from imagegen import bomb_png, pet_photo, save_as
 from link_site import link_site
 from PIL import Image
+from pi_heif import HeifImageFile
 
 import app as demo_app
 from app import EXAMPLE_PICTURES, EXAMPLES
 from bench.app_memory import Server, status_mb
 from bench.app_memory_rounds import malloc_arenas
-from catsdogs.components import SHOWN_SIDE, FetchesLinks, shown_as
+from catsdogs.components import SHOWN_SIDE, FetchesLinks, decoded_once
 from catsdogs.hub import push_outputs
 from catsdogs.inference import NOT_A_PET, UNSURE_BELOW, Classifier
+from catsdogs.predict import table_headers
 from catsdogs.page_text import how_it_works
 
 BRICK = EXAMPLES / "brick.jpg"  # a picture the shipped not-a-pet score flags (tests/test_notpet.py)
@@ -155,13 +157,32 @@ def test_the_photo_box_answers_a_photo_once_and_shows_a_copy_where_browsers_cann
     assert first[0] == gr.skip() and first[1]["value"].label == "dog"
 
 
+def test_several_photos_show_copies_from_the_one_decode_that_answers_them(shared_data, tmp_path, monkeypatch):
+    """"Several photos" with an iPhone's HEIC: its gallery entry is a JPEG copy, its row the API's, and the HEIC is
+    decoded once for both (a 12-megapixel one takes half a second to decode)."""
+    predictor = demo_app.Predictor(Classifier(ROOT / "weights"), "")
+    heic = str(save_as(Image.open(shared_data / FULL_SIZE / "cat.85.jpg"), tmp_path / "IMG_0005.HEIC"))
+    jpeg, text = str(shared_data / FULL_SIZE / "dog.79.jpg"), tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    decodes = []  # HEIC images loaded: the list keeps them, so their ids are distinct
+    heif_load = HeifImageFile.load
+    monkeypatch.setattr(HeifImageFile, "load", lambda image: decodes.append(image) or heif_load(image))
+    gallery, table, _, _ = demo_app.show_batch(predictor, table_headers(predictor.class_names), [heic, jpeg, str(text)])
+    assert len(set(map(id, decodes))) == 1  # one image opened and loaded (load() is called again on it)
+    assert [Image.open(shown).format for shown, _ in gallery] == ["JPEG", "JPEG"] and gallery[1][0] == jpeg
+    assert Image.open(gallery[0][0]).size == Image.open(heic).size
+    assert table.data.values.tolist()[:2] == predictor.rows([heic, jpeg])
+
+
 def test_the_copy_shown_of_a_large_photo_browsers_cannot_show_keeps_its_shape(tmp_path):
     y, x = np.mgrid[0:640, 0:2600]  # reduced by 2 across and 1 down, it would come out squeezed
     picture = Image.fromarray(np.stack([x * 255 // 2600, y * 255 // 640, (x + y) % 256], -1).astype(np.uint8))
     tiff = str(save_as(picture, tmp_path / "scan.tif"))
-    assert Image.open(shown_as(tiff)).size == (SHOWN_SIDE, round(SHOWN_SIDE * 640 / 2600))
     jpeg = str(save_as(picture, tmp_path / "IMG_0004.jpg"))
-    assert shown_as(jpeg) == jpeg  # browsers show it as it is
+    shown = []
+    assert [isinstance(photo, Image.Image) for photo in decoded_once([tiff, jpeg], shown)] == [True, False]
+    assert Image.open(shown[0]).size == (SHOWN_SIDE, round(SHOWN_SIDE * 640 / 2600))
+    assert shown[1] == jpeg  # browsers show it as it is
 
 
 def test_several_photos_at_once_get_one_right_row_each(client, shared_data, tmp_path):
