@@ -73,10 +73,11 @@ CACHE_SECONDS = 600  # uploads and linked photos are deleted from Gradio's cache
 SESSIONS_KEPT = 1000
 
 # The clickable examples: pictures whose licence lets them ship here (docs/demo.md lists each
-# one's source and licence). No dog among them: no licence-clean dog photo could be found on these machines.
+# one's source and licence): a cat, a dog, and non-pets that show the other answers.
 EXAMPLES = Path(__file__).resolve().parent / "examples"
-EXAMPLE_PICTURES = {"chelsea.jpg": "Chelsea the cat", "coffee.jpg": "A cup of coffee", "gravel.jpg": "Gravel",
-                    "grass.jpg": "Grass", "brick.jpg": "A brick wall"}
+EXAMPLE_PICTURES = {"chelsea.jpg": "Chelsea the cat", "retriever.jpg": "A golden retriever",
+                    "coffee.jpg": "A cup of coffee", "gravel.jpg": "Gravel", "grass.jpg": "Grass",
+                    "brick.jpg": "A brick wall"}
 # The webcam's frames go to the network as the camera sees them (text in the photo reads the right way, in the
 # answer's heatmap too): Gradio's `mirror` flips the captured frame as well as the preview, so it is off and
 # WEBCAM_CSS mirrors the preview alone, as a mirror would. 640 px wide is enough for a 224x224 network.
@@ -111,7 +112,8 @@ CSS = """
 .fits .grid-wrap { max-height: none; min-height: 0; overflow-y: visible; }
 .fits .grid-container { padding-top: var(--size-10); grid-template-rows: none; grid-auto-rows: auto;
                         grid-template-columns: repeat(auto-fill, minmax(var(--thumb-width, 150px), 1fr)); }
-#examples { --thumb-width: 70px; }
+/* The examples in one row, in two on phones. */
+#examples .grid-container { grid-template-columns: repeat(EXAMPLE_COLUMNS, 1fr); }
 .fits .thumbnail-item { display: flex; flex-direction: column; height: auto; aspect-ratio: auto; }
 .fits .thumbnail-item > img { aspect-ratio: 1; height: auto; }
 .fits .caption-label { position: static; max-width: none; white-space: normal; text-overflow: clip;
@@ -121,8 +123,10 @@ CSS = """
   /* The table's five columns in the width: smaller type and padding, file names broken anywhere. */
   #batch-results .cell-wrap { padding: var(--size-1); font-size: var(--text-sm); overflow-wrap: anywhere; }
   #photo, #heatmap, #live { height: PHONE_IMAGE_HEIGHTpx !important; }  /* Gradio sets IMAGE_HEIGHT inline */
+  #examples .grid-container { grid-template-columns: repeat(PHONE_EXAMPLE_COLUMNS, 1fr); }
 }
-""".replace("PHONE_WIDTHpx", f"{PHONE_WIDTH - 1}px").replace("PHONE_IMAGE_HEIGHTpx", f"{PHONE_IMAGE_HEIGHT}px")
+""".replace("PHONE_WIDTHpx", f"{PHONE_WIDTH - 1}px").replace("PHONE_IMAGE_HEIGHTpx", f"{PHONE_IMAGE_HEIGHT}px").replace(
+    "PHONE_EXAMPLE_COLUMNS", str(-(-len(EXAMPLE_PICTURES) // 2))).replace("EXAMPLE_COLUMNS", str(len(EXAMPLE_PICTURES)))
 
 # Gradio's Label rounds its percentages to whole ones ("dog 98%" for a photo at 97.6%, "not sure" below 98%): on
 # every page load, a watcher writes each Label's percentages from its bars' values, with one decimal like the rest.

@@ -217,11 +217,12 @@ def test_heatmap_endpoint_draws_over_the_photo(client, shared_data, tmp_path):
             client.predict(value, api_name="/heatmap")
 
 
-def test_the_examples_are_a_cat_a_non_pet_and_a_pet_not_sure_between_cat_and_dog(client):
+def test_the_examples_are_a_cat_a_dog_a_non_pet_and_a_pet_not_sure_between_cat_and_dog(client):
     results = {name: client.predict(handle_file(EXAMPLES / name), api_name="/predict") for name in EXAMPLE_PICTURES}
     found = {name: (result["label"], max(confidences(result).values())) for name, result in results.items()}
     assert all(sum(confidences(result).values()) == pytest.approx(1, abs=1e-5) for result in results.values())
     assert found["chelsea.jpg"][0] == "cat" and found["chelsea.jpg"][1] >= SURE, found
+    assert found["retriever.jpg"][0] == "dog" and found["retriever.jpg"][1] >= SURE, found
     assert found["brick.jpg"][0] == NOT_A_PET, found  # the probabilities still come with it
     assert any(label != NOT_A_PET and top < UNSURE_BELOW for label, top in found.values()), found  # the note shows
 
