@@ -15,8 +15,10 @@ the mirror view; then KNN's k and bank size.
 
 Pets: --val-per-class photos of each class of the validation split (never trained on) and the full-size photos of
 --full-size. Non-pets: the photos in NON_PET_PHOTOS that ship in installed packages (matplotlib's and Gradio's
-sample images) and in examples/, and those found in --pictures folders (scikit-image's and scikit-learn's
-sample images: `pip download --no-deps scikit-image scikit-learn` and unzip the wheels there). Lions and
+sample images) and in examples/, and those found in --pictures folders: scikit-image's and scikit-learn's
+sample images (`pip download --no-deps scikit-image scikit-learn` and unzip the wheels there) and KDE Plasma's
+CC0 account pictures (Debian's plasma-workspace-data: `apt-get download plasma-workspace-data` and
+`dpkg-deb -x` it there; its cat and dog are left out). Lions and
 cheetahs are kept apart: a wild cat is not a pet, yet a cat model may rightly find it cat-like. Every group is
 also measured with each picture first squashed to 200x200 (the training photos' size) and shrunk to 64x64 and
 back (a quarter of the validation photos), so that sharpness is no shortcut.
@@ -62,6 +64,9 @@ NON_PET_PHOTOS = {
                      "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png", "page.png",
                      "retina.jpg", "rocket.jpg", "text.png"],
     "scikit-learn": ["china.jpg", "flower.jpg"],
+    "KDE Plasma": [f"{name}.png" for name in ("Air Balloon", "Astronaut", "Books", "Brushes", "Bulb", "Car",
+                                              "Chameleon", "Cocktail", "Fish", "Gamepad", "Owl", "Pancakes",
+                                              "Parrot", "Pencils", "Shuttle", "Soccer", "Sunflower", "Sushi")],
 }
 WILD_CATS = {"gradio": ["cheetah.jpg", "cheetah1.jpg", "lion.jpg", "cheetah2.jpg"]}
 
@@ -75,6 +80,7 @@ def package_folders(pictures: list[Path]) -> dict[str, list[Path]]:
     for folder in pictures:
         found.setdefault("scikit-image", []).extend(folder.glob("**/skimage/data"))
         found.setdefault("scikit-learn", []).extend(folder.glob("**/sklearn/datasets/images"))
+        found.setdefault("KDE Plasma", []).extend(folder.glob("**/plasma/avatars/photos"))
     return found
 
 
