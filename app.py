@@ -86,6 +86,8 @@ WEBCAM = gr.WebcamOptions(mirror=False, constraints={"video": {"width": {"ideal"
 # the upload and the decoder a quarter of a 640x480 one.
 LIVE_WEBCAM = gr.WebcamOptions(mirror=False, constraints={"video": {"width": {"ideal": 320}}})
 LIVE_EVERY = 0.1  # s: the browser sends a frame this often, and only once the last one is answered
+HEATMAP_CAPTION = ("Red and yellow: the parts of the photo that pushed the network towards its answer (Grad-CAM); "
+                   "blue ones a little, uncoloured ones not at all.")
 WEBCAM_CSS = "#photo [data-testid=webcam-video], #live [data-testid=webcam-video] { transform: scaleX(-1); }"
 IMAGE_HEIGHT = 360  # px: the photo and heatmap boxes keep this height whatever the photo's shape
 PHONE_WIDTH = 640  # px: narrower windows get the phone layout (smaller boxes, the answer scrolled into view)
@@ -105,6 +107,8 @@ CSS = """
 #photo .source-selection button[aria-label="Upload file"]::after { content: "Upload"; }
 #photo .source-selection button[aria-label="Capture from camera"]::after { content: "Webcam"; }
 #photo .source-selection button[aria-label="Paste from clipboard"]::after { content: "Paste"; }
+/* A live frame's heatmap is as small as the frame: drawn as large as its box, like the photo's. */
+#live-heatmap img { width: 100%; height: 100%; object-fit: contain; }
 /* Not a cat or a dog: the two probabilities stay, muted. */
 .not-a-pet .confidence-set { opacity: 0.45; }
 /* Galleries as tall as their pictures (Gradio's "auto" height still scrolls inside a box), in as many columns as
@@ -122,7 +126,7 @@ CSS = """
   .tab-container button { padding: 0 var(--size-2); }  /* all three tabs' names fit, none in a "•••" menu */
   /* The table's five columns in the width: smaller type and padding, file names broken anywhere. */
   #batch-results .cell-wrap { padding: var(--size-1); font-size: var(--text-sm); overflow-wrap: anywhere; }
-  #photo, #heatmap, #live { height: PHONE_IMAGE_HEIGHTpx !important; }  /* Gradio sets IMAGE_HEIGHT inline */
+  #photo, #heatmap, #live, #live-heatmap { height: PHONE_IMAGE_HEIGHTpx !important; }  /* Gradio: IMAGE_HEIGHT inline */
   #examples .grid-container { grid-template-columns: repeat(PHONE_EXAMPLE_COLUMNS, 1fr); }
 }
 """.replace("PHONE_WIDTHpx", f"{PHONE_WIDTH - 1}px").replace("PHONE_IMAGE_HEIGHTpx", f"{PHONE_IMAGE_HEIGHT}px").replace(
@@ -349,11 +353,17 @@ def show_answer(predictor: Predictor, photo, box: PhotoBox):
     yield (gr.skip(), gr.skip(), gr.skip(), heatmap, heatmap_line) if box.holds(photo) else unchanged
 
 
-def show_live(predictor: Predictor, frame) -> tuple:
+def show_live(predictor: Predictor, frame, explain: bool) -> tuple:
+    """Live tab: the newest frame's answer and, when asked for, where the network looked in it."""
     started = time.perf_counter()
     answer = predictor.classify(frame)
-    return (shown_label(answer), answer_note(answer),
-            f"Last frame answered in {took(time.perf_counter() - started)}")
+    answered = f"Last frame answered in {took(time.perf_counter() - started)}"
+    if not explain:
+        return shown_label(answer), answer_note(answer), gr.skip(), answered
+    started = time.perf_counter()
+    heatmap = predictor.where_it_looked(frame, answer.top_class)
+    return (shown_label(answer), answer_note(answer), heatmap,
+            f"{answered} · heatmap in {took(time.perf_counter() - started)}")
 
 
 def show_batch(predictor: Predictor, headers: list[str], files) -> tuple:
@@ -421,9 +431,7 @@ def photo_tab(predictor: Predictor) -> tuple[PetPhoto, AnswerLabel, gr.Image]:
                 note = gr.Markdown(elem_id="unsure")
                 heatmap = gr.Image(label="Where it looked", interactive=False, height=IMAGE_HEIGHT, format="jpeg",
                                    elem_id="heatmap", buttons=["download", "fullscreen"])
-                gr.Markdown("Red and yellow: the parts of the photo that pushed the network towards its answer "
-                            "(Grad-CAM); blue ones a little, uncoloured ones not at all.",
-                            elem_classes="caption")
+                gr.Markdown(HEATMAP_CAPTION, elem_classes="caption")
                 timing = gr.Markdown(elem_id="photo-timing", elem_classes="caption")
     # An example goes into the photo box like an upload; no thumbnail stays marked once it is there.
     examples.select(pick_example, None, [photo, examples], api_visibility="private", queue=False)
@@ -453,9 +461,18 @@ def live_tab(predictor: Predictor) -> None:
                 gr.Markdown(f"Answers the newest frame as soon as the last one is answered, up to {1 / LIVE_EVERY:.0f} "
                             "times a second, while the webcam records, for up to a minute. With several cameras, "
                             "the button beside Record picks one.", elem_classes="caption")
+                explain = gr.Checkbox(False, label="Show where it looked (each frame then takes longer)",
+                                      elem_id="live-explain")
+                with gr.Column(visible=False) as explained:
+                    live_heatmap = gr.Image(label="Where it looked", interactive=False, height=IMAGE_HEIGHT,
+                                            format="jpeg", elem_id="live-heatmap", buttons=[])
+                    gr.Markdown(HEATMAP_CAPTION, elem_classes="caption")
                 timing = gr.Markdown(elem_id="live-timing", elem_classes="caption")
-    live.stream(partial(show_live, predictor), live, [live_label, live_note, timing], stream_every=LIVE_EVERY,
-                time_limit=60, concurrency_limit=4, api_visibility="private")
+    # Unticked: the heatmap goes, so that it never shows beside answers of later frames.
+    explain.change(lambda on: (gr.Column(visible=on), None), explain, [explained, live_heatmap],
+                   api_visibility="private", queue=False)
+    live.stream(partial(show_live, predictor), [live, explain], [live_label, live_note, live_heatmap, timing],
+                stream_every=LIVE_EVERY, time_limit=60, concurrency_limit=4, api_visibility="private")
 
 
 def batch_tab(predictor: Predictor) -> tuple[gr.File, gr.Dataframe]:

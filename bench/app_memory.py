@@ -111,9 +111,10 @@ class Server:
                     return f"error: {output.get('error')}"
         return "no answer"
 
-    def data_url_call(self, endpoint: str, photo: Path, shown: int = 60) -> str:
+    def data_url_call(self, endpoint: str, photo: Path, shown: int = 60, others: tuple = ()) -> str:
+        """`photo` as a data: URL, the endpoint's first input; `others` are its other inputs."""
         encoded = base64.b64encode(photo.read_bytes()).decode()
-        return self.call(endpoint, [{"url": f"data:image/{photo.suffix[1:]};base64,{encoded}"}], shown)
+        return self.call(endpoint, [{"url": f"data:image/{photo.suffix[1:]};base64,{encoded}"}, *others], shown)
 
     def upload_call(self, endpoint: str, photos: list[Path], as_list: bool = False, shown: int = 60) -> str:
         try:
@@ -166,13 +167,16 @@ def concurrently(clients: int, seconds: float, request) -> str:
     return ", ".join(f"{n}× {answer}" for answer, n in answers.most_common())
 
 
+LIVE_HEATMAP = (True,)  # the live stream's other input: "Show where it looked", ticked
+
+
 def cases(server: Server, files: dict[str, Path], photos: list[Path], clients: int, seconds: float) -> dict:
     """Case name -> what it sends; each returns its answer in words."""
     link = {"path": server.url + "config", "meta": {"_type": "gradio.FileData"}}
     worst = [lambda: server.upload_call("predict", [files["huge_png"]]),
              lambda: server.upload_call("predict", [files["big_webp"]]),
              lambda: server.data_url_call("predict", files["huge_png"]),
-             lambda: server.data_url_call("stream", files["huge_png"]),
+             lambda: server.data_url_call("stream", files["huge_png"], others=LIVE_HEATMAP),
              lambda: server.upload_call("predict_many", photos[:100], as_list=True)]
     return {
         "/predict, upload: 13000×13000 PNG (0.5 MB)": lambda: server.upload_call("predict", [files["huge_png"]]),
@@ -183,7 +187,7 @@ def cases(server: Server, files: dict[str, Path], photos: list[Path], clients: i
         "/predict, data: URL: 40 MB photo (54 MB body)": lambda: server.data_url_call("predict", files["big_photo"]),
         "/predict, link to 127.0.0.1": lambda: server.call("predict", [link]),
         "live frame (private endpoint), data: URL: 13000×13000 PNG":
-            lambda: server.data_url_call("stream", files["huge_png"]),
+            lambda: server.data_url_call("stream", files["huge_png"], others=LIVE_HEATMAP),
         "/predict_many: 205 photos": lambda: server.upload_call("predict_many", photos[:205], as_list=True),
         "/predict_many: 100 photos": lambda: server.upload_call("predict_many", photos[:100], as_list=True),
         f"{clients} clients, /predict: 500×375 JPEGs, {seconds:.0f} s": lambda: concurrently(

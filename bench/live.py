@@ -4,10 +4,13 @@
     python -m bench.live --seconds 20 --compare OTHER_CHECKOUT/app.py   # and another checkout's app, in turn
 
 Starts `python app.py`, opens the live tab in headless Chromium whose fake camera plays two full-size photos (a
-cat and a dog, alternating every half second), starts the stream and records it for --seconds. A script in the
+cat and a dog, alternating every half second), starts the stream and records it for --seconds, once with the
+answers alone and once with "Show where it looked" ticked (a heatmap of every frame). A script in the
 page notes when each frame leaves the browser (its HTTP request) and when each answer arrives (the queue's
-event stream); the latency of an answer is the time since the last frame sent before it. The browser sends the
-next frame only once the last one is answered, so answers per second is also frames per second.
+event stream). The browser sends a frame every `stream_every` seconds; the app keeps only the newest one it has not
+answered (Gradio replaces a waiting frame with the next), so when answering takes longer than that, frames are
+dropped, not queued. The latency of an answer is the time from the frame it answers leaving the browser: the
+newest frame sent by the time the answer before it arrived, or, when that one was answered already, the next.
 """
 
 import argparse
@@ -52,20 +55,35 @@ RECORDER = """(() => {
 })();"""
 
 
-def record(browser, url: str, seconds: float) -> dict[str, float]:
+def record(browser, url: str, seconds: float, explain: bool) -> dict[str, float]:
     page = browser.new_page(viewport={"width": 1100, "height": 900})
     page.add_init_script(RECORDER)
     page.goto(url)
+    if explain:
+        page.get_by_role("tab", name="Live webcam").click()
+        page.locator("#live-explain input").check()
     start_live_stream(page, timeout_ms=60_000)
     page.wait_for_function("() => window.liveAnswers.length > 0", timeout=60_000)
     page.wait_for_timeout(seconds * 1000)
     frames, answers = page.evaluate("[window.liveFrames, window.liveAnswers]")
     page.close()
-    start = answers[0]
-    answers = [t for t in answers if t > start]  # the first answer starts the clock: warm-up is not counted
-    latencies = [t - max(f for f in frames if f < t) for t in answers]
-    return {"answers_per_s": len(answers) / ((answers[-1] - start) / 1000), "p50_ms": statistics.median(latencies),
-            "p95_ms": statistics.quantiles(latencies, n=20)[-1], "answers": len(answers)}
+    latencies = [answer - frames[frame] for answer, frame in zip(answers, answered_frames(frames, answers))]
+    counted = slice(1, None)  # the first answer starts the clock: warm-up is not counted
+    seconds = (answers[-1] - answers[0]) / 1000
+    return {"answers_per_s": len(answers[counted]) / seconds, "p50_ms": statistics.median(latencies[counted]),
+            "p95_ms": statistics.quantiles(latencies[counted], n=20)[-1], "answers": len(answers[counted]),
+            "frames_dropped": len([f for f in frames if f < answers[-1]]) - len(answers)}
+
+
+def answered_frames(frames: list[float], answers: list[float]) -> list[int]:
+    """Which frame each answer is for, as the app picks them: the first answer is the first frame's; each later one
+    is for the newest frame sent by the time the answer before it arrived (when the app was free again), or, when
+    no frame came since the last one answered, for the next frame sent."""
+    picked = [0]
+    for free_at in answers[:-1]:
+        waiting = [i for i in range(picked[-1] + 1, len(frames)) if frames[i] <= free_at]
+        picked.append(waiting[-1] if waiting else min(picked[-1] + 1, len(frames) - 1))
+    return picked
 
 
 def main() -> None:
@@ -84,13 +102,14 @@ def main() -> None:
             for app_file in app_files:
                 app, url = start_app(app_file, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 try:
-                    figures = record(browser, url, args.seconds)
+                    for explain in (False, True):
+                        figures = record(browser, url, args.seconds, explain)
+                        rows.append([str(app_file), "yes" if explain else "no", *figures.values()])
                 finally:
                     app.terminate()
-                rows.append([str(app_file), *figures.values()])
             browser.close()
     report(f"The live tab in Chromium, a fake 640x480 camera, {args.seconds:.0f} s of stream",
-           ["app", "answers/s", "p50 latency ms", "p95 latency ms", "answers"], rows)
+           ["app", "heatmap", "answers/s", "p50 latency ms", "p95 latency ms", "answers", "frames dropped"], rows)
 
 
 if __name__ == "__main__":

@@ -49,10 +49,12 @@ def main() -> None:
             photo_tab(page, url, DOCS / "photo.png")
 
             page.get_by_role("tab", name="Live webcam").click()
+            page.locator("#live-explain input").check()  # the heatmap too
             page.locator("#live").get_by_text("Click to Access Webcam").click()
             page.wait_for_function(WEBCAM_READY, arg="live")
             page.locator("#live").get_by_label("capture photo").click()
             page.locator("#live-prediction [data-testid=label-output-value]").wait_for()
+            page.locator("#live-heatmap img").wait_for()
             page.wait_for_timeout(1500)
             page.screenshot(path=DOCS / "live.png")
 

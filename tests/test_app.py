@@ -24,7 +24,7 @@ from pi_heif import HeifImageFile
 
 import app as demo_app
 from app import EXAMPLE_PICTURES, EXAMPLES
-from bench.app_memory import Server, status_mb
+from bench.app_memory import LIVE_HEATMAP, Server, status_mb
 from bench.app_memory_rounds import malloc_arenas
 from catsdogs.components import SHOWN_SIDE, FetchesLinks, decoded_once
 from catsdogs.hub import push_outputs
@@ -172,6 +172,19 @@ def test_several_photos_show_copies_from_the_one_decode_that_answers_them(shared
     assert [Image.open(shown).format for shown, _ in gallery] == ["JPEG", "JPEG"] and gallery[1][0] == jpeg
     assert Image.open(gallery[0][0]).size == Image.open(heic).size
     assert table.data.values.tolist()[:2] == predictor.rows([heic, jpeg])
+
+
+def test_a_live_frame_gets_its_heatmap_only_when_asked_for(shared_data, tmp_path):
+    predictor = demo_app.Predictor(Classifier(ROOT / "weights"), "")
+    frame = tmp_path / "frame.png"  # as the live tab sends one: a small PNG of the camera's picture
+    Image.open(shared_data / FULL_SIZE / "dog.79.jpg").convert("RGB").resize((320, 240)).save(frame)
+    label, note, heatmap, timing = demo_app.show_live(predictor, str(frame), False)
+    assert label["value"] == predictor.label(str(frame)) and heatmap == gr.skip()
+    assert re.fullmatch(r"Last frame answered in \d+ ms", timing)
+    label, note, heatmap, timing = demo_app.show_live(predictor, str(frame), True)
+    expected = predictor.where_it_looked(str(frame), label["value"].label)
+    assert heatmap.size == (320, 240) and np.array_equal(np.asarray(heatmap), np.asarray(expected))
+    assert re.fullmatch(r"Last frame answered in \d+ ms · heatmap in \d+ ms", timing)
 
 
 def test_the_copy_shown_of_a_large_photo_browsers_cannot_show_keeps_its_shape(tmp_path):
@@ -334,7 +347,7 @@ def test_an_image_over_the_pixel_limit_is_refused_undecoded_however_it_arrives(a
     with pytest.raises(AppError, match=r"too large: 13000×13000 pixels \(169 megapixels\) is more than the 50"):
         client.predict(handle_file(huge), api_name="/predict")  # an upload, as the page and webcam send them
     assert "too large: 13000×13000" in server.data_url_call("predict", huge)  # a data: URL in the JSON
-    assert "too large: 13000×13000" in server.data_url_call("stream", huge)  # a live frame, private endpoint
+    assert "too large: 13000×13000" in server.data_url_call("stream", huge, others=LIVE_HEATMAP)  # a live frame
     assert "too large: 13000×13000" in server.upload_call("predict_many", [huge], as_list=True, shown=1000)
     assert status_mb(app.proc.pid, "VmHWM") - start < 50  # decoding it took +1.9 GB (upload) to +3.2 GB
 
@@ -482,16 +495,18 @@ def link_app(app, shared_data, tmp_path_factory):
         yield app, url
 
 
-def routes_taking(server: Server, config: dict, elem_ids: set[str]) -> dict[str, tuple[bool, int]]:
+def routes_taking(server: Server, config: dict, elem_ids: set[str]) -> dict[str, tuple[bool, list]]:
     """Every event (API or page) whose first input is the component with one of `elem_ids` and whose others are
-    per-visitor states: name -> (takes a list, how many states follow it)."""
+    per-visitor states or tick boxes: name -> (takes a list, the values of the inputs after it: None for a state,
+    False for a box)."""
     ids = {c["id"]: c["props"].get("elem_id") for c in config["components"]}
-    states = {c["id"] for c in config["components"] if c.get("type") == "state"}
+    values = {c["id"]: None if c.get("type") == "state" else False for c in config["components"]
+              if c.get("type") in ("state", "checkbox")}
     routes = {}
     for name, (index, _) in server.endpoints.items():
         first, *others = config["dependencies"][index]["inputs"] or [None]
-        if ids.get(first) in elem_ids and set(others) <= states:
-            routes[name] = (ids[first] == "batch", len(others))
+        if ids.get(first) in elem_ids and set(others) <= set(values):
+            routes[name] = (ids[first] == "batch", [values[other] for other in others])
     return routes
 
 
@@ -504,10 +519,10 @@ def test_every_route_that_takes_a_photo_fetches_links_with_the_size_cap(link_app
     assert "ok" in server.call("predict", [file_data(f"{site}/cat.85.jpg")], shown=200)
     assert '"cat"' in server.call("predict_many", [[file_data(f"{site}/cat.85.jpg")]], shown=200)
     start = reset_peak(app)
-    for name, (takes_list, states) in routes.items():
+    for name, (takes_list, others) in routes.items():
         for big in ("sized", "unsized"):  # 500 MB, with and without Content-Length
             link = file_data(f"{site}/{big}/{500 * 2**20}")
-            answer = server.call(name, [[link] if takes_list else link, *[None] * states])
+            answer = server.call(name, [[link] if takes_list else link, *others])
             assert "is over 20 MB" in answer, (name, big, answer)
     assert status_mb(app.proc.pid, "VmHWM") - start < 60
 

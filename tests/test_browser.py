@@ -137,6 +137,26 @@ def test_live_stream_keeps_updating_with_the_right_class(page, pet):
     assert re.fullmatch(r"Last frame answered in \d+ ms", timing)
 
 
+def test_live_stream_shows_where_it_looked_when_asked(page, pet):
+    page.get_by_role("tab", name="Live webcam").click()
+    explain = page.locator("#live-explain input")
+    assert page.locator("#live-heatmap").is_hidden()  # only when asked for: it makes each frame take longer
+    explain.check()
+    start_live_stream(page)
+    # The heatmap follows the camera: each of its two photos gets its own (Gradio serves equal pictures from one
+    # address), each one loaded.
+    page.wait_for_function("n => { const img = document.querySelector('#live-heatmap img');"
+                           " window.liveHeatmaps ??= new Set();"
+                           " if (img && img.complete && img.naturalWidth > 0) window.liveHeatmaps.add(img.src);"
+                           " return window.liveHeatmaps.size >= n; }", arg=len(CAMERA[pet]), timeout=30_000)
+    assert_right(shown_answer(page, "live-prediction"), pet)
+    timing = page.locator("#live-timing [data-testid=markdown]").inner_text()
+    assert re.fullmatch(r"Last frame answered in \d+ ms · heatmap in \d+ ms", timing), timing
+    explain.uncheck()
+    page.locator("#live-heatmap").wait_for(state="hidden", timeout=10_000)
+    assert_right(shown_answer(page, "live-prediction"), pet)  # the answers go on
+
+
 def no_broken_image(page, component: str) -> bool:
     """No picture in the component that failed to load (the browser's broken-image icon)."""
     return page.locator(f"#{component}").evaluate(
