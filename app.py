@@ -85,7 +85,8 @@ WEBCAM = gr.WebcamOptions(mirror=False, constraints={"video": {"width": {"ideal"
 # The live view asks for small frames: they are squashed to 224x224 anyway, and a 320x240 frame costs the browser,
 # the upload and the decoder a quarter of a 640x480 one.
 LIVE_WEBCAM = gr.WebcamOptions(mirror=False, constraints={"video": {"width": {"ideal": 320}}})
-LIVE_EVERY = 0.1  # s: the browser sends a frame this often, and only once the last one is answered
+LIVE_EVERY = 0.1  # s: the browser sends a frame this often; the app answers the newest one (Gradio replaces a
+# frame that waits with the next), so a slow answer drops frames rather than falling behind the camera
 HEATMAP_CAPTION = ("Red and yellow: the parts of the photo that pushed the network towards its answer (Grad-CAM); "
                    "blue ones a little, uncoloured ones not at all.")
 WEBCAM_CSS = "#photo [data-testid=webcam-video], #live [data-testid=webcam-video] { transform: scaleX(-1); }"
@@ -117,7 +118,7 @@ CSS = """
 .fits .grid-container { padding-top: var(--size-10); grid-template-rows: none; grid-auto-rows: auto;
                         grid-template-columns: repeat(auto-fill, minmax(var(--thumb-width, 150px), 1fr)); }
 /* The examples in one row, in two on phones. */
-#examples .grid-container { grid-template-columns: repeat(EXAMPLE_COLUMNS, 1fr); }
+#examples .grid-container { grid-template-columns: repeat(EXAMPLES_A_ROW, 1fr); }
 .fits .thumbnail-item { display: flex; flex-direction: column; height: auto; aspect-ratio: auto; }
 .fits .thumbnail-item > img { aspect-ratio: 1; height: auto; }
 .fits .caption-label { position: static; max-width: none; white-space: normal; text-overflow: clip;
@@ -127,10 +128,11 @@ CSS = """
   /* The table's five columns in the width: smaller type and padding, file names broken anywhere. */
   #batch-results .cell-wrap { padding: var(--size-1); font-size: var(--text-sm); overflow-wrap: anywhere; }
   #photo, #heatmap, #live, #live-heatmap { height: PHONE_IMAGE_HEIGHTpx !important; }  /* Gradio: IMAGE_HEIGHT inline */
-  #examples .grid-container { grid-template-columns: repeat(PHONE_EXAMPLE_COLUMNS, 1fr); }
+  #examples .grid-container { grid-template-columns: repeat(EXAMPLES_A_PHONE_ROW, 1fr); }
 }
-""".replace("PHONE_WIDTHpx", f"{PHONE_WIDTH - 1}px").replace("PHONE_IMAGE_HEIGHTpx", f"{PHONE_IMAGE_HEIGHT}px").replace(
-    "PHONE_EXAMPLE_COLUMNS", str(-(-len(EXAMPLE_PICTURES) // 2))).replace("EXAMPLE_COLUMNS", str(len(EXAMPLE_PICTURES)))
+""".replace("PHONE_WIDTHpx", f"{PHONE_WIDTH - 1}px").replace(
+    "PHONE_IMAGE_HEIGHTpx", f"{PHONE_IMAGE_HEIGHT}px").replace(
+    "EXAMPLES_A_ROW", str(len(EXAMPLE_PICTURES))).replace("EXAMPLES_A_PHONE_ROW", str(-(-len(EXAMPLE_PICTURES) // 2)))
 
 # Gradio's Label rounds its percentages to whole ones ("dog 98%" for a photo at 97.6%, "not sure" below 98%): on
 # every page load, a watcher writes each Label's percentages from its bars' values, with one decimal like the rest.
