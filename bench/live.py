@@ -26,7 +26,7 @@ from bench.app_load import PHOTOS, ROOT, start_app
 from bench.common import report
 
 sys.path.insert(0, str(ROOT / "tests"))
-from test_browser import CHROMIUM, start_live_stream, write_y4m  # noqa: E402
+from test_browser import CHROMIUM, chromium_args, start_live_stream, write_y4m  # noqa: E402
 
 # Notes the time of every frame sent (a POST to /gradio_api/stream/, or the queue/join that opens the stream)
 # and of every answer (a "process_streaming" message on the queue's event stream).
@@ -96,9 +96,7 @@ def main() -> None:
         camera = write_y4m(Path(folder) / "pets.y4m", [PHOTOS / "cat.85.jpg", PHOTOS / "dog.79.jpg"])
         rows = []
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream",
-                "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={camera}"])
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=chromium_args(camera))
             for app_file in app_files:
                 app, url = start_app(app_file, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 try:

@@ -19,7 +19,7 @@ ROOT = DOCS.parent
 EXAMPLES = ROOT / "examples"
 MATPLOTLIB_IMAGES = Path(find_spec("matplotlib").origin).parent / "mpl-data" / "sample_data"
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from test_browser import CHROMIUM, WEBCAM_READY, HEATMAP_SHOWN, write_y4m  # noqa: E402
+from test_browser import CHROMIUM, WEBCAM_READY, HEATMAP_SHOWN, chromium_args, write_y4m  # noqa: E402
 
 from bench.app_load import start_app  # noqa: E402
 
@@ -40,9 +40,7 @@ def main() -> None:
     try:
         camera = write_y4m(Path(tempfile.mkdtemp()) / "cam.y4m", [EXAMPLES / "chelsea.jpg"], frames_each=30)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream",
-                "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={camera}"])
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=chromium_args(camera))
             photo_tab(browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2), url,
                       DOCS / "phone.png", show_from="#prediction")
             page = browser.new_page(viewport={"width": 1100, "height": 900})

@@ -37,6 +37,15 @@ def write_y4m(path: Path, photos: list[Path], width: int = 640, height: int = 48
     return path
 
 
+def chromium_args(video: Path | None, cameras: int = 1) -> list[str]:
+    """Chromium's flags for the tests: a fake camera that plays `video` (a y4m file), or with several `cameras`
+    (a video file makes one), Chromium's own moving test picture on each."""
+    return ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run",
+            f"--use-fake-device-for-media-stream=device-count={cameras}", "--use-fake-ui-for-media-stream",
+            *([f"--use-file-for-fake-video-capture={video}"] if video else [])]
+
+
 def chromium(camera_photos: list[Path], video: Path, frames_each: int = 15):
     """Chromium (Playwright) whose fake camera plays `camera_photos` (written to `video`, a y4m file); the test
     skips where Playwright or Chromium is missing. A generator, for a fixture to `yield from`."""
@@ -46,10 +55,7 @@ def chromium(camera_photos: list[Path], video: Path, frames_each: int = 15):
         pytest.skip(f"Chromium not found at {CHROMIUM}: apt-get install chromium (see .ci/run)")
     camera = write_y4m(video, camera_photos, frames_each=frames_each)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run", "--use-fake-device-for-media-stream",
-            "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={camera}"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=chromium_args(camera))
         yield browser
         browser.close()
 

@@ -1,6 +1,6 @@
 """The page's event flow in Chromium: one error per bad file, webcam snapshots stored as the camera sees them, a
-second photo never shown with the first one's heatmap, the live view's pace, and batch tables that go with
-Gradio's cache.
+second photo never shown with the first one's heatmap, the live view's pace and camera choice, and batch tables
+that go with Gradio's cache.
 
 The fake camera here shows a picture whose left third is black, so a mirrored copy of it is told apart.
 """
@@ -14,7 +14,8 @@ import pytest
 from conftest import FULL_SIZE
 from gradio_client import Client, handle_file
 from PIL import Image, ImageOps
-from test_browser import HEATMAP_SHOWN, chromium, open_webcam, shown_answer, start_live_stream
+from test_browser import (CHROMIUM, HEATMAP_SHOWN, WEBCAM_READY, chromium, chromium_args, open_webcam,
+                          shown_answer, start_live_stream)
 from test_page import open_page
 
 import app as demo_app
@@ -139,6 +140,32 @@ def test_the_live_view_answers_several_times_a_second(browser, app):
                            "window.liveAnswers[5] - window.liveAnswers[0] <= 2000", timeout=30_000)
     caption = page.get_by_text("times a second, while the webcam records").inner_text()
     assert f"up to {1 / demo_app.LIVE_EVERY:.0f} times a second" in caption, caption
+    page.close()
+
+
+@pytest.fixture
+def two_cameras(browser):
+    """Chromium with two fake cameras, from the same Playwright as the module's browser (one Playwright a process)."""
+    other = browser.browser_type.launch(executable_path=CHROMIUM, args=chromium_args(None, cameras=2))
+    yield other
+    other.close()
+
+
+def test_with_two_cameras_the_button_beside_record_picks_one(two_cameras, app):
+    """The live tab's caption promises it: Gradio lists the cameras beside Record when there are several."""
+    page = open_page(two_cameras, app, width=1100, height=900)
+    page.get_by_role("tab", name="Live webcam").click()
+    page.locator("#live").get_by_text("Click to Access Webcam").click()
+    page.wait_for_function(WEBCAM_READY, arg="live", timeout=30_000)
+    camera = "() => document.querySelector('#live [data-testid=webcam-video]').srcObject.getVideoTracks()[0].label"
+    page.locator("#live").get_by_label("select input source").click()
+    picker = page.locator("#live select")
+    assert picker.locator("option").all_inner_texts() == ["fake_device_0", "fake_device_1"]
+    assert page.evaluate(camera) == "fake_device_0"
+    picker.select_option("fake_device_1")
+    page.wait_for_function(f"() => ({camera})() === 'fake_device_1'", timeout=10_000)
+    page.locator("#live").get_by_label("capture photo").click()
+    page.locator("#live-prediction [data-testid=label-output-value]").wait_for(timeout=30_000)  # answered
     page.close()
 
 
