@@ -160,7 +160,11 @@ def test_live_stream_shows_where_it_looked_when_asked(page, pet):
     assert re.fullmatch(r"Last frame answered in \d+ ms · heatmap in \d+ ms", timing), timing
     explain.uncheck()
     page.locator("#live-heatmap").wait_for(state="hidden", timeout=10_000)
-    assert_right(shown_answer(page, "live-prediction"), pet)  # the answers go on
+    # The box goes with every frame: the next frames are answered without a heatmap, and the answers go on.
+    page.wait_for_function("() => /^Last frame answered in \\d+ ms$/.test("
+                           "document.querySelector('#live-timing [data-testid=markdown]').innerText.trim())",
+                           timeout=10_000)
+    assert_right(shown_answer(page, "live-prediction"), pet)
 
 
 def no_broken_image(page, component: str) -> bool:
