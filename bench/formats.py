@@ -13,12 +13,12 @@ them). Medians of --runs runs; the CPU predicts in fp32, as the app does. HEIC i
 import argparse
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pillow_heif
 from PIL import Image
 
 import app as demo_app
@@ -29,19 +29,13 @@ from catsdogs.predict import table_headers
 from catsdogs.preprocess import load_photo
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from imagegen import save_as  # noqa: E402  (the tests' writer of every format, HEIC by pillow-heif)
+
 PHOTO = ROOT.parent / "shared" / "data" / "dogs-vs-cats-fullres-sample" / "cat.85.jpg"
 FORMATS = {"JPEG": ".jpg", "HEIC": ".heic", "AVIF": ".avif", "WebP": ".webp", "PNG": ".png"}
 PHONE = (4032, 3024)  # a 12-megapixel phone camera's photo
 BATCH = 20
-
-
-def save(image: Image.Image, path: Path) -> Path:
-    """The image as a phone or a browser saves it: HEIC by pillow-heif, the rest by PIL, lossy ones at quality 85."""
-    if path.suffix == ".heic":
-        pillow_heif.from_pillow(image).save(path, quality=85)
-    else:
-        image.save(path, **({} if path.suffix == ".png" else {"quality": 85}))
-    return path
 
 
 def median_ms(fn: Callable[[], object], runs: int) -> float:
@@ -80,7 +74,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="formats-") as tmp:
         for name, suffix in FORMATS.items():
-            photo = str(save(phone_photo, Path(tmp) / f"photo{suffix}"))
+            photo = str(save_as(phone_photo, Path(tmp) / f"photo{suffix}", quality=85))
             batch = [shutil.copy(photo, Path(tmp) / f"{name}-{i}{suffix}") for i in range(BATCH)]
             rows.append([name, Path(photo).stat().st_size / 2**20, median_ms(lambda: load_photo(photo, 224), args.runs),
                          *photo_tab_ms(predictor, photo, args.runs),

@@ -9,7 +9,7 @@ serving.LinkFetcher, and whatever cannot be used becomes a message for the perso
     photo_errors  a decoding problem as a message for the person who sent the photo
     unshowable    a photo the browser cannot show (HEIC, TIFF), decoded once for all the page does with it
     shown_copy    the JPEG copy of it that the page shows
-    shown_as      the file the page shows of a photo: the photo, or that copy
+    decoded_once  a batch's photos for the classifier, each unshowable one decoded once for its answer and copy
 """
 
 import base64

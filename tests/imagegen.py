@@ -18,16 +18,17 @@ def pet_photo(label: str, index: int, size: tuple[int, int] = (160, 120)) -> Ima
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
 
 
-def save_as(image: Image.Image, path: Path, **kwargs) -> Path:
-    """The image in the format of the path's suffix, as a phone, a browser or an export writes it: HEIC through
-    pillow-heif (pi-heif, which the project reads it with, only decodes), the rest through PIL."""
+def save_as(image: Image.Image, path: Path, quality: int = 90, **kwargs) -> Path:
+    """The image in the format of the path's suffix, as a phone, a browser or an export writes it (lossy formats at
+    `quality`): HEIC through pillow-heif (pi-heif, which the project reads it with, only decodes), the rest through
+    PIL."""
     if path.suffix.lower() in (".heic", ".heif"):
         import pillow_heif
 
-        pillow_heif.from_pillow(image).save(path, quality=90, **kwargs)
+        pillow_heif.from_pillow(image).save(path, quality=quality, **kwargs)
     else:
         image.save(path, format="JPEG" if path.suffix.lower() == ".jfif" else None,
-                   **({} if path.suffix.lower() in (".tif", ".tiff", ".png") else {"quality": 90}), **kwargs)
+                   **({} if path.suffix.lower() in (".tif", ".tiff", ".png") else {"quality": quality}), **kwargs)
     return path
 
 

@@ -19,7 +19,7 @@ from test_browser import (CHROMIUM, HEATMAP_SHOWN, WEBCAM_READY, chromium, chrom
 from test_page import open_page
 
 import app as demo_app
-from bench.live import RECORDER
+from bench.live import RECORDER, answered_frames
 
 CAT, DOG = "cat.85.jpg", "dog.79.jpg"  # two photos the shipped weights answer surely, and differently
 
@@ -141,6 +141,15 @@ def test_the_live_view_answers_several_times_a_second(browser, app):
     caption = page.get_by_text("times a second, while the webcam records").inner_text()
     assert f"up to {1 / demo_app.LIVE_EVERY:.0f} times a second" in caption, caption
     page.close()
+
+
+def test_the_live_benchmark_times_each_answer_from_the_frame_it_answers():
+    """Gradio answers the newest frame waiting when the app is free and drops the older ones: bench.live replays
+    that choice, so a dropped frame is not mistaken for a quick answer."""
+    frames = [0, 100, 200, 300, 400]  # ms, sent by the browser
+    answers = [50, 260, 380, 470]  # the app was free at 50 (no new frame yet), at 260 (frame 2 waiting), ...
+    assert answered_frames(frames, answers) == [0, 1, 2, 3]
+    assert answered_frames([0, 100, 200, 300], [250, 420]) == [0, 2]  # at 250 frames 1 and 2 wait: 2, 1 is dropped
 
 
 @pytest.fixture
