@@ -87,22 +87,32 @@ WEBCAM = gr.WebcamOptions(mirror=False, constraints={"video": {"width": {"ideal"
 LIVE_WEBCAM = gr.WebcamOptions(mirror=False, constraints={"video": {"width": {"ideal": 320}}})
 LIVE_EVERY = 0.1  # s: the browser sends a frame this often; the app answers the newest one (Gradio replaces a
 # frame that waits with the next), so a slow answer drops frames rather than falling behind the camera
+HEATMAP_ALT = "The photo, coloured where it pushed the network towards its answer"  # what a screen reader says
 HEATMAP_CAPTION = ("Red and yellow: the parts of the photo that pushed the network towards its answer (Grad-CAM); "
                    "blue ones a little, uncoloured ones not at all.")
 WEBCAM_CSS = "#photo [data-testid=webcam-video], #live [data-testid=webcam-video] { transform: scaleX(-1); }"
 IMAGE_HEIGHT = 360  # px: the photo and heatmap boxes keep this height whatever the photo's shape
 PHONE_WIDTH = 640  # px: narrower windows get the phone layout (smaller boxes, the answer scrolled into view)
 PHONE_IMAGE_HEIGHT = 240  # px: the boxes' height there, so that an answer, its heatmap and its note fit a screen
-# System fonts only: a Google font would be fetched by every visitor's browser, and not at all offline.
+# System fonts only: a Google font would be fetched by every visitor's browser, and not at all offline. Text the Soft
+# theme draws too faint to read (WCAG AA asks 4.5:1) is darker: the accent, block labels and grey captions in light
+# mode, block labels and links in dark mode, the primary button's text (tests/test_page_access.py).
 THEME = gr.themes.Soft(primary_hue="amber", secondary_hue="indigo", neutral_hue="slate",
-                       font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+                       font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]).set(
+    color_accent="*primary_700", body_text_color_subdued="*neutral_600",
+    block_label_text_color="*primary_800", block_label_background_fill_dark="*primary_800",
+    link_text_color_dark="*secondary_300", link_text_color_visited_dark="*secondary_300",
+    link_text_color_active_dark="*secondary_300", link_text_color_hover_dark="*secondary_200",
+    button_primary_text_color="*neutral_950", button_primary_text_color_dark="*neutral_950")
 CSS = """
+.dark { --color-accent: var(--primary-500); }  /* the theme has one accent for both modes: amber-700 is too dark here */
 .caption, .caption p { color: var(--body-text-color-subdued); font-size: var(--text-sm); }
 /* The photo's source buttons say what they do (Gradio draws bare icons): */
 #photo .source-selection { gap: 0.5rem; }
 #photo .source-selection button { width: auto; height: 1.9rem; display: flex; align-items: center; gap: 0.3rem;
                                   padding: 0 0.6rem; border: 1px solid var(--border-color-primary);
-                                  border-radius: var(--radius-md); }
+                                  border-radius: var(--radius-md); color: var(--body-text-color-subdued); }
+#photo .source-selection button:is(.selected, :hover, :focus) { color: var(--color-accent); }
 #photo .source-selection button svg { width: 1.1rem; height: 1.1rem; }
 #photo .source-selection button::after { font-size: var(--text-sm); }
 #photo .source-selection button[aria-label="Upload file"]::after { content: "Upload"; }
@@ -110,8 +120,9 @@ CSS = """
 #photo .source-selection button[aria-label="Paste from clipboard"]::after { content: "Paste"; }
 /* A live frame's heatmap is as small as the frame: drawn as large as its box, like the photo's. */
 #live-heatmap img { width: 100%; height: 100%; object-fit: contain; }
-/* Not a cat or a dog: the two probabilities stay, muted. */
-.not-a-pet .confidence-set { opacity: 0.45; }
+/* Not a cat or a dog: the two probabilities stay, muted (their bars faint, their figures grey yet readable). */
+.not-a-pet .confidence-set { color: var(--body-text-color-subdued); }
+.not-a-pet .confidence-set .bar { opacity: 0.45; }
 /* Galleries as tall as their pictures (Gradio's "auto" height still scrolls inside a box), in as many columns as
    fit the width, captions whole under their pictures. */
 .fits .grid-wrap { max-height: none; min-height: 0; overflow-y: visible; }
@@ -121,6 +132,7 @@ CSS = """
 #examples .grid-container { grid-template-columns: repeat(EXAMPLES_A_ROW, 1fr); }
 .fits .thumbnail-item { display: flex; flex-direction: column; height: auto; aspect-ratio: auto; }
 .fits .thumbnail-item > img { aspect-ratio: 1; height: auto; }
+.fits .thumbnail-item:hover .caption-label:not(#_) { opacity: 1; }  /* Gradio fades a hovered one's caption */
 .fits .caption-label { position: static; max-width: none; white-space: normal; text-overflow: clip;
                        border: none; background: none; padding: var(--size-1) var(--size-1) 0; }
 @media (max-width: PHONE_WIDTHpx) {
@@ -172,7 +184,24 @@ TYPED_PHONE_PHOTOS = """() => {
     event.target.dispatchEvent(new DragEvent("drop", {bubbles: true, cancelable: true, dataTransfer: list}));
   }, true);
 }"""
-PAGE_SCRIPTS = f"() => {{ ({ONE_DECIMAL_LABELS})(); ({TYPED_PHONE_PHOTOS})(); }}"
+# For screen readers: Gradio names every gallery picture "Thumbnail 1 of 6" and gives it its caption as alt text as
+# well, so each is named by its caption instead (its picture then decorative); and the photo tab's answer and note
+# are read out when they change (polite live regions; the live tab's, ten a second, are not).
+SCREEN_READERS = """() => {
+  const name = () => {
+    document.querySelectorAll(".thumbnail-item").forEach((item) => {
+      const caption = item.querySelector(".caption-label")?.textContent.trim(), picture = item.querySelector("img");
+      if (!caption) return;
+      if (item.getAttribute("aria-label") !== caption) item.setAttribute("aria-label", caption);
+      if (picture?.alt) picture.alt = "";
+    });
+    for (const id of ["prediction", "unsure"]) document.getElementById(id)?.setAttribute("aria-live", "polite");
+  };
+  new MutationObserver(name).observe(document.body, {subtree: true, childList: true, characterData: true,
+                                                     attributes: true, attributeFilter: ["aria-label", "alt"]});
+  name();
+}"""
+PAGE_SCRIPTS = f"() => {{ ({ONE_DECIMAL_LABELS})(); ({TYPED_PHONE_PHOTOS})(); ({SCREEN_READERS})(); }}"
 
 
 def load_classifier(model: str, revision: str | None) -> tuple[Classifier | None, str]:
@@ -432,7 +461,7 @@ def photo_tab(predictor: Predictor) -> tuple[PetPhoto, AnswerLabel, gr.Image]:
                                     elem_id="prediction")
                 note = gr.Markdown(elem_id="unsure")
                 heatmap = gr.Image(label="Where it looked", interactive=False, height=IMAGE_HEIGHT, format="jpeg",
-                                   elem_id="heatmap", buttons=["download", "fullscreen"])
+                                   elem_id="heatmap", buttons=["download", "fullscreen"], alt_text=HEATMAP_ALT)
                 gr.Markdown(HEATMAP_CAPTION, elem_classes="caption")
                 timing = gr.Markdown(elem_id="photo-timing", elem_classes="caption")
     # An example goes into the photo box like an upload; no thumbnail stays marked once it is there.
@@ -467,14 +496,16 @@ def live_tab(predictor: Predictor) -> None:
                                       elem_id="live-explain")
                 with gr.Column(visible=False) as explained:
                     live_heatmap = gr.Image(label="Where it looked", interactive=False, height=IMAGE_HEIGHT,
-                                            format="jpeg", elem_id="live-heatmap", buttons=[])
+                                            format="jpeg", elem_id="live-heatmap", buttons=[], alt_text=HEATMAP_ALT)
                     gr.Markdown(HEATMAP_CAPTION, elem_classes="caption")
                 timing = gr.Markdown(elem_id="live-timing", elem_classes="caption")
     # Unticked: the heatmap goes, so that it never shows beside answers of later frames.
     explain.change(lambda on: (gr.Column(visible=on), None), explain, [explained, live_heatmap],
                    api_visibility="private", queue=False)
+    # No progress shown: it would fade the note and the timing line out and in with every frame.
     live.stream(partial(show_live, predictor), [live, explain], [live_label, live_note, live_heatmap, timing],
-                stream_every=LIVE_EVERY, time_limit=60, concurrency_limit=4, api_visibility="private")
+                stream_every=LIVE_EVERY, time_limit=60, concurrency_limit=4, show_progress="hidden",
+                api_visibility="private")
 
 
 def batch_tab(predictor: Predictor) -> tuple[gr.File, gr.Dataframe]:

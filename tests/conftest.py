@@ -215,7 +215,8 @@ def _fail_skip_under_ci(report) -> None:
 # Test files that share a session fixture which takes long to build, each set run whole by one test process, which
 # builds it once: the running app (`app`) and the short training run (`trained`). A file missing here still passes:
 # the other process builds the fixture again.
-SHARING = {"the app": {"test_app.py", "test_browser.py", "test_page.py", "test_page_flow.py", "test_page_layout.py"},
+SHARING = {"the app": {"test_app.py", "test_browser.py", "test_page.py", "test_page_access.py", "test_page_flow.py",
+                     "test_page_layout.py"},
            "the training run": {"test_training.py", "test_evaluate.py", "test_hub_data.py"}}
 # What takes longest, longest first: handed out first, so that the two test processes end together rather than one
 # waiting for the other's last long file. The rest follow by name.

@@ -40,9 +40,9 @@ def assert_neither(page, component: str, note: str) -> None:
     """The Label's headline is the third answer, its two probabilities muted beneath it, and the note says why."""
     page.locator(f"#{component} [data-testid=label-output-value]").get_by_text(NOT_A_PET).wait_for(
         timeout=30_000)
-    muted = page.locator(f"#{component} .confidence-set").evaluate_all(
-        "sets => sets.map(e => Number(getComputedStyle(e).opacity))")
-    assert len(muted) == 2 and max(muted) < 1, muted
+    muted = page.locator(f"#{component} .confidence-set .bar").evaluate_all(
+        "bars => bars.map(e => Number(getComputedStyle(e).opacity))")
+    assert len(muted) == 2 and max(muted) < 1, muted  # faint bars; their figures grey (tests/test_page_access.py)
     page.locator(f"#{note}").get_by_text("This doesn't look like a cat or a dog").wait_for(timeout=10_000)
 
 
@@ -57,7 +57,7 @@ def test_clicking_an_example_gives_one_of_the_three_answers(browser, app):
     page.get_by_text("Gravel", exact=True).click()  # called a pet, far enough from sure for the note
     page.locator("#unsure").get_by_text("Not sure between cat and dog").wait_for(timeout=30_000)
     assert shown_answer(page, "prediction")[0] in {"cat", "dog"}
-    assert page.locator("#prediction .confidence-set").first.evaluate("e => getComputedStyle(e).opacity") == "1"
+    assert page.locator("#prediction .confidence-set .bar").first.evaluate("e => getComputedStyle(e).opacity") == "1"
     page.close()
 
 
