@@ -120,6 +120,10 @@ CSS = """
 #photo .source-selection button[aria-label="Paste from clipboard"]::after { content: "Paste"; }
 /* A live frame's heatmap is as small as the frame: drawn as large as its box, like the photo's. */
 #live-heatmap img { width: 100%; height: 100%; object-fit: contain; }
+/* Page margins from 16 px on a 320-px screen (WCAG's narrowest, where all three tabs' names then fit) to Gradio's 32
+   from 640 px: a rule of its own, as Gradio scopes rules inside @media to its content, which the margins are not. */
+.gradio-container .main.app { padding-left: clamp(var(--size-4), 5vw, var(--size-8));
+                              padding-right: clamp(var(--size-4), 5vw, var(--size-8)); }
 /* Not a cat or a dog: the two probabilities stay, muted (their bars faint, their figures grey yet readable). */
 .not-a-pet .confidence-set { color: var(--body-text-color-subdued); }
 .not-a-pet .confidence-set .bar { opacity: 0.45; }
