@@ -189,8 +189,9 @@ TYPED_PHONE_PHOTOS = """() => {
   }, true);
 }"""
 # For screen readers: Gradio names every gallery picture "Thumbnail 1 of 6" and gives it its caption as alt text as
-# well, so each is named by its caption instead (its picture then decorative); and the photo tab's answer and note
-# are read out when they change (polite live regions; the live tab's, ten a second, are not).
+# well, so each is named by its caption instead (its picture then decorative); and the photo tab's answer and note,
+# and the line that says several photos are answered, are read out when they change (polite live regions; the live
+# tab's answers, ten a second, are not).
 SCREEN_READERS = """() => {
   const name = () => {
     document.querySelectorAll(".thumbnail-item").forEach((item) => {
@@ -199,7 +200,9 @@ SCREEN_READERS = """() => {
       if (item.getAttribute("aria-label") !== caption) item.setAttribute("aria-label", caption);
       if (picture?.alt) picture.alt = "";
     });
-    for (const id of ["prediction", "unsure"]) document.getElementById(id)?.setAttribute("aria-live", "polite");
+    for (const id of ["prediction", "unsure", "batch-timing"]) {
+      document.getElementById(id)?.setAttribute("aria-live", "polite");
+    }
   };
   new MutationObserver(name).observe(document.body, {subtree: true, childList: true, characterData: true,
                                                      attributes: true, attributeFilter: ["aria-label", "alt"]});

@@ -86,6 +86,7 @@ def test_every_tab_passes_axe_core_as_a_visitor_goes_through_it(browser, app, sh
     page.locator("#batch input[type=file]").set_input_files([cat, dog, BRICK])
     page.locator("#batch-run").click()
     page.locator("#gallery .caption-label").nth(2).wait_for(timeout=60_000)
+    page.locator("#batch-timing[aria-live=polite]").get_by_text("3 photos answered").wait_for()  # read out
     seen["several photos answered"] = faults(page)
     page.close()
     assert not any(seen.values()), {state: found for state, found in seen.items() if found}
