@@ -400,6 +400,7 @@ def final_accuracies(folder: Path, photos: Path, device: str) -> dict[str, float
     import torch
 
     from catsdogs.checkpoint import load_checkpoint
+    from catsdogs.config import recorded_split
     from catsdogs.data import CLASS_NAMES
     from catsdogs.loader import PhotoLoader, find_split
     from catsdogs.model import INPUT_SIZE, CatsDogsCNN
@@ -408,7 +409,7 @@ def final_accuracies(folder: Path, photos: Path, device: str) -> dict[str, float
     if not metrics or not (folder / "checkpoint" / "last.safetensors").exists():
         return None
     config = metrics["config"]
-    split = find_split(config["data"], config["val_fraction"], config["seed"], config["val_data"])
+    split = find_split(config["data"], *recorded_split(config), config["val_data"])
     val = PhotoLoader.load(split.val, INPUT_SIZE, torch.device(device), "validation", os.cpu_count() or 1, False,
                            config["cache"], config["cache_dir"])
     checkpoint = load_checkpoint(folder / "checkpoint" / "last.safetensors")

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from bench.common import report
+from catsdogs.config import recorded_split
 from catsdogs.data import decode_photos
 from catsdogs.evaluate import select_photos
 from catsdogs.loader import find
@@ -43,7 +44,7 @@ def main() -> None:
     folder = fetch_weights(args.model)
     model = load_model(folder)
     metrics = json.loads((folder / "metrics.json").read_text())["config"]
-    photos, split = select_photos(find(args.data), "validation", metrics["val_fraction"], metrics["seed"])
+    photos, split = select_photos(find(args.data), "validation", *recorded_split(metrics))
     images, labels, _ = decode_photos(photos, model.image_size)
     probabilities = model.probabilities(predict_logits(model, images))  # calibrated, as the app shows them
     confidence, correct = probabilities.max(dim=1).values, probabilities.argmax(dim=1) == labels

@@ -8,6 +8,7 @@ import argparse
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import get_args
 
 from catsdogs.autotune import CHOICES
 from catsdogs.model import TTA_MODES, check_crop_pct
@@ -38,7 +39,10 @@ class TrainConfig:
     val_data: str | None = setting(None, "a separate labelled folder or CSV to validate on (default: split --data)",
                                    "data")
     val_fraction: float = setting(0.1, "share of --data held out for validation", "data", recipe=True)
-    seed: int = setting(0, "seed of the split, the initial weights and the shuffling", "data", recipe=True)
+    seed: int = setting(0, "seed of the initial weights, the shuffling and the augmentation, and of the split unless "
+                        "--split-seed is given", "data", recipe=True)
+    split_seed: int | None = setting(None, "seed of the split alone (default: --seed): runs of different --seed "
+                                     "with the same --split-seed validate on the same photos", "data", recipe=True)
     workers: int = setting(min(8, os.cpu_count() or 1), "threads decoding photos", "data")
     cache: bool = setting(True, "keep the decoded photos in a file under --cache-dir that later runs and every "
                           "torchrun process map instead of decoding again", "data")
@@ -116,6 +120,10 @@ class TrainConfig:
         if self.checkpoint is None:  # the checkpoint lives with the run it belongs to
             self.checkpoint = str(Path(self.output) / CHECKPOINT_IN_OUTPUT)
 
+    def validation_seed(self) -> int:
+        """The seed that draws the validation photos (`catsdogs.data.choose_split`)."""
+        return self.seed if self.split_seed is None else self.split_seed
+
     def recipe(self) -> dict:
         """The settings a resumed run must repeat (and the card lists)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["recipe"]}
@@ -123,6 +131,13 @@ class TrainConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def recorded_split(trained_with: dict) -> tuple[float, int]:
+    """The validation share and seed of the split a run recorded (metrics.json's "config"), so that it can be drawn
+    again; a run that recorded none: 10%, seed 0 (train.py's defaults)."""
+    seed = trained_with.get("split_seed")
+    return trained_with.get("val_fraction", 0.1), trained_with.get("seed", 0) if seed is None else seed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,7 +153,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         elif f.default is False:
             group.add_argument(flag, action="store_true", help=f.metadata["help"])
         else:
-            kind = str if f.default is None else type(f.default)
+            kind = type(f.default) if f.default is not None else next(  # `int | None`: int
+                t for t in get_args(f.type) if t is not type(None))
             shown = "" if f.default is None else " (default %(default)s)"
             group.add_argument(flag, type=kind, default=f.default, choices=f.metadata["choices"],
                                help=f.metadata["help"] + shown)

@@ -24,6 +24,7 @@ import torch
 
 from catsdogs import plots
 from catsdogs.checkpoint import WriteError
+from catsdogs.config import recorded_split
 from catsdogs.data import CLASS_NAMES, DataError, Found, Photos, choose_split
 from catsdogs.device import DeviceError, Precision, pick_device
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, is_local_folder, load_model, read_metrics
@@ -101,8 +102,9 @@ def score(model: str | Path, data: str | Path, split: str = "all", revision: str
         raise IncompatibleModel(f"{model} classifies {network.class_names}, not {list(CLASS_NAMES)}")
     metrics = read_metrics(folder)
     trained_with = metrics.get("config", {})
-    val_fraction = trained_with.get("val_fraction", 0.1) if val_fraction is None else val_fraction
-    seed = trained_with.get("seed", 0) if seed is None else seed
+    recorded_fraction, recorded_seed = recorded_split(trained_with)
+    val_fraction = recorded_fraction if val_fraction is None else val_fraction
+    seed = recorded_seed if seed is None else seed
     source = find(data, data_revision, data_split)
     photos, split_info = select_photos(source, split, val_fraction, seed)
     if not len(photos):
@@ -327,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=SPLITS, default="all",
                         help="which photos: all, or the validation/training split train.py made (default all)")
     parser.add_argument("--val-fraction", type=float, help="of the split (default: the weights' metrics.json, or 0.1)")
-    parser.add_argument("--seed", type=int, help="of the split (default: the weights' metrics.json, or 0)")
+    parser.add_argument("--split-seed", "--seed", dest="seed", type=int,
+                        help="of the split (default: the weights' metrics.json, or 0)")
     parser.add_argument("--mistakes", type=int, default=10, help="how many confident mistakes to list (default 10)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="threads decoding photos")
     parser.add_argument("--no-cache", dest="cache", action="store_false",

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from catsdogs.config import recorded_split
 from catsdogs.data import DataError, Photos, Split
 from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, is_local_folder, load_model, read_metrics
 from catsdogs.loader import PhotoLoader, find_split
@@ -36,8 +37,7 @@ def features_of(model: CatsDogsCNN, photos: Photos, name: str, workers: int, pro
 def training_split(folder: Path, data: str | Path) -> Split:
     """The split the weights in `folder` were trained with: its val_fraction and seed from their metrics.json, as
     catsdogs.evaluate re-creates it."""
-    trained_with = read_metrics(folder).get("config", {})
-    return find_split(data, trained_with.get("val_fraction", 0.1), trained_with.get("seed", 0))
+    return find_split(data, *recorded_split(read_metrics(folder).get("config", {})))
 
 
 def fit_for_weights(model_source: str | Path, data: str | Path, bank_per_class: int = BANK_PER_CLASS,

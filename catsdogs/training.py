@@ -450,8 +450,8 @@ def _train(config: TrainConfig, command: str, ranks: Ranks, device: torch.device
 def _load_photos(config: TrainConfig, ranks: Ranks, device: torch.device,
                  log) -> tuple[Split, PhotoLoader, PhotoLoader]:
     """The run's split (`find_split`) and its training and validation photos, decoded onto their device."""
-    split = find_split(config.data, config.val_fraction, config.seed, config.val_data, config.data_revision,
-                       config.data_split)
+    split = find_split(config.data, config.val_fraction, config.validation_seed(), config.val_data,
+                       config.data_revision, config.data_split)
     if split.hub_dataset:
         log(f"data: {split.hub_dataset}, {split.hub_dataset.source}")
     log(f"training photos: {split.train.counts()}; validation photos: {split.val.counts()} ({split.source})")

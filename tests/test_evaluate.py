@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from catsdogs.inference import Classifier
 from catsdogs.model import predict_logits
 from catsdogs.model import NOTES_MARK
 from catsdogs.loader import PhotoLoader, find_split
-from catsdogs.training import validate
+from catsdogs.training import train, validate
 
 
 def run(capsys, *args: str) -> dict:
@@ -60,6 +61,23 @@ def test_validation_split_reproduces_training_accuracy(trained, capsys):
                                               "-> 21"}  # one of which is unreadable
     assert len(report["skipped"]) == 1
     assert_consistent(report)
+
+
+def test_a_split_seed_keeps_the_validation_photos_of_another_seed_and_evaluate_finds_them(trained, tmp_path, capsys):
+    """--split-seed draws the validation photos alone: a run of another --seed with the first run's split seed
+    validates on the first run's photos, and evaluate re-creates them from its metrics.json."""
+    config, summary, _ = trained
+    other = replace(config, seed=1, split_seed=config.seed, epochs=1, output=str(tmp_path / "weights"),
+                    checkpoint=str(tmp_path / "ck" / "last.safetensors"))
+    again = train(other, command="python train.py --test").summary
+    assert again["validation_source"] == summary["validation_source"]  # "... (seed 0)"
+    assert again["val_counts"] == summary["val_counts"]
+    capsys.readouterr()  # training's log
+    report = run(capsys, "--model", other.output, "--data", other.data, "--split", "validation")
+    assert report["split"]["seed"] == config.seed and report["accuracy"] == again["best_val_accuracy"]
+    # The split of --seed 1 alone is another one: a share of different photos.
+    assert find_split(config.data, config.val_fraction, 1).val.fingerprint() != \
+        find_split(config.data, config.val_fraction, config.seed).val.fingerprint()
 
 
 def test_borderline_decisions_match_training_validate(trained, tmp_path, capsys):

@@ -100,7 +100,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
     """train.py with the seed project's recipe (but 30 epochs: its 40 is our default) and every other flag set away
     from its default: metrics.json, written after the first epoch, records the config training ran with."""
     data, val = write_kaggle_folder(tmp_path / "photos", per_class=4), write_kaggle_folder(tmp_path / "val", 2)
-    expected = {"data": str(data), "val_data": str(val), "val_fraction": 0.25, "seed": 3, "epochs": 30,
+    expected = {"data": str(data), "val_data": str(val), "val_fraction": 0.25, "seed": 3, "split_seed": 5, "epochs": 30,
                 "batch_size": 20, "lr": 0.001, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
                 "label_smoothing": 0.0, "dropout": 0.2, "augment": False, "device": "cpu",
                 "ema_decay": 0.99, "tta": "mirror", "memory_format": "contiguous", "photos_on": "host",
@@ -115,7 +115,8 @@ def test_every_flag_reaches_the_training_config(tmp_path):
     # and the start from trained weights, which --whiten and --identity-start rule out (test_hub.py sets it)
     assert [k for k in expected if k != "data" and expected[k] == defaults[k]] == ["resume", "data_revision",
                                                                                    "data_split", "init_from"]
-    args = ["--data", str(data), "--val-data", str(val), "--val-fraction", "0.25", "--seed", "3", "--epochs", "30",
+    args = ["--data", str(data), "--val-data", str(val), "--val-fraction", "0.25", "--seed", "3", "--split-seed", "5",
+            "--epochs", "30",
             "--batch-size", "20", "--lr", "0.001", "--optimizer", "adam", "--schedule", "constant",
             "--weight-decay", "0", "--label-smoothing", "0", "--dropout", "0.2", "--no-augment", "--ema-decay", "0.99",
             "--tta", "mirror", "--device", "cpu", "--memory-format", "contiguous", "--photos-on", "host",
