@@ -136,7 +136,8 @@ CSS = """
 #examples .grid-container { grid-template-columns: repeat(EXAMPLES_A_ROW, 1fr); }
 .fits .thumbnail-item { display: flex; flex-direction: column; height: auto; aspect-ratio: auto; }
 .fits .thumbnail-item > img { aspect-ratio: 1; height: auto; }
-.fits .thumbnail-item:hover .caption-label:not(#_) { opacity: 1; }  /* Gradio fades a hovered one's caption */
+/* Gradio fades a hovered example's caption; :not(#_) outranks its rule. */
+.fits .thumbnail-item:hover .caption-label:not(#_) { opacity: 1; }
 .fits .caption-label { position: static; max-width: none; white-space: normal; text-overflow: clip;
                        border: none; background: none; padding: var(--size-1) var(--size-1) 0; }
 @media (max-width: PHONE_WIDTHpx) {
