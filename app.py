@@ -245,6 +245,7 @@ def took(seconds: float) -> str:
 
 # Taking up a photo is a check and a change of a PhotoBox that two events of one visitor can make at once.
 TAKING_A_PHOTO = threading.Lock()
+REFUSAL_SECONDS = 10  # how long a gr.Error's message stays on the page (its default duration)
 
 
 @dataclass
@@ -254,21 +255,33 @@ class PhotoBox:
 
     photo: str | None = None  # the file in Gradio's cache; None for an empty box
     shown: str | None = None  # the JPEG copy the box shows of that photo, where browsers cannot show it (HEIC)
+    refused: str | None = None  # the last file refused, while the message that says why is on the page
+    refused_until: float = 0.0  # time.monotonic() when that message goes
 
     @staticmethod
     def file_of(photo: "str | UnreadablePhoto | None") -> str | None:
         return photo.path if isinstance(photo, UnreadablePhoto) else photo
 
     def take(self, photo: "str | UnreadablePhoto | None") -> bool:
-        """Take up the box's photo; False when it is the one already taken up, or the copy shown of it. Gradio's
-        frontend sends two change events, both with the new file, for a file dropped over another one, and one
-        when the copy replaces the photo in the box: none of them must answer (or refuse) it again."""
+        """Take up the box's photo; False when it is the one already taken up, the copy shown of it, or a file
+        refused while the message is still on the page. Gradio's frontend sends two change events, both with the
+        new file, for a file dropped over another one, and one when the copy replaces the photo in the box: none
+        of them must answer (or refuse) it again, even when the box has been emptied after a refusal in between."""
         file = self.file_of(photo)
         with TAKING_A_PHOTO:
-            if file == self.photo or (file is not None and file == self.shown):
+            if file == self.photo or (file is not None and file in (self.shown, self._still_refused())):
                 return False
             self.photo, self.shown = file, None
             return True
+
+    def refuse(self, photo: "str | UnreadablePhoto") -> None:
+        """Note that the box's photo got an error message instead of an answer."""
+        with TAKING_A_PHOTO:
+            if self.holds(photo):
+                self.refused, self.refused_until = self.photo, time.monotonic() + REFUSAL_SECONDS
+
+    def _still_refused(self) -> str | None:
+        return self.refused if time.monotonic() < self.refused_until else None
 
     def show(self, photo: str, copy: str) -> str:
         """The copy the box is to show in place of the photo, which `take` then knows."""
@@ -381,8 +394,12 @@ def show_answer(predictor: Predictor, photo, box: PhotoBox):
         yield gr.skip(), None, "", None, ""
         return
     started = time.perf_counter()
-    decoded = unshowable(photo) if isinstance(photo, str) else None  # answered, shown and explained: one decode
-    answer = predictor.classify(photo if decoded is None else decoded)
+    try:
+        decoded = unshowable(photo) if isinstance(photo, str) else None  # answered, shown and explained: one decode
+        answer = predictor.classify(photo if decoded is None else decoded)
+    except gr.Error:
+        box.refuse(photo)
+        raise
     answered = f"Answered in {took(time.perf_counter() - started)}"
     shown = gr.skip() if decoded is None else box.show(photo, shown_copy(decoded, photo))
     yield (shown, shown_label(answer), answer_note(answer), None, answered) if box.holds(photo) else unchanged

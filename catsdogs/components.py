@@ -19,12 +19,14 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import gradio as gr
 from gradio.components.label import LabelData
 from gradio.exceptions import InvalidPathError
 from gradio.processing_utils import save_bytes_to_cache
-from gradio.utils import get_upload_folder
+from gradio.route_utils import API_PREFIX
+from gradio.utils import get_upload_folder, is_in_or_equal
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
@@ -90,6 +92,8 @@ class PetPhoto(FetchesLinks, gr.Image):
     """
 
     def preprocess(self, payload):
+        if payload is not None and payload.path is None and payload.url:
+            payload = payload.model_copy(update={"path": self.served_file(payload.url)})
         if payload is not None and payload.url and payload.url.startswith("data:"):
             header, _, data = payload.url.partition(",")
             try:
@@ -105,6 +109,14 @@ class PetPhoto(FetchesLinks, gr.Image):
                                    payload.path)
         except (UnidentifiedImageError, OSError, ValueError):
             return UnreadablePhoto(NOT_A_PHOTO, payload.path)
+
+    def served_file(self, url: str) -> str | None:
+        """The file a link to this app's own file route names (`/gradio_api/file=PATH`), where it lies in Gradio's
+        cache, as every file the page is given does: Gradio's frontend at times sends a picture the box was given
+        back by its link alone. A link to a file anywhere else names nothing the box takes."""
+        _, found, path = url.partition(f"{API_PREFIX}/file=")
+        path = unquote(path)
+        return path if found and is_in_or_equal(path, self.GRADIO_CACHE) else None
 
 
 class PetPhotos(FetchesLinks, gr.File):

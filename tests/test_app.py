@@ -15,6 +15,8 @@ import httpx
 import numpy as np
 import pytest
 from conftest import FULL_SIZE, HUB_URL, LINK_SECONDS, ROOT, SURE, USER, WRITE_TOKEN, App, clear_photos, true_class
+from gradio import processing_utils
+from gradio.components.image import ImageData
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from imagegen import bomb_png, pet_photo, save_as
@@ -155,6 +157,44 @@ def test_the_photo_box_answers_a_photo_once_and_shows_a_copy_where_browsers_cann
     jpeg = str(shared_data / FULL_SIZE / "dog.79.jpg")  # one browsers show: no copy
     first, _ = demo_app.show_answer(predictor, jpeg, box)
     assert first[0] == gr.skip() and first[1]["value"].label == "dog"
+
+
+def test_a_copy_the_box_shows_comes_back_by_its_link_alone_and_is_not_answered_again(shared_data, tmp_path):
+    """Gradio's frontend at times sends the JPEG copy the box shows of a HEIC back as its link alone (no path): the
+    box knows it as the copy it showed, not as a file it cannot read. A link to a file outside Gradio's cache is
+    still nothing it can read."""
+    predictor, box = demo_app.Predictor(Classifier(ROOT / "weights"), ""), demo_app.PhotoBox()
+    photo = demo_app.PetPhoto(type="filepath", image_mode=None)
+    heic = str(save_as(Image.open(shared_data / FULL_SIZE / "cat.85.jpg"), tmp_path / "IMG_0004.HEIC"))
+    copy = next(demo_app.show_answer(predictor, photo.preprocess(ImageData(path=heic)), box))[0]
+    shown = processing_utils.move_files_to_cache(photo.postprocess(copy), photo, postprocess=True)  # as Gradio does
+    # Read by a component with no record of the files it gave out, as the running app's is.
+    reader = demo_app.PetPhoto(type="filepath", image_mode=None)
+    link_alone = reader.preprocess(ImageData(path=None, url=f"http://127.0.0.1:7860{shown['url']}"))
+    assert link_alone == shown["path"]
+    assert all(value == gr.skip() for value in next(demo_app.show_answer(predictor, link_alone, box)))
+    elsewhere = reader.preprocess(ImageData(path=None, url=f"http://127.0.0.1:7860/gradio_api/file={heic}"))
+    assert isinstance(elsewhere, demo_app.UnreadablePhoto) and elsewhere.path is None
+
+
+def test_a_bad_file_dropped_over_a_photo_is_refused_once_while_its_message_shows(shared_data, tmp_path,
+                                                                                  monkeypatch):
+    """The events the page can send for a file that is not a photo dropped over a photo: the file (refused), the
+    page's clearing of the box, then Gradio's second change event of that drop, late. The late one is not refused
+    again (the page would show the message twice); the same file dropped once the message has gone is."""
+    monkeypatch.setattr(demo_app, "REFUSAL_SECONDS", 1.0)
+    predictor, box = demo_app.Predictor(Classifier(ROOT / "weights"), ""), demo_app.PhotoBox()
+    text = tmp_path / "holiday.jpg"
+    text.write_text("this is not a photo")
+    bad = demo_app.UnreadablePhoto(demo_app.NOT_A_PHOTO, str(text))
+    assert list(demo_app.show_answer(predictor, str(shared_data / FULL_SIZE / "cat.85.jpg"), box))[0][1]["value"]
+    with pytest.raises(gr.Error, match="not a photo"):
+        next(demo_app.show_answer(predictor, bad, box))
+    assert next(demo_app.show_answer(predictor, None, box))[1:] == (None, "", None, "")  # the box emptied
+    assert all(value == gr.skip() for value in next(demo_app.show_answer(predictor, bad, box)))
+    time.sleep(1.0)
+    with pytest.raises(gr.Error, match="not a photo"):
+        next(demo_app.show_answer(predictor, bad, box))
 
 
 def test_several_photos_show_copies_from_the_one_decode_that_answers_them(shared_data, tmp_path, monkeypatch):

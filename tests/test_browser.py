@@ -17,6 +17,9 @@ from PIL import Image
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WEBCAM_READY = ("id => { const v = document.querySelector(`#${id} [data-testid=webcam-video]`);"
                 " return v && v.videoWidth > 0; }")
+# Present once the page's own scripts have run (the last one marks the answer a live region): before that, the photo
+# box would refuse an iPhone's HEIC, which those scripts give its type.
+SCRIPTS_RAN = "#prediction[aria-live=polite]"
 # True once the heatmap's picture has loaded (a broken one has no natural width).
 HEATMAP_SHOWN = "() => { const img = document.querySelector('#heatmap img'); return !!img && img.naturalWidth > 0; }"
 # Per class, from conftest.CLEAR_PHOTOS: the camera's two photos (alternating, so the live label keeps changing),
@@ -91,7 +94,7 @@ def browser(pet, shared_data, tmp_path_factory):
 def page(browser, app):
     page = browser.new_page()
     page.goto(app.url)
-    page.wait_for_selector("#photo")
+    page.wait_for_selector(SCRIPTS_RAN, state="attached")
     yield page
     page.close()
 

@@ -15,7 +15,8 @@ from gradio_client import Client, handle_file
 from imagegen import save_as
 from PIL import Image
 from test_app import confidences
-from test_browser import HEATMAP_SHOWN, chromium, no_broken_image, open_webcam, shown_answer, start_live_stream
+from test_browser import (HEATMAP_SHOWN, SCRIPTS_RAN, chromium, no_broken_image, open_webcam, shown_answer,
+                          start_live_stream)
 
 import app as demo_app
 from catsdogs.inference import NOT_A_PET, UNSURE_BELOW
@@ -32,7 +33,7 @@ def browser(tmp_path_factory):
 def open_page(browser, app, width: int = 1100, height: int = 900):
     page = browser.new_page(viewport={"width": width, "height": height})
     page.goto(app.url)
-    page.wait_for_selector("#photo")
+    page.wait_for_selector(SCRIPTS_RAN, state="attached")
     return page
 
 
