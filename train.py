@@ -17,6 +17,7 @@ import shlex
 import signal
 import sys
 import time
+from pathlib import Path
 
 if __name__ == "__main__":  # here, before PyTorch loads: the restart under jemalloc then costs nothing
     from catsdogs.allocator import use_jemalloc
@@ -27,6 +28,7 @@ from catsdogs.checkpoint import CheckpointError  # noqa: E402
 from catsdogs.config import TrainConfig, add_arguments  # noqa: E402
 from catsdogs.data import DataError  # noqa: E402
 from catsdogs.device import DeviceError, Ranks  # noqa: E402
+from catsdogs.export import ExportError, export_folder  # noqa: E402
 from catsdogs.hub import HubError, check_write_access, push_outputs  # noqa: E402
 from catsdogs.training import OutputError, TrainingInterrupted, train  # noqa: E402
 
@@ -34,13 +36,7 @@ from catsdogs.training import OutputError, TrainingInterrupted, train  # noqa: E
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)  # one flag per TrainConfig setting
-    hub = parser.add_argument_group("publishing on the Hugging Face Hub")
-    hub.add_argument("--push", action="store_true", help="upload --output to the Hub after training")
-    hub.add_argument("--repo-id", help="the model repo, e.g. you/catsdogs (needed with --push)")
-    hub.add_argument("--private", action="store_true", help="create the repo as private")
     args = parser.parse_args(argv)
-    if args.push and not args.repo_id:
-        parser.error("--push needs --repo-id NAME (e.g. --repo-id you/catsdogs)")
     try:
         TrainConfig.from_args(args)  # settings that are wrong together or out of range, said before anything runs
     except ValueError as error:
@@ -79,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     say = print if main_process else (lambda *a, **k: None)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill saves like Ctrl-C does
     try:
-        if args.push:
-            user = check_write_access(args.repo_id)
-            say(f"Hub: logged in as {user}; will push to {args.repo_id} after training")
+        if config.push:
+            user = check_write_access(config.repo_id)
+            say(f"Hub: logged in as {user}; will push to {config.repo_id} after training")
         summary = train(config, command).summary
     except (DataError, DeviceError, CheckpointError, HubError, OutputError) as error:
         if main_process:
@@ -111,13 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     output = shlex.quote(config.output)
     say(f"try them: python app.py --model {output}\n"
         f"          python -m catsdogs.predict PHOTOS_OR_FOLDERS --model {output}")
-    if args.push and main_process:
+    if config.onnx and main_process:
         try:
-            url = push_outputs(config.output, args.repo_id, private=args.private)
+            path, _ = export_folder(Path(config.output))
+        except (ExportError, OSError) as error:  # a WriteError says what could not be written
+            print(f"error: {error}; the weights are whole in {config.output}/", file=sys.stderr)
+            return 1
+        print(f"wrote {path}, for onnxruntime")
+    if config.push and main_process:
+        try:
+            url = push_outputs(config.output, config.repo_id, private=config.private)
         except HubError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-        print(f"pushed to {args.repo_id}: {url}")
+        print(f"pushed to {config.repo_id}: {url}")
     return 0
 
 

@@ -9,7 +9,8 @@ network's work alone on a ready uint8 photo in each memory layout (`predict_logi
 the photo the weights' TTA asks for, in one batch: with the mirror, the photo and its mirror image),
 p50/p95, all taking turns call by call. Batched: images/s of the forward pass in each precision and
 layout, with the achieved GFLOP/s as a share of a large matmul's measured GFLOP/s on the same
-device.
+device. With --onnx, onnxruntime on the weights' model.onnx (catsdogs.export: every view, the
+temperature and the "not a pet" score in one graph) gets a row in each table, on the CPU.
 """
 
 import argparse
@@ -26,7 +27,8 @@ import torch
 from bench.common import compute_peak, flops_per_photo, percentile, report, timings
 from catsdogs.autotune import Layout, use_layout
 from catsdogs.device import Precision, cpu_has_native_bf16
-from catsdogs.hub import SHIPPED_WEIGHTS
+from catsdogs.export import INPUT
+from catsdogs.hub import ONNX_FILE, SHIPPED_WEIGHTS
 from catsdogs.inference import Classifier, keep_freed_memory
 from catsdogs.model import CatsDogsCNN, predict_logits, views_per_photo
 from catsdogs.preprocess import load_photo, normalize
@@ -54,7 +56,21 @@ def in_layout(model: CatsDogsCNN, layout: Layout) -> CatsDogsCNN:
     return use_layout(copy.deepcopy(model), layout)
 
 
-def single_photo(classifier: Classifier, photos: list[Path], runs: int) -> list[list]:
+def onnx_runner(classifier: Classifier) -> Callable | None:
+    """photos (uint8 tensor) -> onnxruntime's outputs of the weights' model.onnx; None without one, or off the CPU."""
+    if classifier.device.type != "cpu" or not (classifier.folder / ONNX_FILE).is_file():
+        return None
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # Its threads would otherwise spin for a while after each run, taking the cores from the PyTorch calls timed
+    # next to it (they measured 10-130% slower).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(classifier.folder / ONNX_FILE, options, providers=["CPUExecutionProvider"])
+    return lambda photos: session.run(None, {INPUT: photos.numpy()})
+
+
+def single_photo(classifier: Classifier, photos: list[Path], runs: int, onnx: Callable | None) -> list[list]:
     device, model, chosen = classifier.device, classifier.model, classifier.layout.layout
     next_photo = itertools.cycle(photos).__next__
     ready = load_photo(photos[0], model.image_size)[None].to(device)
@@ -65,16 +81,19 @@ def single_photo(classifier: Classifier, photos: list[Path], runs: int) -> list[
 
     calls = {f"photo end to end (app path, {chosen.label})": lambda: classifier.predict([next_photo()]),
              "decode + resize only": lambda: load_photo(next_photo(), model.image_size),
-             **{f"forward only, {layout.label}": partial(forward, layout) for layout in Layout}}
+             **{f"forward only, {layout.label}": partial(forward, layout) for layout in Layout},
+             **({"forward only, onnxruntime (model.onnx)": partial(onnx, ready)} if onnx else {})}
     measured = interleaved(calls, runs, device)
     p50 = percentile(measured[f"forward only, {chosen.label}"][0], 0.5)
     return [[f"{device.type}: {name}", percentile(t, 0.5) * 1000, percentile(t, 0.95) * 1000,
              f"{percentile(t, 0.5) / p50:.2f}x", faults] for name, (t, faults) in measured.items()]
 
 
-def batched(classifier: Classifier, batch: int, seconds_per_row: int, compiled: bool) -> list[list]:
+def batched(classifier: Classifier, batch: int, seconds_per_row: int, compiled: bool,
+            onnx: Callable | None) -> list[list]:
     """Images/s of each precision and layout, the layouts taking turns batch by batch; with `compiled`, the
-    inference precision's row also compiled (torch.compile), in the Classifier's layout."""
+    inference precision's row also compiled (torch.compile), in the Classifier's layout; with `onnx`, the same
+    precision's row also run by onnxruntime."""
     device, model = classifier.device, classifier.model
     flops = flops_per_photo(model, training=False)
     images = torch.randint(0, 256, (batch, 3, model.image_size, model.image_size), dtype=torch.uint8, device=device)
@@ -98,9 +117,12 @@ def batched(classifier: Classifier, batch: int, seconds_per_row: int, compiled: 
                 return models[layout](normalize(images, model.mean, model.std))
 
         once = sum(timings(partial(run, Layout.CHANNELS_LAST), runs=1, warmup=1, device=device))
-        variants = [*Layout, *(["compiled"] if compiled and precision == Precision.for_inference(device) else [])]
-        measured = interleaved({variant: partial(run, variant) for variant in variants},
-                               max(3, int(seconds_per_row / once)), device)
+        app_precision = precision == Precision.for_inference(device)
+        variants = {variant: partial(run, variant) for variant in
+                    [*Layout, *(["compiled"] if compiled and app_precision else [])]}
+        if onnx and app_precision:
+            variants["onnxruntime"] = partial(onnx, images)
+        measured = interleaved(variants, max(3, int(seconds_per_row / once)), device)
         name = precision.name + (" (TF32 convolutions)" if device.type == "cuda" and precision.dtype == torch.float32
                                  else "")
         app_path = precision == Precision.for_inference(device) and model.tta != "none"
@@ -108,7 +130,8 @@ def batched(classifier: Classifier, batch: int, seconds_per_row: int, compiled: 
         name += f", the app's path ({model.tta} TTA: {views} forwards a photo)" if app_path else ""
         for layout, (seconds, _) in measured.items():
             per_s = batch / percentile(seconds, 0.5)
-            label = f"{classifier.layout.layout.label}, torch.compile" if layout == "compiled" else layout.label
+            label = {"compiled": f"{classifier.layout.layout.label}, torch.compile",
+                     "onnxruntime": "onnxruntime (model.onnx)"}.get(layout) or layout.label
             rows.append([f"{device.type} {name}, batch {batch}, {label}", per_s, per_s * views * flops / 1e9,
                          peak / 1e9, f"{per_s * views * flops / peak:.0%}"])
     return rows
@@ -123,6 +146,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="seconds per batched row")
     parser.add_argument("--compile", action="store_true", help="also time the batched predictions compiled "
                         "(torch.compile; a minute or so to compile on a CPU)")
+    parser.add_argument("--onnx", action="store_true", help="also time onnxruntime on the weights' model.onnx (CPU)")
     parser.add_argument("--photos", type=Path, default=PHOTOS, help="full-size JPEGs for the single-photo rows "
                         "(default: the shared sample)")
     args = parser.parse_args()
@@ -135,8 +159,9 @@ def main() -> None:
     for device in map(torch.device, args.device):
         classifier = Classifier(args.model, device=device)
         print(f"{device.type}: the Classifier's {classifier.describe()}", flush=True)
-        latency += single_photo(classifier, photos, args.runs)
-        throughput += batched(classifier, 64 if device.type == "cpu" else 512, args.seconds, args.compile)
+        onnx = onnx_runner(classifier) if args.onnx else None
+        latency += single_photo(classifier, photos, args.runs, onnx)
+        throughput += batched(classifier, 64 if device.type == "cpu" else 512, args.seconds, args.compile, onnx)
     report("Inference: one full-size photo", ["path", "p50 ms", "p95 ms", "p50 vs forward", "page faults per call"],
            latency)
     report("Inference: batched forward throughput",

@@ -25,7 +25,7 @@ def setting(default, help: str, group: str, recipe: bool = False, choices: tuple
 
 # The settings that are paths, made portable (outputs.portable_path) wherever a run records them.
 PATH_SETTINGS = ("data", "val_data", "cache_dir", "output", "checkpoint", "init_from")
-GROUPS = ("data", "recipe", "run")  # the headings of --help, in this order
+GROUPS = ("data", "recipe", "run", "hub")  # the headings of --help, in this order
 
 
 @dataclass
@@ -108,6 +108,13 @@ class TrainConfig:
     resume: bool = setting(False, "continue from --checkpoint; repeat the same settings", "run")
     overwrite: bool = setting(False, "replace the weights and checkpoint that an earlier run left in --output "
                               "(without it, such a run is refused)", "run")
+    onnx: bool = setting(False, "after training, also write the weights as one ONNX file for onnxruntime "
+                         "(model.onnx in --output, pushed with them; python -m catsdogs.export)", "run")
+
+    push: bool = setting(False, "upload --output to the Hugging Face Hub after training", "hub")
+    repo_id: str | None = setting(None, "the model repo, e.g. you/catsdogs (needed with --push; the model card "
+                                  "names it)", "hub")
+    private: bool = setting(False, "create the repo as private", "hub")
 
     def __post_init__(self) -> None:
         if not 0 <= self.ema_decay < 1:
@@ -117,6 +124,8 @@ class TrainConfig:
         if self.init_from and (self.whiten or self.identity_start):
             raise ValueError("--init-from starts from trained weights, --whiten and --identity-start are random "
                              "starts: give one or the other")
+        if self.push and not self.repo_id:
+            raise ValueError("--push needs --repo-id NAME (e.g. --repo-id you/catsdogs)")
         if self.checkpoint is None:  # the checkpoint lives with the run it belongs to
             self.checkpoint = str(Path(self.output) / CHECKPOINT_IN_OUTPUT)
 

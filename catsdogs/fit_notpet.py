@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from catsdogs.config import recorded_split
 from catsdogs.data import DataError, Photos, Split
-from catsdogs.hub import SHIPPED_WEIGHTS, HubError, fetch_weights, is_local_folder, load_model, read_metrics
+from catsdogs.hub import (ONNX_FILE, SHIPPED_WEIGHTS, HubError, fetch_weights, is_local_folder, load_model, onnx_holds,
+                          read_metrics)
 from catsdogs.loader import PhotoLoader, find_split
 from catsdogs.model import CatsDogsCNN, predict_with_features
 from catsdogs.notpet import BANK_PER_CLASS, NEIGHBOUR, SEED, NotPetScore, bank_indices, fit
@@ -77,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = score.save(folder)
         if card:
-            rewrite_card(folder, load_model(folder), read_metrics(folder))
+            rewrite_card(folder, load_model(folder), read_metrics(folder))  # (an ONNX file with the old score goes)
+        elif not onnx_holds(folder, load_model(folder), score):
+            (folder / ONNX_FILE).unlink(missing_ok=True)
     except OSError as error:  # a WriteError says what could not be written
         print(f"error: cannot write the score beside the weights in {folder}: {error}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ model is loaded from a folder of safetensors weights and their config.json, neve
 """
 
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -37,9 +38,12 @@ from safetensors import SafetensorError
 from catsdogs.model import (IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, TTA_MODES, CatsDogsCNN, check_crop_pct,
                             own_notes, predict_logits, with_notes)
 from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
+from catsdogs.notpet import NotPetScore
 
 
 WEIGHTS_FILES = ("model.safetensors", "config.json")  # what a model needs; the card, metrics and score are optional
+ONNX_FILE = "model.onnx"  # the weights as one ONNX graph (catsdogs.export), where there is one
+FINGERPRINT_KEY = "catsdogs_weights_sha256"  # its metadata entry naming the weights it holds (weights_fingerprint)
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 # Never published: the temporary folder a save is written into (a killed run may leave one), hidden files, and
 # the run's checkpoint folder inside the output folder.
@@ -283,6 +287,41 @@ def read_metrics(folder: str | Path) -> dict:
         return json.loads((Path(folder) / "metrics.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+def weights_fingerprint(model: CatsDogsCNN, not_pet_score: NotPetScore | None) -> str:
+    """A digest of all that an ONNX export of the weights holds (catsdogs.export): the weights, the settings its graph
+    applies (preprocessing, temperature, test-time augmentation, class names) and the "not a pet" score."""
+    digest = hashlib.sha256(json.dumps([model.class_names, model.image_size, model.mean, model.std, model.temperature,
+                                        model.tta, model.crop_pct]).encode())
+    tensors = sorted(model.state_dict().items())
+    if not_pet_score is not None:
+        digest.update(json.dumps([not_pet_score.k, not_pet_score.threshold]).encode())
+        tensors.append(("not_pet_bank", not_pet_score.bank.half()))  # as notpet.safetensors holds it
+    for name, tensor in tensors:
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def onnx_holds(folder: str | Path, model: CatsDogsCNN, not_pet_score: NotPetScore | None) -> bool:
+    """Whether the folder's ONNX file was exported from these weights and this score (False where there is none)."""
+    return onnx_fingerprint(folder) == weights_fingerprint(model, not_pet_score)
+
+
+def onnx_fingerprint(folder: str | Path) -> str | None:
+    """The `weights_fingerprint` the folder's ONNX file was exported from; None where there is no readable one."""
+    path = Path(folder) / ONNX_FILE
+    if not path.is_file():
+        return None
+    import onnx  # here: only a folder with an ONNX file needs it
+    from google.protobuf.message import DecodeError
+
+    try:
+        metadata = {entry.key: entry.value for entry in onnx.load(path, load_external_data=False).metadata_props}
+    except (OSError, DecodeError):  # not an ONNX file: it holds no weights of these
+        return None
+    return metadata.get(FINGERPRINT_KEY)
 
 
 def card_metric(folder: str | Path, metric: str) -> float | None:

@@ -185,6 +185,14 @@ def views_per_photo(tta: str) -> int:
     return len(TTA_ZOOMS[tta]) * (1 if tta == "none" else 2)
 
 
+def averaged_over_views(model: CatsDogsCNN, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 photos (N, 3, S, S) -> float32 logits (N, classes) and penultimate features (N, 512), each the average
+    over the photo's test-time augmentation views (`tta_views`), all views in one pass through the network."""
+    views = views_per_photo(model.tta)
+    logits, features = model.logits_and_features(tta_views(model, images))
+    return tuple(output.float().unflatten(0, (views, -1)).mean(dim=0) for output in (logits, features))
+
+
 @torch.inference_mode()
 def predict_logits(model: CatsDogsCNN, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """uint8 photos (N, 3, S, S), on any device -> float32 logits (N, classes) on the model's device (see
@@ -206,15 +214,14 @@ def predict_with_features(model: CatsDogsCNN, images: torch.Tensor,
     """
     device = next(model.parameters()).device
     batch_size = batch_size or scoring_batch(device)
-    views = views_per_photo(model.tta)
     was_training = model.training
     model.eval()
     logits, features = [], []
     with Precision.for_inference(device).autocast():
-        for batch in images.split(max(1, batch_size // views)):
-            batch = tta_views(model, batch.to(device, non_blocking=True))
-            for outputs, views_output in zip((logits, features), model.logits_and_features(batch), strict=True):
-                outputs.append(views_output.float().unflatten(0, (views, -1)).mean(dim=0))
+        for batch in images.split(max(1, batch_size // views_per_photo(model.tta))):
+            batch_logits, batch_features = averaged_over_views(model, batch.to(device, non_blocking=True))
+            logits.append(batch_logits)
+            features.append(batch_features)
     model.train(was_training)
     if not logits:
         return (torch.empty((0, len(model.class_names)), device=device),

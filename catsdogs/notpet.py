@@ -48,7 +48,7 @@ class NotPetScore:
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """Penultimate features (N, d) on any device -> (N,) distances to the k-th nearest training photo."""
         unit = torch.nn.functional.normalize(features.float(), dim=1)
-        similarity = unit @ self.bank.to(unit.device).T
+        similarity = unit @ self.bank.to(unit.device, unit.dtype).T
         kth = similarity.topk(self.k, dim=1).values[:, -1]
         return (2 - 2 * kth).clamp_min(0).sqrt()  # the Euclidean distance between unit vectors
 

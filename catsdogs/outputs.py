@@ -1,7 +1,8 @@
 """What a training run writes: the output folder, published as it is by `--push`.
 
 `model.safetensors`, `config.json`, the model card `README.md`, `metrics.json`, the plots and, when one was
-fitted, the "not a pet" score `notpet.safetensors` (described in config.json). The paths these
+fitted, the "not a pet" score `notpet.safetensors` (described in config.json); `model.onnx` where it was exported
+(catsdogs.export). The paths these
 files record are portable (`portable_path`): relative to the working folder the run started in, or only the last
 two names of a folder outside it, so a published card never shows the training machine's folder layout.
 """
@@ -21,6 +22,7 @@ from matplotlib.figure import Figure
 
 from catsdogs.checkpoint import require_room, writing
 from catsdogs.config import PATH_SETTINGS, TrainConfig
+from catsdogs.hub import ONNX_FILE, onnx_holds
 from catsdogs.model import CatsDogsCNN, own_notes, with_notes
 from catsdogs.notpet import CONFIG_KEY as NOT_PET_CONFIG_KEY
 from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
@@ -53,19 +55,21 @@ def interrupts_deferred() -> Iterator[None]:
 def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any], metrics: dict[str, Any],
                  figures: dict[str, Figure], not_pet_score: NotPetScore | None = None) -> None:
     """Write weights, config, card, metrics, plots and the "not a pet" score of these weights (a score left from
-    other weights is removed) into `output_dir`, replacing what was there but the notes below the card's
-    NOTES_MARK (`catsdogs.model`).
+    other weights is removed, and so is an ONNX file made from other weights: catsdogs.export) into `output_dir`,
+    replacing what was there but the notes below the card's NOTES_MARK (`catsdogs.model`).
 
     Everything is written into a temporary folder first and then moved in file by file, so a run killed mid-save
     never leaves a half-written file behind; a full disk is a WriteError, the earlier files left whole.
     """
     output_dir = Path(output_dir)
+    onnx_kept = onnx_holds(output_dir, model, not_pet_score)
     with interrupts_deferred(), writing(f"the weights and their card to {output_dir}/"):
         output_dir.mkdir(parents=True, exist_ok=True)
         weights = sum(p.nbytes for p in model.state_dict().values())
         require_room(output_dir, weights + FIGURE_BYTES * len(figures), f"the weights and their card ({output_dir}/)")
         with tempfile.TemporaryDirectory(dir=output_dir, prefix=".saving-") as tmp:
-            model.save_pretrained(tmp, model_card_kwargs=card)  # model.safetensors, config.json, README.md
+            # model.safetensors, config.json, README.md
+            model.save_pretrained(tmp, model_card_kwargs=card | {"onnx": onnx_kept})
             keep_own_notes(output_dir / "README.md", Path(tmp) / "README.md")
             (Path(tmp) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             for name, figure in figures.items():
@@ -77,6 +81,8 @@ def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any
             for file in Path(tmp).iterdir():
                 file.chmod(0o644)  # some writers create 0600 files; weights are meant to be shared
                 os.replace(file, output_dir / file.name)
+            if not onnx_kept:
+                (output_dir / ONNX_FILE).unlink(missing_ok=True)
 
 
 def keep_own_notes(old_card: Path, new_card: Path) -> None:
@@ -145,6 +151,7 @@ def card_details(summary: dict) -> dict:
         "training_time": human_duration(summary["training_seconds"]),
         "calibration": summary.get("calibration"),
         "not_a_pet": summary.get(NOT_PET_CONFIG_KEY),
+        "repo_id": config.get("repo_id"),  # where the weights are published: the card's code fetches them there
     }
 
 

@@ -1,5 +1,6 @@
 """Publishing: `train.py --push` against a Hub-compatible server on 127.0.0.1, then pulling the weights back."""
 
+import ast
 import hashlib
 import json
 import os
@@ -15,9 +16,11 @@ import torch
 from conftest import BAD_TOKEN, READ_TOKEN, WRITE_TOKEN
 from huggingface_hub import ModelCard
 from imagegen import write_kaggle_folder
+from test_export import card_snippet
 from safetensors.torch import load_file
 
 from catsdogs import CatsDogsCNN
+from catsdogs.inference import Classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 PUSHED_FILES = {"model.safetensors", "config.json", "README.md", "metrics.json",
@@ -35,12 +38,12 @@ def push_args(photos: Path, output: Path, repo_id: str = "tester/catsdogs") -> l
             str(output.parent / "ck.safetensors"), "--push", "--repo-id", repo_id]
 
 
-def train_and_push(photos: Path, output: Path, token: str | None, repo_id: str = "tester/catsdogs"):
+def train_and_push(photos: Path, output: Path, token: str | None, repo_id: str = "tester/catsdogs", *more: str):
     env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
     if token:
         env["HF_TOKEN"] = token
-    return subprocess.run([sys.executable, "train.py", *push_args(photos, output, repo_id)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "train.py", *push_args(photos, output, repo_id), *more], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture
@@ -62,15 +65,25 @@ def assert_same_outputs(a: CatsDogsCNN, b: CatsDogsCNN) -> None:
 
 
 def test_push_then_pull_gives_identical_outputs(hub, photos, tmp_path):
-    result = train_and_push(photos, tmp_path / "weights", WRITE_TOKEN)
+    """With --onnx, the ONNX file goes too, and the card's snippet runs it from the Hub as written."""
+    result = train_and_push(photos, tmp_path / "weights", WRITE_TOKEN, "tester/catsdogs", "--onnx")
     assert result.returncode == 0, result.stderr
     assert "pushed to tester/catsdogs" in result.stdout
-    assert PUSHED_FILES <= {p.name for p in hub.repo_dir("tester/catsdogs").iterdir()}
-    for name in PUSHED_FILES:  # the Hub holds exactly what was saved locally
+    assert PUSHED_FILES | {"model.onnx"} <= {p.name for p in hub.repo_dir("tester/catsdogs").iterdir()}
+    for name in PUSHED_FILES | {"model.onnx"}:  # the Hub holds exactly what was saved locally
         assert (hub.repo_dir("tester/catsdogs") / name).read_bytes() == (tmp_path / "weights" / name).read_bytes()
     pulled = CatsDogsCNN.from_pretrained("tester/catsdogs")
     assert pulled.class_names == ["cat", "dog"]
     assert_same_outputs(pulled, CatsDogsCNN.from_pretrained(tmp_path / "weights"))
+    snippet = card_snippet((hub.repo_dir("tester/catsdogs") / "README.md").read_text())
+    assert 'hf_hub_download("tester/catsdogs", "model.onnx")' in snippet
+    photo = next(photos.glob("cat.*"))
+    ran = subprocess.run([sys.executable, "-c", snippet.replace('"my_pet.jpg"', repr(str(photo)))], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    printed = ast.literal_eval(ran.stdout.strip())
+    expected = Classifier(tmp_path / "weights", device=torch.device("cpu")).predict([photo])[0].probabilities
+    assert printed == pytest.approx(expected, abs=0.05)  # the snippet decodes in full, the app a smaller draft
 
 
 @pytest.mark.parametrize("token, message", [

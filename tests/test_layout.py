@@ -15,7 +15,7 @@ SERVING = {"app", "catsdogs.inference", "catsdogs.model", "catsdogs.preprocess",
            "catsdogs.components", "catsdogs.page_text"}
 TRAINING = {"catsdogs.config", "catsdogs.loader", "catsdogs.cache", "catsdogs.data", "catsdogs.hub_data",
             "catsdogs.training", "catsdogs.calibrate", "catsdogs.outputs", "catsdogs.evaluate", "catsdogs.metrics",
-            "catsdogs.checkpoint", "catsdogs.plots", "catsdogs.allocator", "catsdogs.fit_notpet"}
+            "catsdogs.checkpoint", "catsdogs.plots", "catsdogs.allocator", "catsdogs.fit_notpet", "catsdogs.export"}
 
 
 def module_name(path: Path) -> str:

@@ -108,13 +108,14 @@ def test_every_flag_reaches_the_training_config(tmp_path):
                 "output": str(tmp_path / "out"), "checkpoint": str(tmp_path / "ck" / "last.safetensors"),
                 "resume": False, "overwrite": True, "workers": 1,
                 "cache": False, "cache_dir": str(tmp_path / "cache"), "data_revision": None, "data_split": "train",
-                "init_from": None}
+                "init_from": None, "onnx": True, "push": False, "repo_id": "you/catsdogs", "private": False}
     defaults = asdict(TrainConfig(data=""))
     assert set(expected) == set(defaults)  # every field of the config is set here...
     # ...away from its default, but for the Hub-only flags, which a local --data refuses (test_hub_data.py sets them),
-    # and the start from trained weights, which --whiten and --identity-start rule out (test_hub.py sets it)
-    assert [k for k in expected if k != "data" and expected[k] == defaults[k]] == ["resume", "data_revision",
-                                                                                   "data_split", "init_from"]
+    # the start from trained weights, which --whiten and --identity-start rule out (test_hub.py sets it), and the
+    # push and its private repo, which need a Hub (test_hub.py pushes)
+    assert [k for k in expected if k != "data" and expected[k] == defaults[k]] == [
+        "resume", "data_revision", "data_split", "init_from", "push", "private"]
     args = ["--data", str(data), "--val-data", str(val), "--val-fraction", "0.25", "--seed", "3", "--split-seed", "5",
             "--epochs", "30",
             "--batch-size", "20", "--lr", "0.001", "--optimizer", "adam", "--schedule", "constant",
@@ -122,7 +123,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
             "--tta", "mirror", "--device", "cpu", "--memory-format", "contiguous", "--photos-on", "host",
             "--compile", "off", "--flip", "alternate", "--whiten", "--identity-start", "--crop-pct", "0.9",
             "--output", expected["output"], "--checkpoint", expected["checkpoint"], "--overwrite", "--workers", "1",
-            "--no-cache", "--cache-dir", expected["cache_dir"]]
+            "--no-cache", "--cache-dir", expected["cache_dir"], "--onnx", "--repo-id", "you/catsdogs"]
     metrics = Path(expected["output"]) / "metrics.json"
     process = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
@@ -140,6 +141,7 @@ def test_every_flag_reaches_the_training_config(tmp_path):
     assert "The first convolution started as a whitening of the training photos' 3×3 patches" in card
     assert "The convolutions after the first started as the identity on their first channels" in card
     assert "The network sees the centred 90% of each photo's width and height" in card
+    assert 'CatsDogsCNN.from_pretrained("you/catsdogs")' in card  # the repo the weights are meant for
     assert json.loads((metrics.parent / "config.json").read_text())["crop_pct"] == 0.9
 
 
