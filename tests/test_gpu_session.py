@@ -75,15 +75,16 @@ def test_photos_linked_into_the_folder_travel_as_photos(tmp_path):
 
 
 def test_what_runs_on_the_gpu_machine_imports_without_the_packages_it_lacks(tmp_path):
-    """The GPU machine's own Python has neither Gradio nor pi-heif (HEIC photos): the session, training,
-    evaluation and the benchmarks import and decode JPEGs without them."""
+    """The GPU machine's own Python has neither Gradio nor pi-heif (HEIC photos) nor onnx and onnxruntime: the
+    session, training, evaluation and the benchmarks import and decode JPEGs without them."""
     import subprocess
     import sys
 
     from conftest import ROOT
 
     write_kaggle_folder(tmp_path, 1)
-    code = ("import sys; sys.modules.update(dict.fromkeys(['gradio', 'pi_heif']))\n"  # None: their import fails
+    absent = ["gradio", "pi_heif", "onnx", "onnxruntime", "onnxscript"]
+    code = (f"import sys; sys.modules.update(dict.fromkeys({absent}))\n"  # None: their import fails
             "import bench.gpu_session, bench.inference, bench.training, catsdogs.evaluate, train\n"
             "from catsdogs.preprocess import load_photo\n"
             f"print(tuple(load_photo({str(tmp_path / 'cat.0.jpg')!r}, 224).shape))")

@@ -82,7 +82,8 @@ def test_push_then_pull_gives_identical_outputs(hub, photos, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
     printed = ast.literal_eval(ran.stdout.strip())
-    expected = Classifier(tmp_path / "weights", device=torch.device("cpu")).predict([photo])[0]
+    pushed = Classifier(tmp_path / "weights", device=torch.device("cpu"), memory_format="channels_last")
+    expected = pushed.predict([photo])[0]
     assert printed.pop("not a cat or a dog", None) == expected.not_a_pet  # None: weights without the score
     assert printed == pytest.approx(expected.probabilities, abs=0.05)  # the snippet decodes in full, the app a draft
 
