@@ -306,7 +306,8 @@ def weights_fingerprint(model: CatsDogsCNN, not_pet_score: NotPetScore | None) -
 
 def onnx_holds(folder: str | Path, model: CatsDogsCNN, not_pet_score: NotPetScore | None) -> bool:
     """Whether the folder's ONNX file was exported from these weights and this score (False where there is none)."""
-    return onnx_fingerprint(folder) == weights_fingerprint(model, not_pet_score)
+    recorded = onnx_fingerprint(folder)
+    return recorded is not None and recorded == weights_fingerprint(model, not_pet_score)
 
 
 def onnx_fingerprint(folder: str | Path) -> str | None:

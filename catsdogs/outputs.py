@@ -2,9 +2,9 @@
 
 `model.safetensors`, `config.json`, the model card `README.md`, `metrics.json`, the plots and, when one was
 fitted, the "not a pet" score `notpet.safetensors` (described in config.json); `model.onnx` where it was exported
-(catsdogs.export). The paths these
-files record are portable (`portable_path`): relative to the working folder the run started in, or only the last
-two names of a folder outside it, so a published card never shows the training machine's folder layout.
+(catsdogs.export). The paths these files record are portable (`portable_path`): relative to the working folder the
+run started in, or only the last two names of a folder outside it, so a published card never shows the training
+machine's folder layout.
 """
 
 import json

@@ -100,6 +100,13 @@ def test_token_problems_stop_before_training(hub, push_in_process, tmp_path, tok
     assert not (tmp_path / "weights").exists()  # no training was started
 
 
+def test_push_without_a_repo_id_is_refused_before_anything_runs(train_in_process, photos, tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        train_in_process("--data", str(photos), "--output", str(tmp_path / "weights"), "--push")
+    assert refused.value.code == 2 and "--push needs --repo-id NAME" in capsys.readouterr().err
+    assert not (tmp_path / "weights").exists()
+
+
 def test_repo_of_someone_else_stops_before_training(hub, push_in_process, tmp_path):
     status, stderr = push_in_process(WRITE_TOKEN, repo_id="someone-else/catsdogs")
     assert status == 2 and "cannot write to 'someone-else/'" in stderr
