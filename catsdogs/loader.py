@@ -15,7 +15,7 @@ import math
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -276,16 +276,19 @@ def prefetched(fetch: Callable, items: Iterable, depth: int) -> Iterator:
     def produce() -> None:
         try:
             for item in items:
-                if not offer((fetch(item), None)):
+                if stop.is_set() or not offer((fetch(item), None)):
                     return
         except BaseException as error:  # noqa: BLE001 (handed to the consumer, raised there)
             offer((None, error))
             return
         offer(_END)
 
+    # Daemon, so that a consumer that never closes this generator cannot keep the process alive; but a daemon thread
+    # still inside PyTorch's C++ code when the interpreter exits aborts the process ("terminate called without an
+    # active exception"), so every way out of here stops it and waits for it.
     thread = threading.Thread(target=produce, name="catsdogs-prefetch", daemon=True)
-    thread.start()
     try:
+        thread.start()  # inside the try: a kill while it starts (a wait for the new thread) stops it too
         while (entry := ready.get()) is not _END:
             value, error = entry
             if error is not None:
@@ -293,7 +296,8 @@ def prefetched(fetch: Callable, items: Iterable, depth: int) -> Iterator:
             yield value
     finally:
         stop.set()
-        thread.join()
+        with suppress(RuntimeError):  # interrupted before it had started: it sees `stop` before its first fetch
+            thread.join()
 
 
 def augment(images: torch.Tensor, mirror: torch.Tensor | None = None) -> torch.Tensor:

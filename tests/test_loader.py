@@ -53,6 +53,25 @@ def test_an_epoch_left_early_leaves_no_thread_behind():
     assert not prefetch_threads()
 
 
+def test_a_kill_while_the_prefetch_thread_starts_stops_it_too(monkeypatch):
+    """A kill (SIGTERM: a KeyboardInterrupt in train.py) can land while `Thread.start` waits for the new thread to
+    run, which a busy machine takes a while to do. The thread must still end with the generator: a daemon thread left
+    inside PyTorch's C++ code when the process exits aborts it ("terminate called without an active exception")."""
+    start = threading.Thread.start
+
+    def start_then_interrupted(thread: threading.Thread) -> None:
+        start(thread)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        next(prefetched(lambda item: torch.full((64, 64), float(item)) @ torch.ones(64, 64), range(100), depth=1))
+    monkeypatch.undo()
+    for thread in prefetch_threads():
+        thread.join(timeout=5)
+    assert not prefetch_threads()
+
+
 def test_a_failed_fetch_is_raised_in_the_consumer():
     def fetch(item: int) -> int:
         if item == 2:
