@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 
@@ -81,6 +81,16 @@ class NotPetScore:
         if config.is_file():
             config.write_text(json.dumps(json.loads(config.read_text()) | self.config_entry(), indent=2) + "\n")
         return path
+
+    def stored_in(self, folder: str | Path) -> bool:
+        """Whether `folder`'s FILE_NAME already holds this score. Saving it again would write the same score in other
+        bytes (safetensors writes its metadata in a different order each time): a changed file to git and the Hub."""
+        try:
+            stored = NotPetScore.load(folder)
+        except (OSError, ValueError, TypeError, json.JSONDecodeError, SafetensorError):
+            return False
+        return (replace(stored, bank=None) == replace(self, bank=None)
+                and torch.equal(stored.bank, self.bank.to("cpu", torch.float16).float()))
 
     @classmethod
     def load(cls, folder: str | Path) -> "NotPetScore":

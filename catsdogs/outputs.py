@@ -76,6 +76,8 @@ def save_outputs(model: CatsDogsCNN, output_dir: str | Path, card: dict[str, Any
                 figure.savefig(Path(tmp) / name, dpi=110, bbox_inches="tight")
             if not_pet_score:
                 not_pet_score.save(tmp)  # and its entry in config.json
+                if not_pet_score.stored_in(output_dir):
+                    (Path(tmp) / NOT_PET_FILE).unlink()  # the file there stays byte for byte
             else:
                 (output_dir / NOT_PET_FILE).unlink(missing_ok=True)
             for file in Path(tmp).iterdir():

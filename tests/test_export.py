@@ -18,6 +18,7 @@ from catsdogs import export
 from catsdogs.hub import ONNX_FILE, load_model, onnx_holds, read_metrics
 from catsdogs.inference import Classifier
 from catsdogs.model import CatsDogsCNN
+from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
 from catsdogs.outputs import rewrite_card
 from catsdogs.preprocess import load_photo
 
@@ -72,6 +73,8 @@ def test_an_export_is_checked_and_stays_only_beside_the_weights_it_holds(tmp_pat
     folder = shutil.copytree(SHIPPED, tmp_path / "weights", ignore=shutil.ignore_patterns(ONNX_FILE))
     rewrite_card(folder, load_model(folder), read_metrics(folder))  # the card of weights without an ONNX file
     assert "onnxruntime" not in (folder / "README.md").read_text()
+    for unchanged in ("model.safetensors", NOT_PET_FILE):  # the same weights and score: the same bytes
+        assert (folder / unchanged).read_bytes() == (SHIPPED / unchanged).read_bytes(), unchanged
     assert export.main(["--model", str(folder)]) == 0
     assert re.search(r"wrote .*model\.onnx \(5\.\d MB\); onnxruntime's answers match PyTorch's to within",
                      capsys.readouterr().out)

@@ -84,6 +84,20 @@ def test_threshold_rule_on_known_scores():
     assert threshold_for(scores, share=0.0) == 99.0
 
 
+def test_a_score_saved_again_is_recognised_and_a_changed_one_is_not(tmp_path):
+    """`stored_in` lets a rewrite of the card leave an unchanged score's file alone (safetensors would write the same
+    score in other bytes); anything that changes the score must still be written."""
+    score = NotPetScore(bank=torch.randn(6, 8), k=2, threshold=0.5, rule="r", fitted_on="f", tta="mirror")
+    assert not score.stored_in(tmp_path)
+    score.save(tmp_path)
+    assert score.stored_in(tmp_path)
+    for changed in (replace(score, threshold=0.6), replace(score, bank=score.bank + 0.01), replace(score, crop_pct=0.9),
+                    replace(score, bank=score.bank[:5])):
+        assert not changed.stored_in(tmp_path)
+    (tmp_path / FILE_NAME).write_bytes(b"not safetensors")
+    assert not score.stored_in(tmp_path)
+
+
 def test_the_shipped_score_calls_clear_pets_pets_and_other_pictures_not(model, shipped_weights, shared_data):
     score = NotPetScore.load(shipped_weights)
     assert score.tta == model.tta
