@@ -14,11 +14,12 @@ import pytest
 import torch
 from conftest import ROOT, clear_photos, true_class
 
-from catsdogs import export
+from catsdogs import export, fit_notpet
 from catsdogs.hub import ONNX_FILE, load_model, onnx_holds, read_metrics
 from catsdogs.inference import Classifier
 from catsdogs.model import CatsDogsCNN
 from catsdogs.notpet import FILE_NAME as NOT_PET_FILE
+from catsdogs.notpet import NotPetScore
 from catsdogs.outputs import rewrite_card
 from catsdogs.preprocess import load_photo
 
@@ -90,3 +91,18 @@ def test_an_export_is_checked_and_stays_only_beside_the_weights_it_holds(tmp_pat
     calibrated.load_state_dict(load_model(folder).state_dict())
     rewrite_card(folder, calibrated, read_metrics(folder))
     assert not (folder / ONNX_FILE).exists() and "onnxruntime" not in (folder / "README.md").read_text()
+
+
+def test_a_new_score_fitted_for_weights_without_a_card_removes_their_onnx_file(shared_data, tmp_path):
+    """`python -m catsdogs.fit_notpet` on a folder of weights without metrics.json (so no card to render again): the
+    ONNX file holds the old score, so it goes; fitting the same score again would have kept it."""
+    folder = shutil.copytree(SHIPPED, tmp_path / "weights", ignore=shutil.ignore_patterns("metrics.json", "*.png"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for label in ("cat", "dog"):
+        for i in range(6):
+            (photos / f"{label}.{i}.jpg").symlink_to(shared_data / "dogs-vs-cats-200" / "train" / f"{label}.{i}.jpg")
+    card = (folder / "README.md").read_text()
+    assert fit_notpet.main(["--model", str(folder), "--data", str(photos), "--bank-per-class", "2", "--k", "1"]) == 0
+    assert not (folder / ONNX_FILE).exists() and (folder / "README.md").read_text() == card
+    assert len(NotPetScore.load(folder).bank) == 4
