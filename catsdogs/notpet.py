@@ -87,7 +87,7 @@ class NotPetScore:
         bytes (safetensors writes its metadata in a different order each time): a changed file to git and the Hub."""
         try:
             stored = NotPetScore.load(folder)
-        except (OSError, ValueError, TypeError, json.JSONDecodeError, SafetensorError):
+        except (OSError, ValueError, TypeError, SafetensorError):  # none, or not a score: it is written
             return False
         return (replace(stored, bank=None) == replace(self, bank=None)
                 and torch.equal(stored.bank, self.bank.to("cpu", torch.float16).float()))
