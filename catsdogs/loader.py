@@ -285,7 +285,7 @@ def prefetched(fetch: Callable, items: Iterable, depth: int) -> Iterator:
 
     # Daemon, so that a consumer that never closes this generator cannot keep the process alive; but a daemon thread
     # still inside PyTorch's C++ code when the interpreter exits aborts the process ("terminate called without an
-    # active exception"), so every way out of here stops it and waits for it.
+    # active exception"), so every way out of here stops it and, once it is running, waits for it.
     thread = threading.Thread(target=produce, name="catsdogs-prefetch", daemon=True)
     try:
         thread.start()  # inside the try: a kill while it starts (a wait for the new thread) stops it too

@@ -95,7 +95,7 @@ def test_an_export_is_checked_and_stays_only_beside_the_weights_it_holds(tmp_pat
 
 def test_a_new_score_fitted_for_weights_without_a_card_removes_their_onnx_file(shared_data, tmp_path):
     """`python -m catsdogs.fit_notpet` on a folder of weights without metrics.json (so no card to render again): the
-    ONNX file holds the old score, so it goes; fitting the same score again would have kept it."""
+    ONNX file holds the old score, so it goes, and the card is left as it was."""
     folder = shutil.copytree(SHIPPED, tmp_path / "weights", ignore=shutil.ignore_patterns("metrics.json", "*.png"))
     photos = tmp_path / "photos"
     photos.mkdir()
